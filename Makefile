@@ -1,0 +1,61 @@
+# gdpo-repro. Every target that runs code depends on `setup`, so a fresh clone needs nothing else.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.setup-done
+RESULTS ?= results
+
+# Without a GPU we ask for the CPU build of torch by its local version label (+cpu): pip can then never
+# resolve to a CUDA build. The CPU wheel lies on the project's machines; elsewhere point pip at PyTorch's
+# CPU wheel index with PIP_EXTRA_INDEX_URL.
+HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
+TORCH_SPEC := $(if $(HAS_GPU),torch==2.13.0,torch==2.13.0+cpu)
+
+.PHONY: help setup setup-gpu test test-slow test-all lint format bench reproduce-collapse clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 22
+
+setup: $(STAMP)  ## create .venv with the CPU stack (torch CPU build, transformers, DeepSpeed, ...)
+
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet "$(TORCH_SPEC)" || { echo "could not install $(TORCH_SPEC): on a CPU machine without the local wheel, set PIP_EXTRA_INDEX_URL to PyTorch's CPU wheel index" >&2; exit 1; }
+	DS_BUILD_OPS=0 $(PIP) install --quiet -r requirements.txt
+	$(PIP) install --quiet --no-deps -e .
+	$(PY) -m gdpo.envcheck
+	touch $@
+
+setup-gpu: setup  ## add the GPU stack (vLLM, flash-attn) on a CUDA machine
+	@test -n "$(HAS_GPU)" || { echo "setup-gpu needs a CUDA machine (nvidia-smi found no GPU)" >&2; exit 1; }
+	$(PIP) install -r requirements-gpu.txt
+
+test: setup  ## the default test suite (CPU, fast)
+	$(PY) -m pytest -m "not slow" -q
+
+test-slow: setup  ## only the slow tests
+	$(PY) -m pytest -m slow -q
+
+test-all: setup  ## every test
+	$(PY) -m pytest -q
+
+lint: setup  ## ruff
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: setup
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+bench: setup  ## benchmarks; results go to bench/results/
+	$(PY) bench/bench_advantages.py
+
+reproduce-collapse: setup  ## paper Figure 2 and Figure 3 -> results/collapse/
+	$(PY) -m analysis.run_notebook analysis/notebooks/collapse.ipynb --output-dir $(RESULTS)/collapse
+
+clean:  ## remove the virtual environment and generated results
+	rm -rf $(VENV) $(RESULTS) .pytest_cache .ruff_cache .hypothesis
