@@ -146,6 +146,22 @@ def _batch_normalize(
     return out.reshape(a.shape)
 
 
+# A group's weighted sum of z-scores whose spread is below this fraction of sum(|w|) is float rounding
+# of components that cancel exactly (e.g. (1,0) vs (0,1)); z-scores are O(1), so real signal is far above.
+_CANCELLED = 1e-9
+
+
+def _snap_cancelled_groups(summed: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Set to exactly 0 the groups of ``summed [B, G]`` whose components cancel up to float rounding.
+
+    Without this, (1,0) vs (0,1) gives residue of order 1e-17 that the batch step (with small eps)
+    would scale up to O(1) advantages when every group of a batch cancels.
+    """
+    spread = summed.amax(1, keepdim=True) - summed.amin(1, keepdim=True)
+    cancelled = spread <= _CANCELLED * weights.abs().sum()
+    return torch.where(cancelled, torch.zeros_like(summed), summed)
+
+
 def _weighted_sum(rewards: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Weighted sum over components with NaN counted as 0: ``[B, G, K] -> [B, G]``."""
     filled = torch.where(torch.isnan(rewards), torch.zeros_like(rewards), rewards)
@@ -175,7 +191,7 @@ def grpo_no_std_advantages(rewards, weights, *, eps, unbiased, batch_norm, lengt
 def gdpo_advantages(rewards, weights, *, eps, unbiased, batch_norm, lengths):
     """GDPO (paper Eq. 4-7): per-component group z-score, weighted sum, then the batch step."""
     per_component = group_normalize(rewards, eps=eps, unbiased=unbiased)
-    summed = (per_component * weights).sum(-1)
+    summed = _snap_cancelled_groups((per_component * weights).sum(-1), weights)
     if batch_norm == "none":
         return summed
     scorable = (~torch.isnan(rewards)).any(-1).to(rewards.dtype)
