@@ -34,7 +34,8 @@ setup-gpu: setup  ## add the GPU stack (vLLM, flash-attn) on a CUDA machine
 	@test -n "$(HAS_GPU)" || { echo "setup-gpu needs a CUDA machine (nvidia-smi found no GPU)" >&2; exit 1; }
 	$(PIP) install -r requirements-gpu.txt
 
-test: setup  ## the default test suite (CPU, fast)
+test: setup  ## lint + the default test suite (CPU, fast)
+	$(PY) -m ruff check .
 	$(PY) -m pytest -m "not slow" -q
 
 test-slow: setup  ## only the slow tests

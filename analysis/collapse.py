@@ -88,7 +88,15 @@ def _paper_value(table: dict[str, list[int]], method: str, index: int) -> int | 
 
 def _count_row(panel: str, g: int, n: int, method: str, paper: int | None, plotted: bool) -> dict:
     count = count_distinct_advantage_groups(g, n, method)
-    return {"panel": panel, "G": g, "n": n, "method": method, "count": count, "paper": paper, "plotted": plotted}
+    return {
+        "panel": panel,
+        "G": g,
+        "n": n,
+        "method": method,
+        "count": count,
+        "paper": paper,
+        "plotted": plotted,
+    }
 
 
 def plot_figure2(table: pd.DataFrame, path: str | Path) -> Path:
@@ -110,7 +118,9 @@ def plot_figure2(table: pd.DataFrame, path: str | Path) -> Path:
                 ax.annotate("0, 0", (i, 0.02), ha="center", va="bottom", fontsize=7)
                 continue
             for offset, a in zip((-0.2, 0.2), pair, strict=True):
-                ax.annotate(f"{a:+.4f}", (i + offset, a), ha="center", va="bottom" if a >= 0 else "top", fontsize=7)
+                ax.annotate(
+                    f"{a:+.4f}", (i + offset, a), ha="center", va="bottom" if a >= 0 else "top", fontsize=7
+                )
         ax.axhline(0, color="black", linewidth=0.6)
         ax.set_xticks(list(x), [c.replace(", ", ",\n") for c in cases], fontsize=7)
         ax.set_title(METHOD_LABELS[method])

@@ -35,7 +35,9 @@ def run_notebook(
         raise ValueError(f"{notebook}: no cell is tagged 'parameters'")
     nb.cells.insert(tagged[0] + 1, _parameter_cell({"OUTPUT_DIR": str(output_dir), **(params or {})}))
     output_dir.mkdir(parents=True, exist_ok=True)
-    NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(REPO_ROOT)}}).execute()
+    NotebookClient(
+        nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(REPO_ROOT)}}
+    ).execute()
     executed = output_dir / f"{notebook.stem}.executed.ipynb"
     nbformat.write(nb, executed)
     return executed
@@ -52,9 +54,13 @@ def _parse_param(text: str) -> tuple[str, object]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("notebook", type=Path)
-    parser.add_argument("--output-dir", type=Path, required=True, help="where the notebook writes its outputs")
+    parser.add_argument(
+        "--output-dir", type=Path, required=True, help="where the notebook writes its outputs"
+    )
     parser.add_argument("--param", type=_parse_param, action="append", default=[], help="NAME=VALUE override")
     args = parser.parse_args(argv)
     executed = run_notebook(args.notebook, args.output_dir, dict(args.param))

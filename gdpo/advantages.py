@@ -111,9 +111,7 @@ def is_constant(x: torch.Tensor, valid: torch.Tensor, dim: int) -> torch.Tensor:
     return (hi == lo) | few
 
 
-def group_normalize(
-    x: torch.Tensor, *, eps: float, unbiased: bool, scale: bool = True
-) -> torch.Tensor:
+def group_normalize(x: torch.Tensor, *, eps: float, unbiased: bool, scale: bool = True) -> torch.Tensor:
     """Normalise ``x`` of shape ``[B, G, K]`` within each group (dim 1), per column k.
 
     NaN entries are left out of the statistics and map to 0. A column that is constant within a
@@ -232,7 +230,11 @@ def _check_weights(weights: Sequence[float] | torch.Tensor | None, num_rewards: 
             f"weights has {len(values)} entries but rewards has {num_rewards} components (last dim)"
         )
     for i, w in enumerate(values):
-        if not isinstance(w, (int, float)) or isinstance(w, bool) or not torch.isfinite(torch.tensor(float(w))):
+        if (
+            not isinstance(w, (int, float))
+            or isinstance(w, bool)
+            or not torch.isfinite(torch.tensor(float(w)))
+        ):
             raise ValueError(f"weights[{i}] must be a finite number, got {w!r}")
     return [float(w) for w in values]
 

@@ -45,14 +45,21 @@ def num_binary_groups(num_rollouts: int, num_rewards: int) -> int:
     return min(by_rows, by_cols)
 
 
-def enumerate_binary_groups(num_rollouts: int, num_rewards: int):
-    """Yield chunks ``[M, G, n]`` covering every group of binary rewards up to permutation."""
+def enumerate_binary_groups(num_rollouts: int, num_rewards: int, by: str | None = None):
+    """Yield chunks ``[M, G, n]`` covering every group of binary rewards up to permutation.
+
+    ``by="rows"`` enumerates multisets of G reward vectors, ``by="columns"`` multisets of n reward
+    columns; the default picks the smaller of the two.
+    """
     by_rows = math.comb(2**num_rewards + num_rollouts - 1, num_rollouts)
     by_cols = math.comb(2**num_rollouts + num_rewards - 1, num_rewards)
-    if by_rows <= by_cols:
+    by = by or ("rows" if by_rows <= by_cols else "columns")
+    if by == "rows":
         types, size, transpose = _binary_vectors(num_rewards), num_rollouts, False
-    else:
+    elif by == "columns":
         types, size, transpose = _binary_vectors(num_rollouts), num_rewards, True
+    else:
+        raise ValueError(f'by must be "rows", "columns" or None, got {by!r}')
     combos = itertools.combinations_with_replacement(range(len(types)), size)
     while chunk := list(itertools.islice(combos, _CHUNK)):
         groups = types[torch.tensor(chunk)]  # [M, size, len]
@@ -60,7 +67,7 @@ def enumerate_binary_groups(num_rollouts: int, num_rewards: int):
 
 
 def count_distinct_advantage_groups(
-    num_rollouts: int, num_rewards: int, method: str, *, unbiased: bool = True
+    num_rollouts: int, num_rewards: int, method: str, *, unbiased: bool = True, by: str | None = None
 ) -> int:
     """Count the distinct advantage patterns of G=num_rollouts rollouts with n=num_rewards binary rewards.
 
@@ -70,7 +77,7 @@ def count_distinct_advantage_groups(
     if num_rollouts < 1 or num_rewards < 1:
         raise ValueError(f"need num_rollouts >= 1 and num_rewards >= 1, got {num_rollouts}, {num_rewards}")
     seen: set[bytes] = set()
-    for groups in enumerate_binary_groups(num_rollouts, num_rewards):
+    for groups in enumerate_binary_groups(num_rollouts, num_rewards, by):
         # eps=0: the count is a property of the exact formulas; with eps > 0, 0.5/(0.7071+eps) and
         # 1/(1.4142+eps) differ by ~5e-7 and would count as two patterns. Zero-variance groups are
         # caught by exact equality, so eps=0 never divides by zero.

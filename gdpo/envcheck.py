@@ -31,14 +31,18 @@ def main() -> int:
     problems = []
     if not has_nvidia_gpu():
         if torch.version.cuda is not None:
-            problems.append(f"torch {torch.__version__} is a CUDA build (cuda {torch.version.cuda}) on a machine without a GPU")
+            problems.append(
+                f"torch {torch.__version__} is a CUDA build (cuda {torch.version.cuda}) on a machine without a GPU"
+            )
         extra = cuda_packages()
         if extra:
             problems.append(f"CUDA packages installed on a machine without a GPU: {', '.join(extra)}")
     if problems:
         print("environment check failed:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 1
-    print(f"environment ok: torch {torch.__version__}, cuda={torch.version.cuda}, python {sys.version.split()[0]}")
+    print(
+        f"environment ok: torch {torch.__version__}, cuda={torch.version.cuda}, python {sys.version.split()[0]}"
+    )
     return 0
 
 

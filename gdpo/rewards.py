@@ -121,7 +121,9 @@ class RewardSet:
             raise ValueError(f"weights for unknown reward components {unknown}; known: {list(self.names)}")
         return RewardSet(
             [
-                RewardComponent(c.name, c.fn, float(weights.get(c.name, c.weight)), c.condition_on, c.threshold)
+                RewardComponent(
+                    c.name, c.fn, float(weights.get(c.name, c.weight)), c.condition_on, c.threshold
+                )
                 for c in self.components
             ]
         )
@@ -130,10 +132,14 @@ class RewardSet:
         """Score ``B`` groups of ``G`` rollouts each into a :class:`ScoredBatch`."""
         sizes = {len(g) for g in groups}
         if not groups or len(sizes) != 1 or 0 in sizes:
-            raise ValueError(f"groups must be a non-empty list of equal-size non-empty groups, got sizes {sorted(sizes)}")
+            raise ValueError(
+                f"groups must be a non-empty list of equal-size non-empty groups, got sizes {sorted(sizes)}"
+            )
         raw = torch.tensor(
-            [[[self._score_one(c, r, b, g) for c in self.components] for g, r in enumerate(group)]
-             for b, group in enumerate(groups)],
+            [
+                [[self._score_one(c, r, b, g) for c in self.components] for g, r in enumerate(group)]
+                for b, group in enumerate(groups)
+            ],
             dtype=torch.float32,
         )
         return ScoredBatch(raw=raw, rewards=self.condition(raw), names=self.names, weights=self.weights)

@@ -10,7 +10,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gdpo.advantages import ADVANTAGE_ESTIMATORS, compute_advantages, group_normalize, register_advantage_estimator
+from gdpo.advantages import (
+    ADVANTAGE_ESTIMATORS,
+    compute_advantages,
+    group_normalize,
+    register_advantage_estimator,
+)
 
 SQRT_HALF = 1 / math.sqrt(2)
 METHODS = ("grpo", "grpo_no_std", "gdpo")
@@ -86,7 +91,9 @@ def test_three_rewards_constant_sum_still_carries_gdpo_signal():
 def test_population_std_option():
     """Rewards 0 and 1: population std 0.5 gives ±1; sample std 1/√2 gives ±0.7071."""
     assert adv([(0,), (1,)], "grpo", eps=0.0, unbiased=False) == pytest.approx([-1.0, 1.0], abs=1e-12)
-    assert adv([(0,), (1,)], "grpo", eps=0.0, unbiased=True) == pytest.approx([-SQRT_HALF, SQRT_HALF], abs=1e-12)
+    assert adv([(0,), (1,)], "grpo", eps=0.0, unbiased=True) == pytest.approx(
+        [-SQRT_HALF, SQRT_HALF], abs=1e-12
+    )
 
 
 def test_eps_is_added_to_std():
@@ -139,7 +146,9 @@ def test_gdpo_weights_multiply_normalised_components():
 
 def test_grpo_weights_multiply_raw_rewards():
     """(1,0) vs (0,1) with weights (2, 1): sums 2 and 1 -> ±1/√2 (GRPO); ±0.5 (w/o std)."""
-    assert adv([(1, 0), (0, 1)], "grpo", weights=[2, 1], eps=0.0) == pytest.approx([SQRT_HALF, -SQRT_HALF], abs=1e-12)
+    assert adv([(1, 0), (0, 1)], "grpo", weights=[2, 1], eps=0.0) == pytest.approx(
+        [SQRT_HALF, -SQRT_HALF], abs=1e-12
+    )
     assert adv([(1, 0), (0, 1)], "grpo_no_std", weights=[2, 1]) == pytest.approx([0.5, -0.5], abs=1e-12)
 
 
@@ -171,7 +180,9 @@ def test_constant_non_representable_reward_gives_exact_zero():
 
 def test_gdpo_zero_variance_decided_per_component_not_on_sum():
     """Groups whose *sum* is constant but whose components vary keep their GDPO signal (3 rewards)."""
-    rewards = torch.tensor([[(1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 0, 0)], [(1, 1, 1), (0, 0, 0), (1, 1, 1), (0, 0, 0)]])
+    rewards = torch.tensor(
+        [[(1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 0, 0)], [(1, 1, 1), (0, 0, 0), (1, 1, 1), (0, 0, 0)]]
+    )
     got = compute_advantages(rewards.double(), "gdpo", batch_norm="none", eps=0.0)
     assert got[0].abs().min().item() == pytest.approx(1 - math.sqrt(3) / 2)
 
@@ -276,7 +287,9 @@ def _zscore(values: list[float], eps: float, unbiased: bool, scale: bool = True)
     return [0.0 if v is None else ((v - mean) / (std + eps) if scale else v - mean) for v in values]
 
 
-def reference_advantages(rewards, method, weights=None, eps=1e-6, unbiased=True, batch_norm="sequence", lengths=None):
+def reference_advantages(
+    rewards, method, weights=None, eps=1e-6, unbiased=True, batch_norm="sequence", lengths=None
+):
     r = rewards.double().tolist()
     b_size, g_size, k_size = len(r), len(r[0]), len(r[0][0])
     w = weights or [1.0] * k_size
@@ -367,7 +380,9 @@ def test_gdpo_component_advantages_sum_to_zero_in_every_group(rewards):
 @settings(max_examples=150, deadline=None)
 @given(reward_tensors(), st.sampled_from(METHODS), st.sampled_from(["sequence", "none"]), st.randoms())
 def test_permuting_rollouts_permutes_advantages(rewards, method, batch_norm, rnd):
-    perms = [torch.tensor(rnd.sample(range(rewards.shape[1]), rewards.shape[1])) for _ in range(rewards.shape[0])]
+    perms = [
+        torch.tensor(rnd.sample(range(rewards.shape[1]), rewards.shape[1])) for _ in range(rewards.shape[0])
+    ]
     permuted = torch.stack([rewards[b, p] for b, p in enumerate(perms)])
     a = compute_advantages(rewards, method, batch_norm=batch_norm)
     a_perm = compute_advantages(permuted, method, batch_norm=batch_norm)
