@@ -41,7 +41,11 @@ def device_name(device: str) -> str:
     model = platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        names = [
+            line.split(":", 1)[1].strip()
+            for line in cpuinfo.read_text().splitlines()
+            if line.startswith("model name")
+        ]
         model = names[0] if names else model
     return f"{model}, {torch.get_num_threads()} torch threads"
 
@@ -58,7 +62,9 @@ def main() -> None:
                     seconds = time_call(
                         lambda: compute_advantages(rewards, method, batch_norm=batch_norm, lengths=lengths)  # noqa: B023
                     )
-                    rows.append({"shape": label, "method": method, "batch_norm": batch_norm, "ms": seconds * 1e3})
+                    rows.append(
+                        {"shape": label, "method": method, "batch_norm": batch_norm, "ms": seconds * 1e3}
+                    )
         result = {"device": device_name(device), "torch": torch.__version__, "results": rows}
         RESULTS.mkdir(parents=True, exist_ok=True)
         out = RESULTS / f"advantages-{device}.json"
