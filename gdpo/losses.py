@@ -1,0 +1,105 @@
+"""Policy-gradient loss pieces as small pure tensor functions, registered by name.
+
+* ``policy_loss``: the PPO clipped surrogate with separate low/high clip (DAPO's clip-higher), per token.
+* ``KL_ESTIMATORS``: per-token KL(pi || pi_ref) estimators ``k1`` (log-ratio), ``k3`` (Schulman's unbiased,
+  non-negative estimator, TRL/NeMo-RL default) and ``mse`` (0.5·log-ratio², verl's "mse"/k2).
+* ``LOSS_AGGREGATIONS``: how per-token losses become one number:
+  ``seq_mean_token_mean`` (paper Eq. 3: mean over each sequence's tokens, then over sequences),
+  ``token_mean`` (DAPO / verl token-mean / TRL "bnpo": every token of the batch weighs the same),
+  ``seq_mean_token_sum_norm`` (Dr. GRPO: token sum divided by a constant length, then mean over sequences).
+
+Aggregations take explicit normalisers (``num_tokens``, ``num_sequences``, ``max_tokens``) so that a loss split
+over micro-batches and ranks adds up to exactly the loss of the whole mini-batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+__all__ = ["KL_ESTIMATORS", "LOSS_AGGREGATIONS", "aggregate", "entropy_from_logits", "kl_penalty", "policy_loss"]
+
+
+def policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    *,
+    clip_low: float,
+    clip_high: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token clipped surrogate ``max(-A·r, -A·clip(r, 1-clip_low, 1+clip_high))``.
+
+    Args:
+        logprobs, old_logprobs: ``[N, T]`` log-probs of the taken tokens under the current / behaviour policy.
+        advantages: ``[N]`` one advantage per sequence, broadcast over its tokens.
+
+    Returns ``(loss [N, T], clipped_low [N, T], clipped_high [N, T])``; the masks mark tokens whose gradient
+    the clip removed (ratio below 1-clip_low with A < 0, or above 1+clip_high with A > 0).
+    """
+    ratio = torch.exp(logprobs - old_logprobs)
+    adv = advantages[:, None]
+    unclipped = -adv * ratio
+    clipped = -adv * ratio.clamp(1 - clip_low, 1 + clip_high)
+    loss = torch.maximum(unclipped, clipped)
+    clipped_low = (ratio < 1 - clip_low) & (adv < 0)
+    clipped_high = (ratio > 1 + clip_high) & (adv > 0)
+    return loss, clipped_low, clipped_high
+
+
+KL_ESTIMATORS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    # Each maps the log-ratio d = log pi - log pi_ref of the sampled token to a per-token estimate.
+    "k1": lambda d: d,
+    "k3": lambda d: torch.exp(-d) + d - 1,
+    "mse": lambda d: 0.5 * d * d,
+}
+
+
+def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str) -> torch.Tensor:
+    """Per-token KL estimate between the policy and the reference."""
+    if estimator not in KL_ESTIMATORS:
+        raise ValueError(f"unknown kl_estimator {estimator!r}; known: {sorted(KL_ESTIMATORS)}")
+    return KL_ESTIMATORS[estimator](logprobs - ref_logprobs)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Per-position entropy of the categorical distribution given by ``logits [..., V]``."""
+    logp = torch.log_softmax(logits.float(), -1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def _seq_mean_token_mean(values, mask, *, num_tokens, num_sequences, max_tokens):
+    per_seq = (values * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+    return per_seq.sum() / num_sequences
+
+
+def _token_mean(values, mask, *, num_tokens, num_sequences, max_tokens):
+    return (values * mask).sum() / max(num_tokens, 1)
+
+
+def _seq_mean_token_sum_norm(values, mask, *, num_tokens, num_sequences, max_tokens):
+    return (values * mask).sum() / (max_tokens * num_sequences)
+
+
+LOSS_AGGREGATIONS: dict[str, Callable[..., torch.Tensor]] = {
+    "seq_mean_token_mean": _seq_mean_token_mean,
+    "token_mean": _token_mean,
+    "seq_mean_token_sum_norm": _seq_mean_token_sum_norm,
+}
+
+
+def aggregate(
+    values: torch.Tensor, mask: torch.Tensor, mode: str, *, num_tokens: int, num_sequences: int, max_tokens: int
+) -> torch.Tensor:
+    """Aggregate per-token ``values [N, T]`` over ``mask``, normalised by the whole mini-batch's counts.
+
+    ``num_tokens`` and ``num_sequences`` count the mini-batch (all micro-batches, all ranks), so summing this
+    over the micro-batches of every rank gives the mini-batch loss.
+    """
+    if mode not in LOSS_AGGREGATIONS:
+        raise ValueError(f"unknown loss_agg {mode!r}; known: {sorted(LOSS_AGGREGATIONS)}")
+    mask = mask.to(values.dtype)
+    return LOSS_AGGREGATIONS[mode](
+        values, mask, num_tokens=num_tokens, num_sequences=num_sequences, max_tokens=max_tokens
+    )

@@ -1,0 +1,170 @@
+"""The run folder: resolved config, metadata, append-only metrics and samples.
+
+``runs/<task>/<preset>/<method>/seed<k>/``
+    config.yaml          the resolved configuration
+    metadata.json        git commit, package versions, device, world size, command line, start time
+    metrics.jsonl        one JSON object per step (the source of truth; flushed and fsynced per line)
+    samples.jsonl        sample completions with their rewards and advantages every N steps
+    rollouts.jsonl       (logging.dump_rollouts) every rollout's rewards, advantage and length
+    checkpoints/         see gdpo.checkpoint
+
+On resume, lines for steps after the restored checkpoint (written after it, before the crash) are moved to
+``metrics.discarded.jsonl`` / ``samples.discarded.jsonl``: those steps are recomputed, and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gdpo.config import to_dict
+
+__all__ = ["RunLog", "git_state", "read_jsonl"]
+
+PACKAGES = ("torch", "transformers", "tokenizers", "deepspeed", "accelerate", "trl", "vllm", "numpy", "math-verify")
+
+
+def git_state(repo: Path) -> dict[str, Any]:
+    def git(*args):
+        out = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=False)
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
+
+
+def _versions() -> dict[str, str | None]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Read a JSONL file; a torn last line (crash mid-write) is ignored, a bad line elsewhere is an error."""
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    rows = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            if i == len(lines) - 1:
+                break
+            raise ValueError(f"{path}:{i + 1}: not valid JSON ({exc})") from None
+    return rows
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe value: non-finite floats become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class RunLog:
+    def __init__(self, run_dir: str | Path, is_main: bool = True):
+        self.dir = Path(run_dir)
+        self.is_main = is_main
+        if is_main:
+            self.dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.dir / "metrics.jsonl"
+
+    @property
+    def samples_path(self) -> Path:
+        return self.dir / "samples.jsonl"
+
+    @property
+    def rollouts_path(self) -> Path:
+        return self.dir / "rollouts.jsonl"
+
+    def has_progress(self) -> bool:
+        return bool(read_jsonl(self.metrics_path))
+
+    def write_config(self, cfg) -> None:
+        if self.is_main:
+            _atomic_write(self.dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+    def write_metadata(self, **extra: Any) -> None:
+        if not self.is_main:
+            return
+        meta = {
+            "started": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            "command": sys.argv,
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+            "hostname": platform.node(),
+            "git": git_state(Path(__file__).resolve().parent.parent),
+            "packages": _versions(),
+            **extra,
+        }
+        name = "metadata.json" if not (self.dir / "metadata.json").exists() else f"metadata.resume-{meta['started'][:19].replace(':', '')}.json"
+        _atomic_write(self.dir / name, json.dumps(meta, indent=2, default=str))
+
+    def log_metrics(self, step: int, metrics: dict[str, Any]) -> None:
+        self._append(self.metrics_path, {"step": step, **{k: _clean(v) for k, v in metrics.items()}})
+
+    def log_samples(self, step: int, samples: list[dict[str, Any]]) -> None:
+        for sample in samples:
+            self._append(self.samples_path, {"step": step, **sample})
+
+    def log_rollouts(self, step: int, rewards, advantages, lengths) -> None:
+        """One line per step with the global batch's rewards [B][G][K] (NaN as null), advantages and lengths."""
+        self._append(
+            self.rollouts_path,
+            {
+                "step": step,
+                "rewards": [[[_clean(x) for x in r] for r in group] for group in rewards.tolist()],
+                "advantages": advantages.tolist(),
+                "num_tokens": lengths.tolist(),
+            },
+        )
+
+    def rewind_to(self, step: int) -> int:
+        """Keep log lines of steps <= ``step``; move later ones to ``*.discarded.jsonl``. Returns lines moved."""
+        if not self.is_main:
+            return 0
+        moved = 0
+        for path in (self.metrics_path, self.samples_path, self.rollouts_path):
+            if not path.exists():
+                continue
+            rows = read_jsonl(path)  # also drops a torn last line
+            drop = [r for r in rows if r["step"] > step]
+            if drop:
+                with path.with_suffix(".discarded.jsonl").open("a") as f:
+                    f.writelines(json.dumps(r) + "\n" for r in drop)
+            _atomic_write(path, "".join(json.dumps(r) + "\n" for r in rows if r["step"] <= step))
+            moved += len(drop)
+        return moved
+
+    def _append(self, path: Path, row: dict) -> None:
+        if not self.is_main:
+            return
+        with path.open("a") as f:
+            f.write(json.dumps(row, default=str) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

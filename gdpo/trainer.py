@@ -1,0 +1,406 @@
+"""The RL trainer: one loop for every task, method and scale.
+
+Per step: take B prompts -> sample G completions each -> score every reward component -> advantages over the
+global batch (``gdpo.advantages``, method from the config) -> clipped policy-gradient update on a DeepSpeed
+engine -> one line of ``metrics.jsonl``.
+
+Where this departs from the paper and the official codes (each is a config option; see README):
+* The advantage is computed on the raw reward components only; a KL term, when on, is a loss term applied
+  identically to every method (``algorithm.kl_coef``). verl-GDPO put an in-reward KL into GRPO but not GDPO.
+* Rollouts use one seeded random stream per completion, keyed by (seed, step, prompt position), so a run is
+  independent of the number of processes and of where it was resumed.
+* Zero-variance, singleton and NaN handling follow ``gdpo.advantages`` (exact zeros, decided per component).
+* Data parallelism: each rank takes a contiguous block of whole prompts (all G rollouts of a prompt on one
+  rank); rewards are all-gathered so GDPO's batch statistics cover the global batch.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gdpo.advantages import compute_advantages
+from gdpo.checkpoint import load_checkpoint, save_checkpoint
+from gdpo.config import TrainConfig
+from gdpo.diagnostics import advantage_diagnostics
+from gdpo.distributed import all_gather_cat, all_reduce_sum, barrier, init_distributed
+from gdpo.losses import aggregate, entropy_from_logits, kl_penalty, policy_loss
+from gdpo.rollout import Rollouts, encode_prompt, make_rollout_backend
+from gdpo.runlog import RunLog
+from gdpo.tasks import Task, build_task
+
+__all__ = ["prepare_model", "run_dir_for", "train"]
+
+MODEL_SEED = 0  # the base model (tiny build + warm start) is shared by every RL seed, as in the paper
+CACHE_ROOT = Path(__file__).resolve().parent.parent / "data" / "cache" / "models"
+
+
+def run_dir_for(cfg: TrainConfig) -> Path:
+    if cfg.logging.run_dir:
+        return Path(cfg.logging.run_dir)
+    return Path(cfg.logging.root) / cfg.task / cfg.preset / cfg.algorithm.method / f"seed{cfg.seed}"
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def prepare_model(cfg: TrainConfig, task: Task, cache_root: Path = CACHE_ROOT) -> str:
+    """The policy's starting point: the tiny model (built and warm-started, cached) or a given path/hub id."""
+    if cfg.model.name_or_path != "tiny":
+        return cfg.model.name_or_path
+    from gdpo.tiny import build_tiny_model, warm_start
+
+    base = build_tiny_model(cfg.model.tiny, task.corpus, cache_root, seed=MODEL_SEED)
+    if not cfg.warm_start.enabled:
+        return str(base)
+    return str(warm_start(base, task.demonstrations, cfg.warm_start, cache_root, seed=MODEL_SEED))
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------------
+
+
+def step_prompt_indices(num_prompts: int, batch: int, step: int, seed: int, shuffle: bool) -> list[int]:
+    """Indices of the B prompts of ``step`` (1-based): consecutive slices of seeded per-epoch permutations."""
+    start = (step - 1) * batch
+    out = []
+    while len(out) < batch:
+        epoch, offset = divmod(start + len(out), num_prompts)
+        order = list(range(num_prompts))
+        if shuffle:
+            random.Random(seed * 100_003 + epoch).shuffle(order)
+        out.extend(order[offset : offset + batch - len(out)])
+    return out
+
+
+def prompt_seed(seed: int, step: int, position: int) -> int:
+    """Seed of the completions of the prompt at ``position`` in the global batch of ``step``."""
+    return (seed * 7_919 + step) * 100_003 + position
+
+
+# --------------------------------------------------------------------------------------------------
+# Engine
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Layout:
+    """How the global batch splits over ranks, mini-batches and micro-batches."""
+
+    prompts_per_rank: int
+    sequences_per_rank: int
+    sequences_per_mini_batch: int
+    micro_batch_size: int
+
+    @property
+    def grad_accumulation(self) -> int:
+        return self.sequences_per_mini_batch // self.micro_batch_size
+
+
+def plan_layout(cfg: TrainConfig, world: int) -> Layout:
+    b, g = cfg.data.prompts_per_step, cfg.rollout.num_rollouts
+    if b % world:
+        raise ValueError(f"data.prompts_per_step={b} must be divisible by the number of processes ({world})")
+    per_rank = (b // world) * g
+    if per_rank % cfg.optim.mini_batches:
+        raise ValueError(
+            f"optim.mini_batches={cfg.optim.mini_batches} must divide the {per_rank} sequences per rank "
+            f"(prompts_per_step/world x num_rollouts)"
+        )
+    mini = per_rank // cfg.optim.mini_batches
+    micro = min(cfg.optim.micro_batch_size, mini)
+    if mini % micro:
+        raise ValueError(f"optim.micro_batch_size={micro} must divide the {mini} sequences of a mini-batch per rank")
+    return Layout(b // world, per_rank, mini, micro)
+
+
+def lr_lambda(cfg: TrainConfig, total_updates: int):
+    warmup, schedule = cfg.optim.warmup_steps, cfg.optim.lr_schedule
+
+    def factor(update: int) -> float:
+        if update < warmup:
+            return (update + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (update - warmup) / max(1, total_updates - warmup))
+        return 1.0 - progress if schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def build_engine(cfg: TrainConfig, model, layout: Layout, world: int):
+    import deepspeed
+
+    o = cfg.optim
+    ds_config = {
+        "train_micro_batch_size_per_gpu": layout.micro_batch_size,
+        "gradient_accumulation_steps": layout.grad_accumulation,
+        "train_batch_size": layout.micro_batch_size * layout.grad_accumulation * world,
+        "gradient_clipping": o.grad_clip,
+        "zero_optimization": {"stage": o.zero_stage},
+        "zero_allow_untested_optimizer": True,
+        "bf16": {"enabled": o.precision == "bf16"},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if o.offload_optimizer:
+        ds_config["zero_optimization"]["offload_optimizer"] = {"device": "cpu"}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+    total_updates = cfg.steps * cfg.algorithm.num_iterations * o.mini_batches
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_updates))
+    model.train()
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
+    )
+    return engine
+
+
+def load_policy(cfg: TrainConfig, path: str, device: torch.device):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.padding_side = "left"
+    dtype = getattr(torch, cfg.model.dtype)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=cfg.model.attn_implementation)
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return tokenizer, model.to(device)
+
+
+# --------------------------------------------------------------------------------------------------
+# Policy update
+# --------------------------------------------------------------------------------------------------
+
+
+def completion_logprobs(model, ro: Rollouts, rows: slice, temperature: float, pad_id: int, with_entropy: bool):
+    """Log-probs ``[n, T]`` of the completion tokens (and their entropies) under ``model``, temperature-scaled."""
+    ids, mask = ro.input_ids[rows], ro.attention_mask[rows]
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+    logits = logits[:, ro.prompt_width - 1 : -1].float() / max(temperature, 1e-6)
+    logits[..., pad_id] = -torch.inf  # as in sampling: padding is never a completion token
+    completion_mask = ro.completion_mask[rows]
+    targets = ids[:, ro.prompt_width :].masked_fill(~completion_mask, 0)  # padding would gather -inf
+    logp = torch.log_softmax(logits, -1).gather(-1, targets[..., None]).squeeze(-1).masked_fill(~completion_mask, 0.0)
+    entropy = entropy_from_logits(logits.masked_fill(torch.isinf(logits), -1e9)) if with_entropy else None
+    return logp, entropy
+
+
+def policy_update(engine, ref_model, ro: Rollouts, advantages: torch.Tensor, cfg: TrainConfig, layout: Layout, pad_id):
+    """mu passes over the batch, each in mini-batches of micro-batches; returns averaged statistics."""
+    a, world = cfg.algorithm, torch.distributed.get_world_size()
+    loss_mask = ro.completion_mask
+    if cfg.rollout.mask_truncated:
+        loss_mask = loss_mask & ~ro.truncated[:, None]
+    temp = cfg.rollout.temperature
+    n = advantages.shape[0]
+    micro_slices = lambda start, stop: [slice(i, i + layout.micro_batch_size) for i in range(start, stop, layout.micro_batch_size)]  # noqa: E731
+
+    old_logprobs = ref_logprobs = None
+    with torch.no_grad():
+        if a.num_iterations > 1:
+            old_logprobs = torch.cat([completion_logprobs(engine, ro, s, temp, pad_id, False)[0] for s in micro_slices(0, n)])
+        if a.kl_coef > 0:
+            ref_logprobs = torch.cat([completion_logprobs(ref_model, ro, s, temp, pad_id, False)[0] for s in micro_slices(0, n)])
+
+    sums = {"loss": 0.0, "pg_loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_frac/low": 0.0, "clip_frac/high": 0.0}
+    tokens_seen = 0.0
+    grad_norms = []
+    for _ in range(a.num_iterations):
+        for start in range(0, n, layout.sequences_per_mini_batch):
+            stop = start + layout.sequences_per_mini_batch
+            norm = {
+                "num_tokens": all_reduce_sum(loss_mask[start:stop].sum().item()),
+                "num_sequences": all_reduce_sum(stop - start),
+                "max_tokens": cfg.rollout.max_new_tokens,
+            }
+            for rows in micro_slices(start, stop):
+                logp, entropy = completion_logprobs(engine, ro, rows, temp, pad_id, with_entropy=True)
+                old = old_logprobs[rows] if old_logprobs is not None else logp.detach()
+                pg, clip_low, clip_high = policy_loss(logp, old, advantages[rows], clip_low=a.clip_low, clip_high=a.clip_high)
+                token_loss = pg - a.entropy_coef * entropy
+                kl = kl_penalty(logp, ref_logprobs[rows], a.kl_estimator) if ref_logprobs is not None else torch.zeros_like(logp)
+                token_loss = token_loss + a.kl_coef * kl
+                mask = loss_mask[rows]
+                loss = aggregate(token_loss, mask, a.loss_agg, **norm)
+                # DeepSpeed averages gradients over ranks; the normalisers already cover all ranks.
+                engine.backward(loss * world, scale_wrt_gas=False)
+                if engine.is_gradient_accumulation_boundary():
+                    grad_norms.append(_grad_norm(engine))
+                engine.step()
+                m = mask.float()
+                sums["loss"] += loss.item()
+                sums["pg_loss"] += aggregate(pg.detach(), mask, a.loss_agg, **norm).item()
+                for key, value in (("kl", kl), ("entropy", entropy), ("clip_frac/low", clip_low), ("clip_frac/high", clip_high)):
+                    sums[key] += (value.detach().float() * m).sum().item()
+                tokens_seen += m.sum().item()
+    passes = a.num_iterations * (n // layout.sequences_per_mini_batch)
+    stats = {"loss": sums["loss"] / passes, "pg_loss": sums["pg_loss"] / passes}
+    for key in ("kl", "entropy", "clip_frac/low", "clip_frac/high"):
+        stats[key] = all_reduce_sum(sums[key]) / max(all_reduce_sum(tokens_seen), 1.0)
+    grad_norms = [g for g in grad_norms if g is not None]
+    stats["grad_norm"] = float(np.mean(grad_norms)) if grad_norms else float("nan")
+    stats["lr"] = engine.get_lr()[0]
+    return stats, all_reduce_sum(tokens_seen) / a.num_iterations
+
+
+def _grad_norm(engine) -> float | None:
+    """Global gradient norm before clipping, read at the accumulation boundary (after the all-reduce).
+
+    With ZeRO stage 0 the averaged gradients sit in ``param.grad``; with ZeRO >= 1 they are partitioned
+    inside DeepSpeed's optimizer and we report DeepSpeed's own norm of the previous step (None before it).
+    """
+    grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
+    if grads:
+        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])).item()
+    norm = engine.get_global_grad_norm()
+    return None if norm is None else float(norm)
+
+
+# --------------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------------
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, task: Task | None = None) -> Path:
+    """Run (or resume) an RL run; returns the run folder."""
+    device = pick_device(cfg.device)
+    rank, world = init_distributed(device)
+    seed_everything(cfg.seed)
+    task = task or build_task(cfg.task, cfg.data.options, cfg.seed)
+    layout = plan_layout(cfg, world)
+    run = RunLog(run_dir_for(cfg), is_main=rank == 0)
+    if run.has_progress() and not resume:
+        raise FileExistsError(f"{run.dir} already holds a run; pass --resume to continue it or choose logging.run_dir")
+
+    model_path = prepare_model(cfg, task) if rank == 0 else None
+    barrier()
+    model_path = model_path or prepare_model(cfg, task)  # other ranks find the cached folder
+    tokenizer, model = load_policy(cfg, model_path, device)
+    ref_model = None
+    if cfg.algorithm.kl_coef > 0:
+        ref_model = load_policy(cfg, model_path, device)[1].eval().requires_grad_(False)
+    engine = build_engine(cfg, model, layout, world)
+    rewards = task.rewards.with_weights(cfg.algorithm.reward_weights)
+    backend = make_rollout_backend(cfg.rollout, engine.module, tokenizer)
+    prompts = [encode_prompt(tokenizer, row["messages"]) for row in task.train]
+    too_long = [i for i, p in enumerate(prompts) if len(p) > cfg.rollout.max_prompt_tokens]
+    if too_long:
+        raise ValueError(f"train prompt {too_long[0]} has {len(prompts[too_long[0]])} tokens > rollout.max_prompt_tokens")
+
+    start = 0
+    if resume:
+        start = load_checkpoint(run.dir / "checkpoints", engine)
+        moved = run.rewind_to(start)
+        if rank == 0 and start:
+            print(f"resumed {run.dir} at step {start} ({moved} log lines past the checkpoint moved aside)")
+    run.write_config(cfg)
+    run.write_metadata(device=str(device), world_size=world, model_path=model_path, resumed_from_step=start)
+
+    progress = _progress(cfg, start, rank)
+    for step in range(start + 1, cfg.steps + 1):
+        t0 = time.perf_counter()
+        batch = step_prompt_indices(len(prompts), cfg.data.prompts_per_step, step, cfg.seed, cfg.data.shuffle)
+        first = rank * layout.prompts_per_rank
+        mine = range(first, first + layout.prompts_per_rank)
+        ro = backend.generate([prompts[batch[p]] for p in mine], [prompt_seed(cfg.seed, step, p) for p in mine], cfg.rollout.num_rollouts)
+        t1 = time.perf_counter()
+
+        g = cfg.rollout.num_rollouts
+        groups = [
+            [dict(task.train[batch[p]], completion=ro.completions[i * g + j], num_tokens=int(ro.num_tokens[i * g + j])) for j in range(g)]
+            for i, p in enumerate(mine)
+        ]
+        scored = rewards.score(groups)
+        all_rewards = all_gather_cat(scored.rewards.to(device)).cpu()
+        all_lengths = all_gather_cat(ro.num_tokens.view(-1, g).to(device)).cpu()
+        a = cfg.algorithm
+        adv = compute_advantages(
+            all_rewards, a.method, weights=scored.weights, eps=a.eps, unbiased=a.unbiased, batch_norm=a.batch_norm, lengths=all_lengths
+        )
+        local_adv = adv[first : first + layout.prompts_per_rank].reshape(-1).to(device)
+        t2 = time.perf_counter()
+
+        stats, train_tokens = policy_update(engine, ref_model, ro, local_adv, cfg, layout, tokenizer.pad_token_id)
+        t3 = time.perf_counter()
+
+        all_truncated = all_gather_cat(ro.truncated.to(device)).cpu()
+        metrics = {
+            **advantage_diagnostics(all_rewards, adv, list(scored.names), weights=list(scored.weights)),
+            "reward/weighted_sum/mean": float((torch.nan_to_num(all_rewards) * torch.tensor(scored.weights)).sum(-1).mean()),
+            **stats,
+            "completion/len_mean": all_lengths.float().mean().item(),
+            "completion/len_min": all_lengths.min().item(),
+            "completion/len_max": all_lengths.max().item(),
+            "completion/truncated_frac": all_truncated.float().mean().item(),
+            "time/generate_s": t1 - t0,
+            "time/score_s": t2 - t1,
+            "time/update_s": t3 - t2,
+            "time/step_s": t3 - t0,
+            "throughput/rollout_tokens_per_s": all_lengths.sum().item() / max(t1 - t0, 1e-9),
+            "throughput/train_tokens_per_s": train_tokens * a.num_iterations / max(t3 - t2, 1e-9),
+        }
+        run.log_metrics(step, metrics)
+        if cfg.logging.dump_rollouts:
+            run.log_rollouts(step, all_rewards, adv, all_lengths)
+        if cfg.logging.sample_every and step % cfg.logging.sample_every == 0:
+            run.log_samples(step, _samples(task, batch, groups, scored, local_adv, cfg.logging.num_samples, g))
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(_postfix(metrics, scored.names))
+        if (cfg.logging.checkpoint_every and step % cfg.logging.checkpoint_every == 0) or step == cfg.steps:
+            save_checkpoint(run.dir / "checkpoints", step, engine, keep=cfg.logging.keep_checkpoints)
+    if progress is not None:
+        progress.close()
+    if rank == 0:
+        engine.module.save_pretrained(run.dir / "final_model")
+        tokenizer.save_pretrained(run.dir / "final_model")
+    barrier()
+    return run.dir
+
+
+def _progress(cfg: TrainConfig, start: int, rank: int):
+    if rank != 0 or not cfg.logging.progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=cfg.steps, initial=start, desc=f"{cfg.task}/{cfg.algorithm.method}/seed{cfg.seed}", dynamic_ncols=True)
+
+
+def _postfix(metrics: dict, names) -> dict:
+    out = {name: f"{metrics.get(f'reward/{name}/mean', float('nan')):.3f}" for name in names}
+    out["adv0"] = f"{metrics['adv/zero_frac']:.2f}"
+    out["loss"] = f"{metrics['loss']:.4f}"
+    return out
+
+
+def _samples(task, batch, groups, scored, local_adv, count, g) -> list[dict]:
+    out = []
+    for i in range(min(count, len(groups) * g)):
+        p, j = divmod(i, g)
+        out.append(
+            {
+                "prompt": groups[p][j]["messages"][-1]["content"],
+                "completion": groups[p][j]["completion"],
+                "num_tokens": groups[p][j]["num_tokens"],
+                "rewards": dict(zip(scored.names, scored.rewards[p, j].tolist())),
+                "advantage": local_adv[i].item(),
+            }
+        )
+    return out
