@@ -85,7 +85,9 @@ def load_checkpoint(root: Path, engine) -> int:
     path = latest_checkpoint(root)
     if path is None:
         return 0
-    load_path, _ = engine.load_checkpoint(str(path), tag=TAG, load_optimizer_states=True, load_lr_scheduler_states=True)
+    load_path, _ = engine.load_checkpoint(
+        str(path), tag=TAG, load_optimizer_states=True, load_lr_scheduler_states=True
+    )
     if load_path is None:
         raise RuntimeError(f"DeepSpeed could not load the checkpoint in {path}")
     rng = path / f"rng_rank{rank()}.pt"

@@ -1,6 +1,6 @@
 """Command line of the trainer: ``--config`` YAML, dotted overrides, ``--resume``, ``--describe``.
 
-    python experiments/toy/train.py --config experiments/toy/configs/tiny.yaml algorithm.method=gdpo seed=3
+python experiments/toy/train.py --config experiments/toy/configs/tiny.yaml algorithm.method=gdpo seed=3
 """
 
 from __future__ import annotations
@@ -16,8 +16,12 @@ __all__ = ["main"]
 def main(argv: list[str] | None = None, *, task: str | None = None) -> None:
     parser = argparse.ArgumentParser(description="GRPO / GRPO w/o std / GDPO training run")
     parser.add_argument("--config", help="YAML config file (a preset)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in the run folder from its latest checkpoint")
-    parser.add_argument("--describe", action="store_true", help="list every config key with its type, default and help")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the run in the run folder from its latest checkpoint"
+    )
+    parser.add_argument(
+        "--describe", action="store_true", help="list every config key with its type, default and help"
+    )
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. algorithm.method=gdpo seed=3")
     args = parser.parse_args(argv)
     if args.describe:

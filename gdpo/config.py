@@ -188,20 +188,28 @@ class TinyModelConfig:
     """Shape of the embedded tiny model (used when ``model.name_or_path == "tiny"``)."""
 
     vocab_size: int = field_(384, help="BPE vocabulary size of the locally trained tokenizer")
-    hidden_size: int = field_(128, help="transformer width")
+    hidden_size: int = field_(160, help="transformer width")
     num_layers: int = field_(4, help="number of decoder layers")
     num_heads: int = field_(4, help="attention heads")
     num_kv_heads: int = field_(2, help="key/value heads (grouped-query attention)")
-    intermediate_size: int = field_(384, help="MLP hidden size")
+    intermediate_size: int = field_(448, help="MLP hidden size")
     max_positions: int = field_(512, help="maximum sequence length (prompt + completion)")
 
 
 @dataclasses.dataclass
 class ModelConfig:
-    name_or_path: str = field_("tiny", help='"tiny" builds the embedded offline model; else a local HF folder or hub id')
-    dtype: typing.Literal["float32", "bfloat16", "float16"] = field_("float32", help="parameter dtype when loading")
-    attn_implementation: str = field_("sdpa", help="transformers attention implementation (eager, sdpa, flash_attention_2)")
-    gradient_checkpointing: bool = field_(False, help="recompute activations in the backward pass to save memory")
+    name_or_path: str = field_(
+        "tiny", help='"tiny" builds the embedded offline model; else a local HF folder or hub id'
+    )
+    dtype: typing.Literal["float32", "bfloat16", "float16"] = field_(
+        "float32", help="parameter dtype when loading"
+    )
+    attn_implementation: str = field_(
+        "sdpa", help="transformers attention implementation (eager, sdpa, flash_attention_2)"
+    )
+    gradient_checkpointing: bool = field_(
+        False, help="recompute activations in the backward pass to save memory"
+    )
     tiny: TinyModelConfig = field_(default_factory=TinyModelConfig, help="shape of the tiny model")
 
 
@@ -217,25 +225,35 @@ class WarmStartConfig:
 
 @dataclasses.dataclass
 class RolloutConfig:
-    backend: typing.Literal["hf", "vllm"] = field_("hf", help="generation engine: hf (in-process) or vllm (colocated)")
+    backend: typing.Literal["hf", "vllm"] = field_(
+        "hf", help="generation engine: hf (in-process) or vllm (colocated)"
+    )
     num_rollouts: int = field_(8, help="G, completions sampled per prompt")
     temperature: float = field_(1.0, help="sampling temperature (also used for training log-probs)")
     top_p: float = field_(1.0, help="nucleus sampling threshold (1 = off)")
     max_new_tokens: int = field_(64, help="completion length limit; longer completions are truncated")
     max_prompt_tokens: int = field_(384, help="prompts longer than this are an error")
-    stop: list[str] = field_(default_factory=list, help="extra stop strings (the tokenizer's EOS always stops)")
+    stop: list[str] = field_(
+        default_factory=list, help="extra stop strings (the tokenizer's EOS always stops)"
+    )
     mask_truncated: bool = field_(False, help="exclude completions that hit max_new_tokens from the loss")
     vllm_gpu_memory_utilization: float = field_(0.3, help="vLLM: fraction of GPU memory for the engine")
-    vllm_sleep: bool = field_(True, help="vLLM: put the engine to sleep during the policy update where supported")
+    vllm_sleep: bool = field_(
+        True, help="vLLM: put the engine to sleep during the policy update where supported"
+    )
 
 
 @dataclasses.dataclass
 class AlgorithmConfig:
-    method: str = field_("gdpo", help="advantage estimator: grpo, grpo_no_std, gdpo (gdpo.advantages registry)")
+    method: str = field_(
+        "gdpo", help="advantage estimator: grpo, grpo_no_std, gdpo (gdpo.advantages registry)"
+    )
     eps: float = field_(1e-6, help="added to every std in the advantage estimator")
     unbiased: bool = field_(True, help="sample std (N-1) if true, population std (N) if false")
     batch_norm: typing.Literal["sequence", "token", "none"] = field_("sequence", help="GDPO batch step")
-    reward_weights: dict[str, float] = field_(default_factory=dict, help="weight per reward component name (default 1)")
+    reward_weights: dict[str, float] = field_(
+        default_factory=dict, help="weight per reward component name (default 1)"
+    )
     clip_low: float = field_(0.2, help="PPO ratio clip below: 1 - clip_low")
     clip_high: float = field_(0.2, help="PPO ratio clip above: 1 + clip_high (0.28 = DAPO clip-higher)")
     num_iterations: int = field_(1, help="mu: policy updates per generation batch")
@@ -264,7 +282,9 @@ class OptimConfig:
 class DataConfig:
     prompts_per_step: int = field_(8, help="B, prompts per generation batch (global, over all ranks)")
     shuffle: bool = field_(True, help="reshuffle the prompts every epoch (seeded)")
-    options: dict[str, Any] = field_(default_factory=dict, help="task-specific data options (sizes, limits, ...)")
+    options: dict[str, Any] = field_(
+        default_factory=dict, help="task-specific data options (sizes, limits, ...)"
+    )
 
 
 @dataclasses.dataclass
@@ -275,7 +295,9 @@ class LoggingConfig:
     num_samples: int = field_(4, help="completions written per sampling step")
     checkpoint_every: int = field_(10, help="save a checkpoint every N steps (0 = only at the end)")
     keep_checkpoints: int = field_(2, help="checkpoints kept on disk (oldest removed)")
-    dump_rollouts: bool = field_(False, help="write every rollout's rewards, advantage and length to rollouts.jsonl")
+    dump_rollouts: bool = field_(
+        False, help="write every rollout's rewards, advantage and length to rollouts.jsonl"
+    )
     progress: bool = field_(True, help="progress bar with live metrics on the console")
     tensorboard: bool = field_(False, help="also write TensorBoard scalars")
     wandb: bool = field_(False, help="also log to Weights & Biases (offline mode)")
@@ -289,7 +311,9 @@ class TrainConfig:
     steps: int = field_(20, help="RL steps (generation batches)")
     device: str = field_("auto", help="auto, cpu or cuda")
     model: ModelConfig = field_(default_factory=ModelConfig, help="policy model")
-    warm_start: WarmStartConfig = field_(default_factory=WarmStartConfig, help="SFT warm start of the tiny model")
+    warm_start: WarmStartConfig = field_(
+        default_factory=WarmStartConfig, help="SFT warm start of the tiny model"
+    )
     rollout: RolloutConfig = field_(default_factory=RolloutConfig, help="generation")
     algorithm: AlgorithmConfig = field_(default_factory=AlgorithmConfig, help="advantages and loss")
     optim: OptimConfig = field_(default_factory=OptimConfig, help="optimizer and DeepSpeed")

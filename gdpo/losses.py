@@ -18,7 +18,14 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["KL_ESTIMATORS", "LOSS_AGGREGATIONS", "aggregate", "entropy_from_logits", "kl_penalty", "policy_loss"]
+__all__ = [
+    "KL_ESTIMATORS",
+    "LOSS_AGGREGATIONS",
+    "aggregate",
+    "entropy_from_logits",
+    "kl_penalty",
+    "policy_loss",
+]
 
 
 def policy_loss(
@@ -90,7 +97,13 @@ LOSS_AGGREGATIONS: dict[str, Callable[..., torch.Tensor]] = {
 
 
 def aggregate(
-    values: torch.Tensor, mask: torch.Tensor, mode: str, *, num_tokens: int, num_sequences: int, max_tokens: int
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    mode: str,
+    *,
+    num_tokens: int,
+    num_sequences: int,
+    max_tokens: int,
 ) -> torch.Tensor:
     """Aggregate per-token ``values [N, T]`` over ``mask``, normalised by the whole mini-batch's counts.
 

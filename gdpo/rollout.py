@@ -63,7 +63,7 @@ def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     if top_p >= 1.0:
         return probs
     sorted_probs, order = probs.sort(dim=-1, descending=True)
-    drop = sorted_probs.cumsum(-1) - sorted_probs > top_p  # keep the smallest prefix reaching top_p
+    drop = sorted_probs.cumsum(-1) - sorted_probs >= top_p  # keep the smallest prefix reaching top_p
     sorted_probs = sorted_probs.masked_fill(drop, 0.0)
     filtered = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
     return filtered / filtered.sum(-1, keepdim=True)
@@ -83,7 +83,11 @@ class HFRollout:
 
     @torch.no_grad()
     def generate(
-        self, prompt_ids: Sequence[Sequence[int]], prompt_seeds: Sequence[int], num_rollouts: int, greedy: bool = False
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        prompt_seeds: Sequence[int],
+        num_rollouts: int,
+        greedy: bool = False,
     ) -> Rollouts:
         cfg, tok = self.cfg, self.tokenizer
         device = next(self.model.parameters()).device
@@ -157,7 +161,9 @@ class HFRollout:
         completion_mask = completion.ne(pad)
         input_ids = torch.cat([prompt_ids, completion], 1)
         attention_mask = torch.cat([prompt_ids.ne(pad), completion_mask], 1).long()
-        texts = self.tokenizer.batch_decode(completion.masked_fill(~completion_mask, pad), skip_special_tokens=True)
+        texts = self.tokenizer.batch_decode(
+            completion.masked_fill(~completion_mask, pad), skip_special_tokens=True
+        )
         return Rollouts(
             input_ids=input_ids,
             attention_mask=attention_mask,

@@ -31,7 +31,17 @@ from gdpo.config import to_dict
 
 __all__ = ["RunLog", "git_state", "read_jsonl"]
 
-PACKAGES = ("torch", "transformers", "tokenizers", "deepspeed", "accelerate", "trl", "vllm", "numpy", "math-verify")
+PACKAGES = (
+    "torch",
+    "transformers",
+    "tokenizers",
+    "deepspeed",
+    "accelerate",
+    "trl",
+    "vllm",
+    "numpy",
+    "math-verify",
+)
 
 
 def git_state(repo: Path) -> dict[str, Any]:
@@ -116,7 +126,11 @@ class RunLog:
             "packages": _versions(),
             **extra,
         }
-        name = "metadata.json" if not (self.dir / "metadata.json").exists() else f"metadata.resume-{meta['started'][:19].replace(':', '')}.json"
+        name = (
+            "metadata.json"
+            if not (self.dir / "metadata.json").exists()
+            else f"metadata.resume-{meta['started'][:19].replace(':', '')}.json"
+        )
         _atomic_write(self.dir / name, json.dumps(meta, indent=2, default=str))
 
     def log_metrics(self, step: int, metrics: dict[str, Any]) -> None:

@@ -63,7 +63,9 @@ def _atomic_build(target: Path, build) -> Path:
     return target
 
 
-def build_tiny_model(cfg: TinyModelConfig, corpus: Sequence[str], cache_root: str | Path, seed: int = 0) -> Path:
+def build_tiny_model(
+    cfg: TinyModelConfig, corpus: Sequence[str], cache_root: str | Path, seed: int = 0
+) -> Path:
     """Build (or reuse) the tiny model + tokenizer folder for this shape, corpus and seed."""
     if not corpus:
         raise ValueError("build_tiny_model needs a non-empty text corpus to train the tokenizer")
@@ -126,7 +128,9 @@ def warm_start(
     """Supervised fine-tuning on (chat messages, assistant completion) pairs; returns the tuned folder."""
     if not demonstrations:
         raise ValueError("warm_start needs at least one demonstration")
-    key = _digest(FORMAT_VERSION, str(Path(model_dir).resolve().name), asdict(cfg), _digest(list(demonstrations)), seed)
+    key = _digest(
+        FORMAT_VERSION, str(Path(model_dir).resolve().name), asdict(cfg), _digest(list(demonstrations)), seed
+    )
     target = Path(cache_root) / f"{Path(model_dir).name}-sft-{key}"
     return _atomic_build(target, lambda tmp: _sft(Path(model_dir), tmp, demonstrations, cfg, seed))
 
@@ -139,12 +143,16 @@ def _sft(model_dir: Path, out: Path, demonstrations, cfg: WarmStartConfig, seed:
     examples = [_sft_example(tokenizer, messages, completion) for messages, completion in demonstrations]
     gen = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 20) * (1 - s / cfg.steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / 20) * (1 - s / cfg.steps)
+    )
     model.train()
     for _ in range(cfg.steps):
         idx = torch.randint(len(examples), (min(cfg.batch_size, len(examples)),), generator=gen).tolist()
         input_ids, labels = _pad_batch([examples[i] for i in idx], tokenizer.pad_token_id)
-        loss = model(input_ids=input_ids, attention_mask=input_ids.ne(tokenizer.pad_token_id), labels=labels).loss
+        loss = model(
+            input_ids=input_ids, attention_mask=input_ids.ne(tokenizer.pad_token_id), labels=labels
+        ).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

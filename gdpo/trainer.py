@@ -17,6 +17,7 @@ Where this departs from the paper and the official codes (each is a config optio
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -38,7 +39,10 @@ from gdpo.tasks import Task, build_task
 __all__ = ["prepare_model", "run_dir_for", "train"]
 
 MODEL_SEED = 0  # the base model (tiny build + warm start) is shared by every RL seed, as in the paper
-CACHE_ROOT = Path(__file__).resolve().parent.parent / "data" / "cache" / "models"
+CACHE_ROOT = (
+    Path(os.environ.get("GDPO_CACHE_DIR", Path(__file__).resolve().parent.parent / "data" / "cache"))
+    / "models"
+)
 
 
 def run_dir_for(cfg: TrainConfig) -> Path:
@@ -126,7 +130,9 @@ def plan_layout(cfg: TrainConfig, world: int) -> Layout:
     mini = per_rank // cfg.optim.mini_batches
     micro = min(cfg.optim.micro_batch_size, mini)
     if mini % micro:
-        raise ValueError(f"optim.micro_batch_size={micro} must divide the {mini} sequences of a mini-batch per rank")
+        raise ValueError(
+            f"optim.micro_batch_size={micro} must divide the {mini} sequences of a mini-batch per rank"
+        )
     return Layout(b // world, per_rank, mini, micro)
 
 
@@ -161,7 +167,9 @@ def build_engine(cfg: TrainConfig, model, layout: Layout, world: int):
     }
     if o.offload_optimizer:
         ds_config["zero_optimization"]["offload_optimizer"] = {"device": "cpu"}
-    optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay
+    )
     total_updates = cfg.steps * cfg.algorithm.num_iterations * o.mini_batches
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_updates))
     model.train()
@@ -177,7 +185,9 @@ def load_policy(cfg: TrainConfig, path: str, device: torch.device):
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.padding_side = "left"
     dtype = getattr(torch, cfg.model.dtype)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=cfg.model.attn_implementation)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=dtype, attn_implementation=cfg.model.attn_implementation
+    )
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     return tokenizer, model.to(device)
@@ -188,7 +198,9 @@ def load_policy(cfg: TrainConfig, path: str, device: torch.device):
 # --------------------------------------------------------------------------------------------------
 
 
-def completion_logprobs(model, ro: Rollouts, rows: slice, temperature: float, pad_id: int, with_entropy: bool):
+def completion_logprobs(
+    model, ro: Rollouts, rows: slice, temperature: float, pad_id: int, with_entropy: bool
+):
     """Log-probs ``[n, T]`` of the completion tokens (and their entropies) under ``model``, temperature-scaled."""
     ids, mask = ro.input_ids[rows], ro.attention_mask[rows]
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -197,12 +209,19 @@ def completion_logprobs(model, ro: Rollouts, rows: slice, temperature: float, pa
     logits[..., pad_id] = -torch.inf  # as in sampling: padding is never a completion token
     completion_mask = ro.completion_mask[rows]
     targets = ids[:, ro.prompt_width :].masked_fill(~completion_mask, 0)  # padding would gather -inf
-    logp = torch.log_softmax(logits, -1).gather(-1, targets[..., None]).squeeze(-1).masked_fill(~completion_mask, 0.0)
+    logp = (
+        torch.log_softmax(logits, -1)
+        .gather(-1, targets[..., None])
+        .squeeze(-1)
+        .masked_fill(~completion_mask, 0.0)
+    )
     entropy = entropy_from_logits(logits.masked_fill(torch.isinf(logits), -1e9)) if with_entropy else None
     return logp, entropy
 
 
-def policy_update(engine, ref_model, ro: Rollouts, advantages: torch.Tensor, cfg: TrainConfig, layout: Layout, pad_id):
+def policy_update(
+    engine, ref_model, ro: Rollouts, advantages: torch.Tensor, cfg: TrainConfig, layout: Layout, pad_id
+):
     """mu passes over the batch, each in mini-batches of micro-batches; returns averaged statistics."""
     a, world = cfg.algorithm, torch.distributed.get_world_size()
     loss_mask = ro.completion_mask
@@ -210,16 +229,29 @@ def policy_update(engine, ref_model, ro: Rollouts, advantages: torch.Tensor, cfg
         loss_mask = loss_mask & ~ro.truncated[:, None]
     temp = cfg.rollout.temperature
     n = advantages.shape[0]
-    micro_slices = lambda start, stop: [slice(i, i + layout.micro_batch_size) for i in range(start, stop, layout.micro_batch_size)]  # noqa: E731
+
+    def micro_slices(start: int, stop: int) -> list[slice]:
+        return [slice(i, i + layout.micro_batch_size) for i in range(start, stop, layout.micro_batch_size)]
 
     old_logprobs = ref_logprobs = None
     with torch.no_grad():
         if a.num_iterations > 1:
-            old_logprobs = torch.cat([completion_logprobs(engine, ro, s, temp, pad_id, False)[0] for s in micro_slices(0, n)])
+            old_logprobs = torch.cat(
+                [completion_logprobs(engine, ro, s, temp, pad_id, False)[0] for s in micro_slices(0, n)]
+            )
         if a.kl_coef > 0:
-            ref_logprobs = torch.cat([completion_logprobs(ref_model, ro, s, temp, pad_id, False)[0] for s in micro_slices(0, n)])
+            ref_logprobs = torch.cat(
+                [completion_logprobs(ref_model, ro, s, temp, pad_id, False)[0] for s in micro_slices(0, n)]
+            )
 
-    sums = {"loss": 0.0, "pg_loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_frac/low": 0.0, "clip_frac/high": 0.0}
+    sums = {
+        "loss": 0.0,
+        "pg_loss": 0.0,
+        "kl": 0.0,
+        "entropy": 0.0,
+        "clip_frac/low": 0.0,
+        "clip_frac/high": 0.0,
+    }
     tokens_seen = 0.0
     grad_norms = []
     for _ in range(a.num_iterations):
@@ -233,9 +265,15 @@ def policy_update(engine, ref_model, ro: Rollouts, advantages: torch.Tensor, cfg
             for rows in micro_slices(start, stop):
                 logp, entropy = completion_logprobs(engine, ro, rows, temp, pad_id, with_entropy=True)
                 old = old_logprobs[rows] if old_logprobs is not None else logp.detach()
-                pg, clip_low, clip_high = policy_loss(logp, old, advantages[rows], clip_low=a.clip_low, clip_high=a.clip_high)
+                pg, clip_low, clip_high = policy_loss(
+                    logp, old, advantages[rows], clip_low=a.clip_low, clip_high=a.clip_high
+                )
                 token_loss = pg - a.entropy_coef * entropy
-                kl = kl_penalty(logp, ref_logprobs[rows], a.kl_estimator) if ref_logprobs is not None else torch.zeros_like(logp)
+                kl = (
+                    kl_penalty(logp, ref_logprobs[rows], a.kl_estimator)
+                    if ref_logprobs is not None
+                    else torch.zeros_like(logp)
+                )
                 token_loss = token_loss + a.kl_coef * kl
                 mask = loss_mask[rows]
                 loss = aggregate(token_loss, mask, a.loss_agg, **norm)
@@ -247,11 +285,17 @@ def policy_update(engine, ref_model, ro: Rollouts, advantages: torch.Tensor, cfg
                 m = mask.float()
                 sums["loss"] += loss.item()
                 sums["pg_loss"] += aggregate(pg.detach(), mask, a.loss_agg, **norm).item()
-                for key, value in (("kl", kl), ("entropy", entropy), ("clip_frac/low", clip_low), ("clip_frac/high", clip_high)):
+                for key, value in (
+                    ("kl", kl),
+                    ("entropy", entropy),
+                    ("clip_frac/low", clip_low),
+                    ("clip_frac/high", clip_high),
+                ):
                     sums[key] += (value.detach().float() * m).sum().item()
                 tokens_seen += m.sum().item()
     passes = a.num_iterations * (n // layout.sequences_per_mini_batch)
-    stats = {"loss": sums["loss"] / passes, "pg_loss": sums["pg_loss"] / passes}
+    # Each rank's loss is normalised by global counts, so the global loss is the sum over ranks.
+    stats = {key: all_reduce_sum(sums[key]) / passes for key in ("loss", "pg_loss")}
     for key in ("kl", "entropy", "clip_frac/low", "clip_frac/high"):
         stats[key] = all_reduce_sum(sums[key]) / max(all_reduce_sum(tokens_seen), 1.0)
     grad_norms = [g for g in grad_norms if g is not None]
@@ -268,7 +312,9 @@ def _grad_norm(engine) -> float | None:
     """
     grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
     if grads:
-        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])).item()
+        return torch.linalg.vector_norm(
+            torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])
+        ).item()
     norm = engine.get_global_grad_norm()
     return None if norm is None else float(norm)
 
@@ -287,7 +333,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, task: Task | None = None) -
     layout = plan_layout(cfg, world)
     run = RunLog(run_dir_for(cfg), is_main=rank == 0)
     if run.has_progress() and not resume:
-        raise FileExistsError(f"{run.dir} already holds a run; pass --resume to continue it or choose logging.run_dir")
+        raise FileExistsError(
+            f"{run.dir} already holds a run; pass --resume to continue it or choose logging.run_dir"
+        )
 
     model_path = prepare_model(cfg, task) if rank == 0 else None
     barrier()
@@ -302,7 +350,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, task: Task | None = None) -
     prompts = [encode_prompt(tokenizer, row["messages"]) for row in task.train]
     too_long = [i for i, p in enumerate(prompts) if len(p) > cfg.rollout.max_prompt_tokens]
     if too_long:
-        raise ValueError(f"train prompt {too_long[0]} has {len(prompts[too_long[0]])} tokens > rollout.max_prompt_tokens")
+        raise ValueError(
+            f"train prompt {too_long[0]} has {len(prompts[too_long[0]])} tokens > rollout.max_prompt_tokens"
+        )
 
     start = 0
     if resume:
@@ -319,12 +369,23 @@ def train(cfg: TrainConfig, *, resume: bool = False, task: Task | None = None) -
         batch = step_prompt_indices(len(prompts), cfg.data.prompts_per_step, step, cfg.seed, cfg.data.shuffle)
         first = rank * layout.prompts_per_rank
         mine = range(first, first + layout.prompts_per_rank)
-        ro = backend.generate([prompts[batch[p]] for p in mine], [prompt_seed(cfg.seed, step, p) for p in mine], cfg.rollout.num_rollouts)
+        ro = backend.generate(
+            [prompts[batch[p]] for p in mine],
+            [prompt_seed(cfg.seed, step, p) for p in mine],
+            cfg.rollout.num_rollouts,
+        )
         t1 = time.perf_counter()
 
         g = cfg.rollout.num_rollouts
         groups = [
-            [dict(task.train[batch[p]], completion=ro.completions[i * g + j], num_tokens=int(ro.num_tokens[i * g + j])) for j in range(g)]
+            [
+                dict(
+                    task.train[batch[p]],
+                    completion=ro.completions[i * g + j],
+                    num_tokens=int(ro.num_tokens[i * g + j]),
+                )
+                for j in range(g)
+            ]
             for i, p in enumerate(mine)
         ]
         scored = rewards.score(groups)
@@ -332,18 +393,28 @@ def train(cfg: TrainConfig, *, resume: bool = False, task: Task | None = None) -
         all_lengths = all_gather_cat(ro.num_tokens.view(-1, g).to(device)).cpu()
         a = cfg.algorithm
         adv = compute_advantages(
-            all_rewards, a.method, weights=scored.weights, eps=a.eps, unbiased=a.unbiased, batch_norm=a.batch_norm, lengths=all_lengths
+            all_rewards,
+            a.method,
+            weights=scored.weights,
+            eps=a.eps,
+            unbiased=a.unbiased,
+            batch_norm=a.batch_norm,
+            lengths=all_lengths,
         )
         local_adv = adv[first : first + layout.prompts_per_rank].reshape(-1).to(device)
         t2 = time.perf_counter()
 
-        stats, train_tokens = policy_update(engine, ref_model, ro, local_adv, cfg, layout, tokenizer.pad_token_id)
+        stats, train_tokens = policy_update(
+            engine, ref_model, ro, local_adv, cfg, layout, tokenizer.pad_token_id
+        )
         t3 = time.perf_counter()
 
         all_truncated = all_gather_cat(ro.truncated.to(device)).cpu()
         metrics = {
             **advantage_diagnostics(all_rewards, adv, list(scored.names), weights=list(scored.weights)),
-            "reward/weighted_sum/mean": float((torch.nan_to_num(all_rewards) * torch.tensor(scored.weights)).sum(-1).mean()),
+            "reward/weighted_sum/mean": float(
+                (torch.nan_to_num(all_rewards) * torch.tensor(scored.weights)).sum(-1).mean()
+            ),
             **stats,
             "completion/len_mean": all_lengths.float().mean().item(),
             "completion/len_min": all_lengths.min().item(),
@@ -360,7 +431,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, task: Task | None = None) -
         if cfg.logging.dump_rollouts:
             run.log_rollouts(step, all_rewards, adv, all_lengths)
         if cfg.logging.sample_every and step % cfg.logging.sample_every == 0:
-            run.log_samples(step, _samples(task, batch, groups, scored, local_adv, cfg.logging.num_samples, g))
+            run.log_samples(
+                step, _samples(task, batch, groups, scored, local_adv, cfg.logging.num_samples, g)
+            )
         if progress is not None:
             progress.update(1)
             progress.set_postfix(_postfix(metrics, scored.names))
@@ -380,7 +453,12 @@ def _progress(cfg: TrainConfig, start: int, rank: int):
         return None
     from tqdm import tqdm
 
-    return tqdm(total=cfg.steps, initial=start, desc=f"{cfg.task}/{cfg.algorithm.method}/seed{cfg.seed}", dynamic_ncols=True)
+    return tqdm(
+        total=cfg.steps,
+        initial=start,
+        desc=f"{cfg.task}/{cfg.algorithm.method}/seed{cfg.seed}",
+        dynamic_ncols=True,
+    )
 
 
 def _postfix(metrics: dict, names) -> dict:

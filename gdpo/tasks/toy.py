@@ -37,7 +37,9 @@ def _demonstration(rng: random.Random, a: int, b: int, noise: float) -> str:
     if rng.random() < noise:
         total = rng.randint(0, 18)  # a wrong (or accidentally right) sum
     if rng.random() < noise:
-        return rng.choice([f"{total}", f"answer {total}", f"<answer>{total}", f"<answer> {total} </answer> ok"])
+        return rng.choice(
+            [f"{total}", f"answer {total}", f"<answer>{total}", f"<answer> {total} </answer> ok"]
+        )
     return f"<answer>{total}</answer>"
 
 
@@ -56,5 +58,7 @@ def build_toy_task(options: dict, seed: int) -> Task:
     for _ in range(num_demos):
         a, b = demo_rng.choice(train)
         demos.append((_prompt(a, b)["messages"], _demonstration(demo_rng, a, b, noise)))
-    rewards = RewardSet([RewardComponent("correct", correct_reward), RewardComponent("format", format_reward)])
+    rewards = RewardSet(
+        [RewardComponent("correct", correct_reward), RewardComponent("format", format_reward)]
+    )
     return Task("toy", [_prompt(a, b) for a, b in train], [_prompt(a, b) for a, b in test], rewards, demos)

@@ -1,0 +1,103 @@
+"""Loss pieces: clipped surrogate, KL estimators and aggregations, with hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from gdpo.losses import aggregate, entropy_from_logits, kl_penalty, policy_loss
+
+
+def _lp(ratio):
+    return torch.tensor([[math.log(r) for r in ratio]], dtype=torch.float64)
+
+
+def test_clipped_surrogate_values():
+    old = torch.zeros(1, 4, dtype=torch.float64)
+    # Ratios 0.5, 0.9, 1.1, 1.5 with A = +1: loss = max(-r, -clip(r, 0.8, 1.2)) = (-0.5, -0.9, -1.1, -1.2).
+    loss, low, high = policy_loss(
+        _lp([0.5, 0.9, 1.1, 1.5]), old, torch.tensor([1.0], dtype=torch.float64), clip_low=0.2, clip_high=0.2
+    )
+    assert loss.tolist()[0] == pytest.approx([-0.5, -0.9, -1.1, -1.2])
+    assert high.tolist()[0] == [False, False, False, True] and not low.any()
+    # A = -1: loss = max(r, clip(r)) = (0.8, 0.9, 1.1, 1.5).
+    loss, low, high = policy_loss(
+        _lp([0.5, 0.9, 1.1, 1.5]), old, torch.tensor([-1.0], dtype=torch.float64), clip_low=0.2, clip_high=0.2
+    )
+    assert loss.tolist()[0] == pytest.approx([0.8, 0.9, 1.1, 1.5])
+    assert low.tolist()[0] == [True, False, False, False] and not high.any()
+
+
+def test_clip_higher_only_widens_the_upper_side():
+    old = torch.zeros(1, 2, dtype=torch.float64)
+    loss, _, high = policy_loss(
+        _lp([1.25, 1.4]), old, torch.tensor([2.0], dtype=torch.float64), clip_low=0.2, clip_high=0.28
+    )
+    assert loss.tolist()[0] == pytest.approx([-2.5, -2.56])
+    assert high.tolist()[0] == [False, True]
+
+
+def test_gradient_is_zero_where_clipped():
+    logp = _lp([1.5, 1.0]).requires_grad_(True)
+    loss, _, _ = policy_loss(
+        logp,
+        torch.zeros(1, 2, dtype=torch.float64),
+        torch.tensor([1.0], dtype=torch.float64),
+        clip_low=0.2,
+        clip_high=0.2,
+    )
+    loss.sum().backward()
+    assert logp.grad.tolist()[0] == pytest.approx([0.0, -1.0])  # d(-r)/dlogp = -r = -1 at r = 1
+
+
+def test_kl_estimators_at_log_ratio_log2():
+    logp = torch.tensor([math.log(2.0)])
+    ref = torch.tensor([0.0])
+    d = math.log(2.0)
+    assert kl_penalty(logp, ref, "k1").item() == pytest.approx(d)
+    assert kl_penalty(logp, ref, "k3").item() == pytest.approx(0.5 + d - 1)  # exp(-d) + d - 1
+    assert kl_penalty(logp, ref, "mse").item() == pytest.approx(0.5 * d * d)
+    assert kl_penalty(ref, ref, "k3").item() == 0.0
+    with pytest.raises(ValueError, match="unknown kl_estimator 'k2'"):
+        kl_penalty(logp, ref, "k2")
+
+
+def test_entropy_of_uniform_and_peaked():
+    assert entropy_from_logits(torch.zeros(4)).item() == pytest.approx(math.log(4))
+    assert entropy_from_logits(torch.tensor([0.0, -1e9])).item() == pytest.approx(0.0, abs=1e-6)
+
+
+VALUES = torch.tensor([[1.0, 2.0, 3.0, 0.0], [4.0, 0.0, 0.0, 0.0]])
+MASK = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]], dtype=torch.bool)
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        ("seq_mean_token_mean", ((1 + 2 + 3) / 3 + 4 / 1) / 2),  # 3.0
+        ("token_mean", (1 + 2 + 3 + 4) / 4),  # 2.5
+        ("seq_mean_token_sum_norm", (1 + 2 + 3 + 4) / (4 * 2)),  # 1.25, max_tokens = 4
+    ],
+)
+def test_aggregations(mode, expected):
+    got = aggregate(VALUES, MASK, mode, num_tokens=4, num_sequences=2, max_tokens=4)
+    assert got.item() == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("mode", ["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"])
+def test_micro_batches_sum_to_the_mini_batch_loss(mode):
+    gen = torch.Generator().manual_seed(0)
+    values = torch.randn(8, 6, generator=gen)
+    mask = torch.rand(8, 6, generator=gen) > 0.3
+    mask[:, 0] = True
+    norm = {"num_tokens": int(mask.sum()), "num_sequences": 8, "max_tokens": 6}
+    whole = aggregate(values, mask, mode, **norm)
+    parts = sum(aggregate(values[i : i + 3], mask[i : i + 3], mode, **norm) for i in range(0, 8, 3))
+    assert parts.item() == pytest.approx(whole.item(), abs=1e-6)
+
+
+def test_unknown_aggregation():
+    with pytest.raises(ValueError, match="unknown loss_agg 'sum'"):
+        aggregate(VALUES, MASK, "sum", num_tokens=4, num_sequences=2, max_tokens=4)

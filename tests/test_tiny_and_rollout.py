@@ -1,0 +1,132 @@
+"""The embedded tiny model and the HF rollout backend."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from gdpo.config import RolloutConfig, TinyModelConfig
+from gdpo.rollout import HFRollout, _top_p_filter, encode_prompt
+from gdpo.tiny import build_tiny_model
+
+
+def test_tiny_model_is_a_normal_hf_folder(toy_model_dir, toy_task):
+    tokenizer = AutoTokenizer.from_pretrained(toy_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(toy_model_dir)
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert 1_000_000 <= sum(p.numel() for p in model.parameters()) <= 5_000_000
+    text = tokenizer.apply_chat_template(
+        toy_task.train[0]["messages"], add_generation_prompt=True, tokenize=False
+    )
+    assert text == "<|im_start|>user\nAdd 7 and 1.<|im_end|>\n<|im_start|>assistant\n"
+    ids = encode_prompt(tokenizer, toy_task.train[0]["messages"])
+    assert tokenizer.decode(ids) == text
+    assert tokenizer.decode(tokenizer("<answer>12</answer>")["input_ids"]) == "<answer>12</answer>"
+    assert (toy_model_dir / "warm_start.json").exists()
+
+
+def test_build_is_cached_by_settings(tmp_path):
+    corpus = ["Add 1 and 2.", "<answer>3</answer>"] * 20
+    cfg = TinyModelConfig(
+        hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, num_kv_heads=1, vocab_size=300
+    )
+    first = build_tiny_model(cfg, corpus, tmp_path)
+    stamp = (first / "config.json").stat().st_mtime_ns
+    assert build_tiny_model(cfg, corpus, tmp_path) == first
+    assert (first / "config.json").stat().st_mtime_ns == stamp
+    other = build_tiny_model(cfg, corpus + ["more text"], tmp_path)
+    assert other != first
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folders left
+    with pytest.raises(ValueError, match="non-empty text corpus"):
+        build_tiny_model(cfg, [], tmp_path)
+
+
+def _prompts(tokenizer, task, n):
+    return [encode_prompt(tokenizer, row["messages"]) for row in task.train[:n]]
+
+
+def test_rollouts_do_not_depend_on_batch_layout(toy_policy, toy_task):
+    model, tokenizer = toy_policy
+    backend = HFRollout(model, tokenizer, RolloutConfig(max_new_tokens=16))
+    prompts = _prompts(tokenizer, toy_task, 6)
+    whole = backend.generate(prompts, list(range(100, 106)), 4)
+    part = backend.generate(prompts[3:], list(range(103, 106)), 4)
+    assert whole.completions[12:] == part.completions
+    again = backend.generate(prompts, list(range(100, 106)), 4)
+    assert again.completions == whole.completions
+    other = backend.generate(prompts, list(range(200, 206)), 4)
+    assert other.completions != whole.completions
+
+
+def test_rollout_tensors_are_consistent(toy_policy, toy_task):
+    model, tokenizer = toy_policy
+    backend = HFRollout(model, tokenizer, RolloutConfig(max_new_tokens=16))
+    ro = backend.generate(_prompts(tokenizer, toy_task, 4), [1, 2, 3, 4], 4)
+    n = 16
+    assert ro.input_ids.shape[0] == n and ro.completion_mask.shape[0] == n
+    assert ro.num_tokens.tolist() == ro.completion_mask.sum(-1).tolist()
+    completion = ro.input_ids[:, ro.prompt_width :]
+    for row in range(n):
+        k = int(ro.num_tokens[row])
+        ends_with_eos = completion[row, k - 1].item() == tokenizer.eos_token_id
+        assert ends_with_eos != bool(ro.truncated[row])
+        assert tokenizer.pad_token_id not in completion[row, :k].tolist()
+        assert tokenizer.decode(completion[row, :k], skip_special_tokens=True) == ro.completions[row]
+    # Training-side log-probs (a forward over the whole sequence) match the sampler's.
+    positions = (ro.attention_mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=ro.input_ids, attention_mask=ro.attention_mask, position_ids=positions).logits
+    logits = logits[:, ro.prompt_width - 1 : -1].float()
+    logits[..., tokenizer.pad_token_id] = -torch.inf
+    targets = completion.masked_fill(~ro.completion_mask, 0)
+    logp = torch.log_softmax(logits, -1).gather(-1, targets[..., None]).squeeze(-1)
+    diff = ((logp - ro.sample_logprobs).abs() * ro.completion_mask).max().item()
+    assert diff < 1e-4
+
+
+def test_truncation_and_greedy(toy_policy, toy_task):
+    model, tokenizer = toy_policy
+    short = HFRollout(model, tokenizer, RolloutConfig(max_new_tokens=2))
+    ro = short.generate(_prompts(tokenizer, toy_task, 2), [5, 6], 3)
+    assert ro.completion_mask.shape[1] <= 2
+    assert all(
+        bool(t) == (int(n) == 2 and ro.input_ids[i, -1] != tokenizer.eos_token_id)
+        for i, (t, n) in enumerate(zip(ro.truncated, ro.num_tokens))
+    )
+    greedy = HFRollout(model, tokenizer, RolloutConfig(max_new_tokens=12))
+    a = greedy.generate(_prompts(tokenizer, toy_task, 2), [1, 2], 3, greedy=True)
+    assert a.completions[0] == a.completions[1] == a.completions[2]  # greedy ignores the seeds
+
+
+def test_stop_strings_end_a_completion(toy_policy, toy_task):
+    model, tokenizer = toy_policy
+    backend = HFRollout(model, tokenizer, RolloutConfig(max_new_tokens=16, stop=["<answer>"]))
+    ro = backend.generate(_prompts(tokenizer, toy_task, 4), [1, 2, 3, 4], 4)
+    started = [c for c in ro.completions if c.startswith("<answer>")]
+    assert started, "the warm-started model should often open with <answer>"
+    assert all(c == "<answer>" for c in started)
+
+
+def test_top_p_filter_keeps_the_smallest_prefix():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    assert _top_p_filter(probs, 0.7).tolist()[0] == pytest.approx([0.625, 0.375, 0.0, 0.0])
+    assert _top_p_filter(probs, 0.5).tolist()[0] == pytest.approx([1.0, 0.0, 0.0, 0.0])
+    assert _top_p_filter(probs, 1.0) is probs
+
+
+def test_sampling_matches_the_distribution():
+    """argmax(p / Exp(1)) is an exact sample from p: check frequencies over many independent streams."""
+    from types import SimpleNamespace
+
+    backend = HFRollout.__new__(HFRollout)
+    backend.cfg = RolloutConfig(temperature=1.0)
+    backend.tokenizer = SimpleNamespace(pad_token_id=3)
+    logits = torch.log(torch.tensor([0.6, 0.3, 0.1, 1e-9])).repeat(4000, 1)
+    gens = [torch.Generator().manual_seed(i) for i in range(4000)]
+    tokens, logp = backend._sample(logits, gens, greedy=False)
+    freq = torch.bincount(tokens, minlength=4).float() / 4000
+    assert freq[:3].tolist() == pytest.approx([0.6, 0.3, 0.1], abs=0.03)
+    assert freq[3] == 0  # the pad token is never sampled
+    assert logp[tokens == 0][0].item() == pytest.approx(math.log(0.6), abs=1e-6)

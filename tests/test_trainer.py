@@ -1,0 +1,191 @@
+"""The trainer: batch layout, data order, LR schedule, and end-to-end runs of the toy task on the tiny model.
+
+The end-to-end runs are subprocesses (each initialises DeepSpeed and a process group of its own):
+an uninterrupted run; a run killed with SIGKILL and resumed, which must end with the same metrics; and a
+2-process torchrun (gloo), which must compute the same step-1 advantages and gradient as 1 process.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gdpo.config import TrainConfig, load_config
+from gdpo.runlog import read_jsonl
+from gdpo.trainer import lr_lambda, plan_layout, prompt_seed, step_prompt_indices
+
+from .conftest import REPO, TEST_OVERRIDES
+
+CONFIG = REPO / "experiments/toy/configs/tiny.yaml"
+SCRIPT = REPO / "experiments/toy/train.py"
+RUN_ARGS = [
+    *TEST_OVERRIDES,
+    "steps=6",
+    "logging.checkpoint_every=2",
+    "logging.dump_rollouts=true",
+    "logging.sample_every=3",
+]
+TIMING = ("time/", "throughput/")
+
+
+def cfg_with(*overrides):
+    return load_config(TrainConfig, CONFIG, list(overrides))
+
+
+def test_layout_splits_whole_prompts_per_rank():
+    layout = plan_layout(
+        cfg_with(
+            "data.prompts_per_step=8",
+            "rollout.num_rollouts=4",
+            "optim.micro_batch_size=8",
+            "optim.mini_batches=2",
+        ),
+        world=2,
+    )
+    assert (layout.prompts_per_rank, layout.sequences_per_rank, layout.sequences_per_mini_batch) == (4, 16, 8)
+    assert layout.grad_accumulation == 1
+    with pytest.raises(ValueError, match="prompts_per_step=8 must be divisible by the number of processes"):
+        plan_layout(cfg_with("data.prompts_per_step=8"), world=3)
+    with pytest.raises(ValueError, match="optim.mini_batches=3 must divide"):
+        plan_layout(cfg_with("optim.mini_batches=3"), world=1)
+    with pytest.raises(ValueError, match="optim.micro_batch_size=12 must divide"):
+        plan_layout(cfg_with("optim.micro_batch_size=12"), world=1)
+
+
+def test_prompt_order_is_seeded_and_covers_each_epoch():
+    first_epoch = [i for step in range(1, 11) for i in step_prompt_indices(80, 8, step, seed=0, shuffle=True)]
+    assert sorted(first_epoch) == list(range(80))
+    assert step_prompt_indices(80, 8, 3, 0, True) == step_prompt_indices(80, 8, 3, 0, True)
+    assert step_prompt_indices(80, 8, 3, 0, True) != step_prompt_indices(80, 8, 3, 1, True)
+    assert step_prompt_indices(10, 4, 3, 0, False) == [8, 9, 0, 1]  # wraps into the next epoch
+    assert prompt_seed(0, 1, 0) != prompt_seed(0, 1, 1) != prompt_seed(0, 2, 0)
+
+
+def test_lr_schedules():
+    cfg = cfg_with("optim.warmup_steps=2", "optim.lr_schedule=linear")
+    f = lr_lambda(cfg, total_updates=10)
+    assert [f(u) for u in (0, 1, 2, 6, 10)] == pytest.approx([0.5, 1.0, 1.0, 0.5, 0.0])
+    f = lr_lambda(cfg_with("optim.lr_schedule=cosine"), total_updates=10)
+    assert [f(u) for u in (0, 5, 10)] == pytest.approx([1.0, 0.5, 0.0])
+    assert lr_lambda(cfg_with(), 10)(7) == 1.0
+
+
+def _run(args, env, run_dir, *, launcher=None):
+    cmd = (launcher or [sys.executable]) + [
+        str(SCRIPT),
+        "--config",
+        str(CONFIG),
+        *RUN_ARGS,
+        f"logging.run_dir={run_dir}",
+        *args,
+    ]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
+
+
+def _strip(row):
+    return {k: v for k, v in row.items() if not k.startswith(TIMING)}
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, toy_model_dir):
+    import os
+
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    run_dir = tmp_path_factory.mktemp("runs") / "full"
+    result = _run([], env, run_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
+def test_run_folder_contents(full_run):
+    metrics = read_jsonl(full_run / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5, 6]
+    for key in (
+        "reward/correct/mean",
+        "reward/format/zero_std_frac",
+        "reward/sum/zero_std_frac",
+        "adv/distinct_values",
+        "adv/zero_frac",
+        "loss",
+        "kl",
+        "entropy",
+        "clip_frac/low",
+        "clip_frac/high",
+        "grad_norm",
+        "lr",
+        "completion/len_mean",
+        "completion/truncated_frac",
+        "time/generate_s",
+        "time/score_s",
+        "time/update_s",
+        "throughput/rollout_tokens_per_s",
+        "throughput/train_tokens_per_s",
+    ):
+        assert key in metrics[0], key
+    assert all(math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"]) for m in metrics)
+    assert 0.0 < metrics[0]["reward/format/mean"] < 1.0  # the warm start leaves room to learn
+    config = (full_run / "config.yaml").read_text()
+    assert "method: gdpo" in config and "dump_rollouts: true" in config
+    meta = json.loads((full_run / "metadata.json").read_text())
+    assert (
+        meta["packages"]["torch"].startswith("2.13") and meta["world_size"] == 1 and "commit" in meta["git"]
+    )
+    samples = read_jsonl(full_run / "samples.jsonl")
+    assert {s["step"] for s in samples} == {3, 6} and set(samples[0]["rewards"]) == {"correct", "format"}
+    rollouts = read_jsonl(full_run / "rollouts.jsonl")
+    assert (
+        len(rollouts) == 6 and len(rollouts[0]["advantages"]) == 8 and len(rollouts[0]["advantages"][0]) == 8
+    )
+    assert (full_run / "checkpoints/latest").read_text() == "step_000006"
+    assert sorted(p.name for p in (full_run / "checkpoints").glob("step_*")) == ["step_000004", "step_000006"]
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(full_run / "final_model").num_parameters() > 1_000_000
+
+
+def test_existing_run_is_not_overwritten(full_run, subprocess_env):
+    result = _run([], subprocess_env, full_run)
+    assert result.returncode != 0
+    assert "already holds a run; pass --resume" in result.stderr
+
+
+def test_resume_after_sigkill_gives_the_same_metrics(full_run, tmp_path, subprocess_env):
+    run_dir = tmp_path / "killed"
+    cmd = [sys.executable, str(SCRIPT), "--config", str(CONFIG), *RUN_ARGS, f"logging.run_dir={run_dir}"]
+    proc = subprocess.Popen(cmd, env=subprocess_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(read_jsonl(run_dir / "metrics.jsonl")) < 3:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (run_dir / "checkpoints/latest").exists()
+    killed_at = len(read_jsonl(run_dir / "metrics.jsonl"))
+    assert killed_at < 6, "the run finished before it could be killed"
+
+    result = _run(["--resume"], subprocess_env, run_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed, uninterrupted = read_jsonl(run_dir / "metrics.jsonl"), read_jsonl(full_run / "metrics.jsonl")
+    assert [m["step"] for m in resumed] == [1, 2, 3, 4, 5, 6]  # no duplicated or missing steps
+    assert [_strip(m) for m in resumed] == [_strip(m) for m in uninterrupted]
+    assert read_jsonl(run_dir / "rollouts.jsonl") == read_jsonl(full_run / "rollouts.jsonl")
+
+
+def test_two_processes_give_the_same_advantages(full_run, tmp_path, subprocess_env):
+    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "2"]
+    run_dir = tmp_path / "ddp"
+    result = _run(["steps=2"], subprocess_env, run_dir, launcher=torchrun)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = read_jsonl(full_run / "rollouts.jsonl"), read_jsonl(run_dir / "rollouts.jsonl")
+    assert two[0]["rewards"] == one[0]["rewards"]
+    flat = lambda rows: [x for row in rows for x in row]  # noqa: E731
+    assert flat(two[0]["advantages"]) == pytest.approx(flat(one[0]["advantages"]), abs=1e-6)
+    m1, m2 = read_jsonl(full_run / "metrics.jsonl")[0], read_jsonl(run_dir / "metrics.jsonl")[0]
+    assert m2["grad_norm"] == pytest.approx(m1["grad_norm"], rel=1e-5)  # the same global gradient
+    assert json.loads((run_dir / "metadata.json").read_text())["world_size"] == 2
