@@ -52,8 +52,9 @@ format: setup
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
-bench: setup  ## benchmarks; results go to bench/results/
+bench: setup  ## benchmarks (advantages; our trainer vs TRL); results go to bench/results/
 	$(PY) bench/bench_advantages.py
+	$(PY) bench/bench_trainer.py
 
 reproduce-collapse: setup  ## paper Figure 2 and Figure 3 -> results/collapse/
 	$(PY) -m analysis.run_notebook analysis/notebooks/collapse.ipynb --output-dir $(RESULTS)/collapse

@@ -1,0 +1,202 @@
+"""Benchmark: our trainer vs TRL's GRPOTrainer (GDPO mode) on the same model, data and batch shape.
+
+Both sides train the embedded tiny model (random init, no warm start, so completions run to the length
+limit) on the toy task's prompts with its two rewards, at the tiny preset's shape: 8 prompts x 8 rollouts x
+64 new tokens, fp32, one policy update per generation batch, no reference model, no gradient checkpointing.
+TRL runs with ``multi_objective_aggregation="normalize_then_sum"`` (its GDPO). Each side runs in its own
+subprocess; the first step is warm-up and is left out of the medians.
+
+    python bench/bench_trainer.py            # both sides, prints the table and the ratio
+    make bench                               # the same, plus the advantage benchmark
+
+Prints, last, ``ours/trl step-time ratio: <x>`` and writes ``bench/results/trainer-vs-trl-<device>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+PROMPTS, ROLLOUTS, NEW_TOKENS, LR = 8, 8, 64, 1e-5
+
+
+def _config(steps: int, run_dir: str):
+    from gdpo.config import TrainConfig, load_config
+
+    return load_config(
+        TrainConfig,
+        REPO / "experiments/toy/configs/tiny.yaml",
+        [
+            f"steps={steps}",
+            "warm_start.enabled=false",
+            f"data.prompts_per_step={PROMPTS}",
+            f"rollout.num_rollouts={ROLLOUTS}",
+            f"rollout.max_new_tokens={NEW_TOKENS}",
+            f"optim.micro_batch_size={PROMPTS * ROLLOUTS}",
+            f"optim.lr={LR}",
+            "algorithm.method=gdpo",
+            "logging.progress=false",
+            "logging.checkpoint_every=0",
+            "logging.sample_every=0",
+            f"logging.run_dir={run_dir}",
+        ],
+    )
+
+
+def run_ours(steps: int) -> dict:
+    from gdpo.runlog import read_jsonl
+    from gdpo.trainer import train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = train(_config(steps, f"{tmp}/run"))
+        rows = read_jsonl(run_dir / "metrics.jsonl")
+    return {
+        "step_s": [r["time/step_s"] for r in rows],
+        "generate_s": [r["time/generate_s"] for r in rows],
+        "completion_tokens": [r["completion/len_mean"] * PROMPTS * ROLLOUTS for r in rows],
+    }
+
+
+def run_trl(steps: int) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from gdpo.tasks import build_task
+    from gdpo.tasks.toy import correct_reward, format_reward
+    from gdpo.trainer import prepare_model
+
+    task = build_task("toy", {}, 0)
+    path = prepare_model(_config(steps, "unused"), task)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    dataset = Dataset.from_list([{"prompt": row["messages"], "answer": row["answer"]} for row in task.train])
+
+    def as_trl(fn):
+        def reward(prompts, completions, answer, **_):
+            return [fn({"completion": c[0]["content"], "answer": a}) for c, a in zip(completions, answer)]
+
+        reward.__name__ = fn.__name__
+        return reward
+
+    timings = {"step_s": [], "generate_s": [], "completion_tokens": []}
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            timings["step_s"].append(time.perf_counter() - self.start)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        args = GRPOConfig(
+            output_dir=tmp,
+            per_device_train_batch_size=PROMPTS * ROLLOUTS,
+            num_generations=ROLLOUTS,
+            max_completion_length=NEW_TOKENS,
+            multi_objective_aggregation="normalize_then_sum",
+            learning_rate=LR,
+            max_steps=steps,
+            beta=0.0,
+            num_iterations=1,
+            gradient_checkpointing=False,
+            use_cpu=True,
+            bf16=False,
+            logging_steps=1,
+            save_strategy="no",
+            report_to="none",
+            seed=0,
+        )
+        trainer = GRPOTrainer(
+            model=model,
+            reward_funcs=[as_trl(correct_reward), as_trl(format_reward)],
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            callbacks=[StepTimer()],
+        )
+        generate = trainer._generate
+
+        def timed_generate(prompts):
+            start = time.perf_counter()
+            out = generate(prompts)
+            timings["generate_s"].append(time.perf_counter() - start)
+            return out
+
+        trainer._generate = timed_generate
+        trainer.train()
+    return timings
+
+
+def _side(side: str, steps: int) -> dict:
+    """Run one side in a fresh subprocess (each initialises its own distributed/accelerate state)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), TOKENIZERS_PARALLELISM="false")
+    cmd = [sys.executable, __file__, "--side", side, "--steps", str(steps)]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"{side} side failed:\n{out.stderr[-4000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _summary(t: dict) -> dict:
+    steps = t["step_s"][1:]  # the first step is warm-up
+    gens = t["generate_s"][1 : len(t["step_s"])]
+    step, gen = statistics.median(steps), statistics.median(gens)
+    return {
+        "median_step_s": step,
+        "median_generate_s": gen,
+        "generation_share": gen / step,
+        "steps_timed": len(steps),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--side", choices=["ours", "trl", "both"], default="both")
+    parser.add_argument("--steps", type=int, default=6)
+    args = parser.parse_args()
+    if args.side != "both":
+        import torch
+
+        torch.manual_seed(0)
+        print(json.dumps(run_ours(args.steps) if args.side == "ours" else run_trl(args.steps)))
+        return
+
+    sys.path.insert(0, str(REPO))
+    from bench.bench_advantages import device_name  # same machine description as the other bench
+
+    ours, trl = _summary(_side("ours", args.steps)), _summary(_side("trl", args.steps))
+    ratio = ours["median_step_s"] / trl["median_step_s"]
+    result = {
+        "device": device_name("cpu"),
+        "shape": {"prompts": PROMPTS, "rollouts": ROLLOUTS, "max_new_tokens": NEW_TOKENS},
+        "ours": ours,
+        "trl": trl,
+        "ours_over_trl_step_time": ratio,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "trainer-vs-trl-cpu.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(
+        f"trainer step time on {result['device']}, {PROMPTS} prompts x {ROLLOUTS} rollouts x {NEW_TOKENS} new tokens"
+    )
+    for name, s in (("ours", ours), ("trl", trl)):
+        print(
+            f"  {name:<5} median step {s['median_step_s']:.3f} s, generation {s['median_generate_s']:.3f} s ({s['generation_share']:.0%} of the step)"
+        )
+    print(f"ours/trl step-time ratio: {ratio:.3f}")
+
+
+if __name__ == "__main__":
+    main()
