@@ -189,3 +189,53 @@ def test_two_processes_give_the_same_advantages(full_run, tmp_path, subprocess_e
     m1, m2 = read_jsonl(full_run / "metrics.jsonl")[0], read_jsonl(run_dir / "metrics.jsonl")[0]
     assert m2["grad_norm"] == pytest.approx(m1["grad_norm"], rel=1e-5)  # the same global gradient
     assert json.loads((run_dir / "metadata.json").read_text())["world_size"] == 2
+
+
+OPTION_RUNS = {
+    "zero2-mu2-kl-entropy-token": [
+        "optim.zero_stage=2",
+        "algorithm.num_iterations=2",
+        "optim.mini_batches=2",
+        "optim.micro_batch_size=16",
+        "algorithm.kl_coef=0.05",
+        "algorithm.entropy_coef=0.01",
+        "rollout.mask_truncated=true",
+        "algorithm.loss_agg=token_mean",
+        "optim.lr_schedule=cosine",
+        "optim.warmup_steps=1",
+        "algorithm.clip_high=0.28",
+        "algorithm.batch_norm=token",
+        "rollout.max_new_tokens=8",
+        "optim.lr=1e-4",
+    ],
+    "zero3-bf16-grpo-no-std": ["optim.zero_stage=3", "optim.precision=bf16", "algorithm.method=grpo_no_std"],
+}
+
+
+@pytest.mark.parametrize("name", OPTION_RUNS)
+def test_option_combinations_train(name, tmp_path, subprocess_env, toy_model_dir):
+    run_dir = tmp_path / name
+    cmd = [
+        sys.executable,
+        str(SCRIPT),
+        "--config",
+        str(CONFIG),
+        *TEST_OVERRIDES,
+        "steps=2",
+        f"logging.run_dir={run_dir}",
+        *OPTION_RUNS[name],
+    ]
+    result = subprocess.run(cmd, env=subprocess_env, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [1, 2]
+    for m in metrics:
+        assert math.isfinite(m["loss"]) and math.isfinite(m["entropy"]) and m["entropy"] > 0
+    if "kl_coef=0.05" in " ".join(OPTION_RUNS[name]):
+        assert all(m["kl"] > 0 for m in metrics)  # the policy moves away from the frozen reference
+        assert any(
+            m["clip_frac/low"] + m["clip_frac/high"] > 0 for m in metrics
+        )  # mu=2: the second pass clips
+        assert 0 < metrics[0]["completion/truncated_frac"] < 1
+    else:
+        assert all(m["kl"] == 0 for m in metrics)
