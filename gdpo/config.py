@@ -199,7 +199,8 @@ class TinyModelConfig:
 @dataclasses.dataclass
 class ModelConfig:
     name_or_path: str = field_(
-        "tiny", help='"tiny" builds the embedded offline model; else a local HF folder or hub id'
+        "tiny",
+        help='"tiny" (built offline), "smollm2-135m-instruct" (offline, from a package), a local folder or a hub id',
     )
     dtype: typing.Literal["float32", "bfloat16", "float16"] = field_(
         "float32", help="parameter dtype when loading"

@@ -20,7 +20,7 @@ import torch
 
 from gdpo.config import RolloutConfig
 
-__all__ = ["HFRollout", "Rollouts", "encode_prompt", "make_rollout_backend", "row_seed"]
+__all__ = ["HFRollout", "Rollouts", "encode_prompt", "forbidden_token", "make_rollout_backend", "row_seed"]
 
 
 def encode_prompt(tokenizer, messages: list[dict]) -> list[int]:
@@ -52,6 +52,12 @@ class Rollouts:
     num_tokens: torch.Tensor
     truncated: torch.Tensor
     sample_logprobs: torch.Tensor
+
+
+def forbidden_token(tokenizer) -> int | None:
+    """The padding token, which is never a completion token, unless it doubles as EOS (as in SmolLM2)."""
+    pad = tokenizer.pad_token_id
+    return None if pad is None or pad == tokenizer.eos_token_id else pad
 
 
 def row_seed(prompt_seed: int, rollout_index: int) -> int:
@@ -108,17 +114,19 @@ class HFRollout:
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
         past, logits = out.past_key_values, out.logits[:, -1].float()
         next_pos = positions[:, -1] + 1
-        tokens, logps = [], []
+        prompt_mask = mask
+        tokens, logps, alive = [], [], []
         finished = torch.zeros(n, dtype=torch.bool, device=device)
         for _ in range(cfg.max_new_tokens):
             token, logp = self._sample(logits, generators, greedy)
             token = torch.where(finished, torch.full_like(token, tok.pad_token_id), token)
+            alive.append(~finished)
             tokens.append(token)
             logps.append(torch.where(finished, torch.zeros_like(logp), logp))
-            finished = finished | token.eq(tok.eos_token_id) | self._hit_stop(tokens, finished)
+            finished = finished | token.eq(tok.eos_token_id) | self._hit_stop(tokens, alive, finished)
             if finished.all():
                 break
-            mask = torch.cat([mask, (~finished | token.eq(tok.eos_token_id)).long()[:, None]], dim=1)
+            mask = torch.cat([mask, alive[-1].long()[:, None]], dim=1)
             out = self.model(
                 input_ids=token[:, None],
                 attention_mask=mask,
@@ -129,11 +137,13 @@ class HFRollout:
             past, logits = out.past_key_values, out.logits[:, -1].float()
             next_pos = next_pos + 1
         self.model.train(was_training)
-        return self._package(ids, tokens, logps, finished, width)
+        return self._package(ids, prompt_mask, tokens, logps, alive, finished, width)
 
     def _sample(self, logits: torch.Tensor, generators, greedy: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = logits.clone()
-        logits[:, self.tokenizer.pad_token_id] = -torch.inf  # padding is never a completion token
+        forbidden = forbidden_token(self.tokenizer)
+        if forbidden is not None:
+            logits = logits.clone()
+            logits[:, forbidden] = -torch.inf
         if greedy or self.cfg.temperature == 0:
             logprobs = torch.log_softmax(logits, -1)
             token = logits.argmax(-1)
@@ -145,28 +155,28 @@ class HFRollout:
         token = (probs / noise).argmax(-1)
         return token, probs.gather(-1, token[:, None]).squeeze(-1).log()
 
-    def _hit_stop(self, tokens: list[torch.Tensor], finished: torch.Tensor) -> torch.Tensor:
+    def _hit_stop(
+        self, tokens: list[torch.Tensor], alive: list[torch.Tensor], finished: torch.Tensor
+    ) -> torch.Tensor:
         hit = torch.zeros_like(finished)
         if not self.cfg.stop:
             return hit
-        so_far = torch.stack(tokens, 1)
+        so_far, live = torch.stack(tokens, 1), torch.stack(alive, 1)
         for row in (~finished).nonzero().flatten().tolist():
-            text = self.tokenizer.decode(so_far[row], skip_special_tokens=True)
+            text = self.tokenizer.decode(so_far[row][live[row]], skip_special_tokens=True)
             hit[row] = any(text.endswith(s) for s in self.cfg.stop)
         return hit
 
-    def _package(self, prompt_ids, tokens, logps, finished, width) -> Rollouts:
+    def _package(self, prompt_ids, prompt_mask, tokens, logps, alive, finished, width) -> Rollouts:
         completion = torch.stack(tokens, 1)
-        pad = self.tokenizer.pad_token_id
-        completion_mask = completion.ne(pad)
-        input_ids = torch.cat([prompt_ids, completion], 1)
-        attention_mask = torch.cat([prompt_ids.ne(pad), completion_mask], 1).long()
-        texts = self.tokenizer.batch_decode(
-            completion.masked_fill(~completion_mask, pad), skip_special_tokens=True
-        )
+        completion_mask = torch.stack(alive, 1)
+        texts = [
+            self.tokenizer.decode(row[keep], skip_special_tokens=True)
+            for row, keep in zip(completion, completion_mask)
+        ]
         return Rollouts(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
+            input_ids=torch.cat([prompt_ids, completion], 1),
+            attention_mask=torch.cat([prompt_mask, completion_mask.long()], 1),
             completion_mask=completion_mask,
             prompt_width=width,
             completions=texts,

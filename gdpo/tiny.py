@@ -149,10 +149,8 @@ def _sft(model_dir: Path, out: Path, demonstrations, cfg: WarmStartConfig, seed:
     model.train()
     for _ in range(cfg.steps):
         idx = torch.randint(len(examples), (min(cfg.batch_size, len(examples)),), generator=gen).tolist()
-        input_ids, labels = _pad_batch([examples[i] for i in idx], tokenizer.pad_token_id)
-        loss = model(
-            input_ids=input_ids, attention_mask=input_ids.ne(tokenizer.pad_token_id), labels=labels
-        ).loss
+        input_ids, attention_mask, labels = _pad_batch([examples[i] for i in idx], tokenizer.pad_token_id)
+        loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -169,12 +167,14 @@ def _sft_example(tokenizer, messages: list[dict], completion: str) -> tuple[list
     return prompt_ids + completion_ids, [-100] * len(prompt_ids) + completion_ids
 
 
-def _pad_batch(examples, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad (SFT only; generation pads left)."""
+def _pad_batch(examples, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-pad (SFT only; generation pads left). Returns input ids, attention mask and labels."""
     width = max(len(ids) for ids, _ in examples)
     input_ids = torch.full((len(examples), width), pad_id)
+    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
     labels = torch.full((len(examples), width), -100)
     for row, (ids, lab) in enumerate(examples):
         input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention_mask[row, : len(ids)] = 1
         labels[row, : len(lab)] = torch.tensor(lab)
-    return input_ids, labels
+    return input_ids, attention_mask, labels

@@ -27,12 +27,13 @@ import numpy as np
 import torch
 
 from gdpo.advantages import compute_advantages
+from gdpo.assets import resolve_model
 from gdpo.checkpoint import load_checkpoint, save_checkpoint
 from gdpo.config import TrainConfig
 from gdpo.diagnostics import advantage_diagnostics
 from gdpo.distributed import all_gather_cat, all_reduce_sum, barrier, init_distributed
 from gdpo.losses import aggregate, entropy_from_logits, kl_penalty, policy_loss
-from gdpo.rollout import Rollouts, encode_prompt, make_rollout_backend
+from gdpo.rollout import Rollouts, encode_prompt, forbidden_token, make_rollout_backend
 from gdpo.runlog import RunLog
 from gdpo.tasks import Task, build_task
 
@@ -66,7 +67,7 @@ def seed_everything(seed: int) -> None:
 def prepare_model(cfg: TrainConfig, task: Task, cache_root: Path = CACHE_ROOT) -> str:
     """The policy's starting point: the tiny model (built and warm-started, cached) or a given path/hub id."""
     if cfg.model.name_or_path != "tiny":
-        return cfg.model.name_or_path
+        return resolve_model(cfg.model.name_or_path)
     from gdpo.tiny import build_tiny_model, warm_start
 
     base = build_tiny_model(cfg.model.tiny, task.corpus, cache_root, seed=MODEL_SEED)
@@ -199,14 +200,15 @@ def load_policy(cfg: TrainConfig, path: str, device: torch.device):
 
 
 def completion_logprobs(
-    model, ro: Rollouts, rows: slice, temperature: float, pad_id: int, with_entropy: bool
+    model, ro: Rollouts, rows: slice, temperature: float, forbidden: int | None, with_entropy: bool
 ):
     """Log-probs ``[n, T]`` of the completion tokens (and their entropies) under ``model``, temperature-scaled."""
     ids, mask = ro.input_ids[rows], ro.attention_mask[rows]
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
     logits = logits[:, ro.prompt_width - 1 : -1].float() / max(temperature, 1e-6)
-    logits[..., pad_id] = -torch.inf  # as in sampling: padding is never a completion token
+    if forbidden is not None:
+        logits[..., forbidden] = -torch.inf  # as in sampling: padding is never a completion token
     completion_mask = ro.completion_mask[rows]
     targets = ids[:, ro.prompt_width :].masked_fill(~completion_mask, 0)  # padding would gather -inf
     logp = (
@@ -220,7 +222,13 @@ def completion_logprobs(
 
 
 def policy_update(
-    engine, ref_model, ro: Rollouts, advantages: torch.Tensor, cfg: TrainConfig, layout: Layout, pad_id
+    engine,
+    ref_model,
+    ro: Rollouts,
+    advantages: torch.Tensor,
+    cfg: TrainConfig,
+    layout: Layout,
+    forbidden: int | None,
 ):
     """mu passes over the batch, each in mini-batches of micro-batches; returns averaged statistics."""
     a, world = cfg.algorithm, torch.distributed.get_world_size()
@@ -237,11 +245,11 @@ def policy_update(
     with torch.no_grad():
         if a.num_iterations > 1:
             old_logprobs = torch.cat(
-                [completion_logprobs(engine, ro, s, temp, pad_id, False)[0] for s in micro_slices(0, n)]
+                [completion_logprobs(engine, ro, s, temp, forbidden, False)[0] for s in micro_slices(0, n)]
             )
         if a.kl_coef > 0:
             ref_logprobs = torch.cat(
-                [completion_logprobs(ref_model, ro, s, temp, pad_id, False)[0] for s in micro_slices(0, n)]
+                [completion_logprobs(ref_model, ro, s, temp, forbidden, False)[0] for s in micro_slices(0, n)]
             )
 
     sums = {
@@ -263,7 +271,7 @@ def policy_update(
                 "max_tokens": cfg.rollout.max_new_tokens,
             }
             for rows in micro_slices(start, stop):
-                logp, entropy = completion_logprobs(engine, ro, rows, temp, pad_id, with_entropy=True)
+                logp, entropy = completion_logprobs(engine, ro, rows, temp, forbidden, with_entropy=True)
                 old = old_logprobs[rows] if old_logprobs is not None else logp.detach()
                 pg, clip_low, clip_high = policy_loss(
                     logp, old, advantages[rows], clip_low=a.clip_low, clip_high=a.clip_high
@@ -405,7 +413,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, task: Task | None = None) -
         t2 = time.perf_counter()
 
         stats, train_tokens = policy_update(
-            engine, ref_model, ro, local_adv, cfg, layout, tokenizer.pad_token_id
+            engine, ref_model, ro, local_adv, cfg, layout, forbidden_token(tokenizer)
         )
         t3 = time.perf_counter()
 

