@@ -91,8 +91,36 @@ class RunLog:
     def __init__(self, run_dir: str | Path, is_main: bool = True):
         self.dir = Path(run_dir)
         self.is_main = is_main
+        self.writers: list = []
         if is_main:
             self.dir.mkdir(parents=True, exist_ok=True)
+
+    def add_writers(self, *, tensorboard: bool, wandb: bool, name: str, config: dict) -> None:
+        """Mirror metrics to TensorBoard (``<run>/tensorboard``) and/or W&B in offline mode (``<run>/wandb``)."""
+        if not self.is_main:
+            return
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as exc:
+                raise RuntimeError(
+                    "logging.tensorboard=true needs the tensorboard package (pip install tensorboard)"
+                ) from exc
+            self.writers.append(_TensorBoard(SummaryWriter(str(self.dir / "tensorboard"))))
+        if wandb:
+            try:
+                import wandb as wandb_module
+            except ImportError as exc:
+                raise RuntimeError("logging.wandb=true needs the wandb package (pip install wandb)") from exc
+            run = wandb_module.init(
+                mode="offline", dir=str(self.dir), name=name, config=config, resume="allow"
+            )
+            self.writers.append(_WandB(run))
+
+    def close(self) -> None:
+        for writer in self.writers:
+            writer.close()
+        self.writers = []
 
     @property
     def metrics_path(self) -> Path:
@@ -135,6 +163,11 @@ class RunLog:
 
     def log_metrics(self, step: int, metrics: dict[str, Any]) -> None:
         self._append(self.metrics_path, {"step": step, **{k: _clean(v) for k, v in metrics.items()}})
+        scalars = {
+            k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)
+        }
+        for writer in self.writers:
+            writer.log(step, scalars)
 
     def log_samples(self, step: int, samples: list[dict[str, Any]]) -> None:
         for sample in samples:
@@ -176,6 +209,30 @@ class RunLog:
             f.write(json.dumps(row, default=str) + "\n")
             f.flush()
             os.fsync(f.fileno())
+
+
+class _TensorBoard:
+    def __init__(self, writer):
+        self.writer = writer
+
+    def log(self, step: int, scalars: dict[str, float]) -> None:
+        for key, value in scalars.items():
+            self.writer.add_scalar(key, value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class _WandB:
+    def __init__(self, run):
+        self.run = run
+
+    def log(self, step: int, scalars: dict[str, float]) -> None:
+        self.run.log(scalars, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
 
 
 def _atomic_write(path: Path, text: str) -> None:

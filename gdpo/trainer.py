@@ -29,7 +29,7 @@ import torch
 from gdpo.advantages import compute_advantages
 from gdpo.assets import resolve_model
 from gdpo.checkpoint import load_checkpoint, save_checkpoint
-from gdpo.config import TrainConfig
+from gdpo.config import TrainConfig, to_dict
 from gdpo.diagnostics import advantage_diagnostics
 from gdpo.distributed import all_gather_cat, all_reduce_sum, barrier, init_distributed
 from gdpo.losses import aggregate, entropy_from_logits, kl_penalty, policy_loss
@@ -369,6 +369,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, task: Task | None = None) -
         if rank == 0 and start:
             print(f"resumed {run.dir} at step {start} ({moved} log lines past the checkpoint moved aside)")
     run.write_config(cfg)
+    run.add_writers(
+        tensorboard=cfg.logging.tensorboard, wandb=cfg.logging.wandb, name=str(run.dir), config=to_dict(cfg)
+    )
     run.write_metadata(device=str(device), world_size=world, model_path=model_path, resumed_from_step=start)
 
     progress = _progress(cfg, start, rank)
@@ -449,6 +452,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, task: Task | None = None) -
             save_checkpoint(run.dir / "checkpoints", step, engine, keep=cfg.logging.keep_checkpoints)
     if progress is not None:
         progress.close()
+    run.close()
     if rank == 0:
         engine.module.save_pretrained(run.dir / "final_model")
         tokenizer.save_pretrained(run.dir / "final_model")

@@ -47,3 +47,51 @@ def test_non_main_ranks_write_nothing(tmp_path):
     log = RunLog(tmp_path / "run", is_main=False)
     log.log_metrics(1, {"loss": 1.0})
     assert not (tmp_path / "run").exists()
+
+
+def test_tensorboard_mirror_writes_event_files(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    log = RunLog(tmp_path)
+    log.add_writers(tensorboard=True, wandb=False, name="t", config={})
+    log.log_metrics(1, {"loss": 0.5, "skipped": float("nan")})
+    log.log_metrics(2, {"loss": 0.25})
+    log.close()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("loss")] == [(1, 0.5), (2, 0.25)]
+    assert "skipped" not in events.Tags()["scalars"]
+
+
+def test_wandb_mirror_runs_offline(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    calls = {}
+
+    class FakeRun:
+        def log(self, scalars, step):
+            calls.setdefault("log", []).append((step, scalars))
+
+        def finish(self):
+            calls["finished"] = True
+
+    def init(**kwargs):
+        calls["init"] = kwargs
+        return FakeRun()
+
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=init))
+    log = RunLog(tmp_path)
+    log.add_writers(tensorboard=False, wandb=True, name="run", config={"seed": 1})
+    log.log_metrics(3, {"loss": 1.0})
+    log.close()
+    assert calls["init"]["mode"] == "offline" and calls["init"]["config"] == {"seed": 1}
+    assert calls["log"] == [(3, {"loss": 1.0})] and calls["finished"]
+
+
+def test_missing_writer_package_is_a_clear_error(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    with pytest.raises(RuntimeError, match=r"logging.wandb=true needs the wandb package"):
+        RunLog(tmp_path).add_writers(tensorboard=False, wandb=True, name="x", config={})
