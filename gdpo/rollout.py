@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -22,6 +23,7 @@ from gdpo.config import RolloutConfig
 
 __all__ = [
     "HFRollout",
+    "RolloutBackend",
     "Rollouts",
     "VLLMRollout",
     "encode_prompt",
@@ -107,6 +109,34 @@ def row_seed(prompt_seed: int, rollout_index: int) -> int:
     return (prompt_seed * 1_000_003 + rollout_index) % (2**63 - 1)
 
 
+def expand_rows(
+    prompt_ids: Sequence[Sequence[int]], prompt_seeds: Sequence[int], num_rollouts: int
+) -> tuple[list[list[int]], list[int]]:
+    """One row per completion, prompt-major: the prompt's tokens and the completion's seed."""
+    rows = [list(p) for p in prompt_ids for _ in range(num_rollouts)]
+    seeds = [row_seed(s, g) for s in prompt_seeds for g in range(num_rollouts)]
+    return rows, seeds
+
+
+class RolloutBackend(Protocol):
+    """What the trainer needs from a generation engine."""
+
+    def generate(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        prompt_seeds: Sequence[int],
+        num_rollouts: int,
+        greedy: bool = False,
+    ) -> Rollouts:
+        """``num_rollouts`` completions of every prompt, each from its own seeded random stream."""
+
+    def sync_weights(self, model) -> None:
+        """Make the engine generate with ``model``'s current parameters."""
+
+    def release(self) -> None:
+        """Free what the engine holds while the policy is updated."""
+
+
 def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     if top_p >= 1.0:
         return probs
@@ -142,8 +172,7 @@ class HFRollout:
     ) -> Rollouts:
         cfg, tok = self.cfg, self.tokenizer
         device = next(self.model.parameters()).device
-        rows = [list(p) for p in prompt_ids for _ in range(num_rollouts)]
-        seeds = [row_seed(s, g) for s in prompt_seeds for g in range(num_rollouts)]
+        rows, seeds = expand_rows(prompt_ids, prompt_seeds, num_rollouts)
         n, width = len(rows), max(len(r) for r in rows)
         ids = torch.full((n, width), tok.pad_token_id, dtype=torch.long)
         mask = torch.zeros((n, width), dtype=torch.long)
@@ -316,8 +345,7 @@ class VLLMRollout:
 
         if self.sleep:
             self.llm.wake_up()
-        rows = [list(p) for p in prompt_ids for _ in range(num_rollouts)]
-        seeds = [row_seed(s, g) for s in prompt_seeds for g in range(num_rollouts)]
+        rows, seeds = expand_rows(prompt_ids, prompt_seeds, num_rollouts)
         params = [
             SamplingParams(
                 n=1,
@@ -341,7 +369,9 @@ class VLLMRollout:
         return pack_rollouts(self.tokenizer, rows, completions, logprobs, truncated)
 
 
-def make_rollout_backend(cfg: RolloutConfig, model, tokenizer, *, model_path: str, dtype: str, seed: int):
+def make_rollout_backend(
+    cfg: RolloutConfig, model, tokenizer, *, model_path: str, dtype: str, seed: int
+) -> RolloutBackend:
     """The configured backend; ``vllm`` needs the vLLM environment (``make setup-vllm``)."""
     if cfg.backend == "hf":
         return HFRollout(model, tokenizer, cfg)
