@@ -205,6 +205,9 @@ class ModelConfig:
         "tiny",
         help='"tiny" (built offline), "smollm2-135m-instruct" (offline, from a package), a local folder or a hub id',
     )
+    chat_template: str | None = field_(
+        None, help="override the tokenizer's chat template: a Jinja string or the path of a .jinja file"
+    )
     dtype: typing.Literal["float32", "bfloat16", "float16"] = field_(
         "float32", help="parameter dtype when loading"
     )

@@ -187,6 +187,10 @@ class HFRollout:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
         past, logits = out.past_key_values, out.logits[:, -1].float()
+        if past is None:
+            raise RuntimeError(
+                f"{type(self.model).__name__} returned no KV cache; the hf backend needs use_cache"
+            )
         next_pos = positions[:, -1] + 1
         tokens, logps, alive = [], [], []
         finished = torch.zeros(n, dtype=torch.bool, device=device)

@@ -166,16 +166,26 @@ def build_engine(cfg: TrainConfig, model, layout: Layout, world: int):
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
-    if o.offload_optimizer:
-        ds_config["zero_optimization"]["offload_optimizer"] = {"device": "cpu"}
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay
-    )
     total_updates = cfg.steps * cfg.algorithm.num_iterations * o.mini_batches
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_updates))
+    if o.offload_optimizer:
+        # ZeRO-Offload needs DeepSpeed's own CPU Adam (JIT-compiled on first use), built from the config.
+        ds_config["zero_optimization"]["offload_optimizer"] = {"device": "cpu"}
+        ds_config["optimizer"] = {
+            "type": "AdamW",
+            "params": {"lr": o.lr, "betas": list(o.betas), "weight_decay": o.weight_decay},
+        }
+        optimizer = None
+    else:
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay
+        )
     model.train()
     engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
+        model=model,
+        model_parameters=model.parameters() if optimizer is None else None,
+        optimizer=optimizer,
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, total_updates)),
+        config=ds_config,
     )
     return engine
 
@@ -185,6 +195,11 @@ def load_policy(cfg: TrainConfig, path: str, device: torch.device):
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.padding_side = "left"
+    if cfg.model.chat_template:
+        template = cfg.model.chat_template
+        tokenizer.chat_template = Path(template).read_text() if template.endswith(".jinja") else template
+    if not tokenizer.chat_template:
+        raise ValueError(f"the tokenizer of {path} has no chat template; set model.chat_template")
     dtype = getattr(torch, cfg.model.dtype)
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=dtype, attn_implementation=cfg.model.attn_implementation
@@ -205,7 +220,7 @@ def completion_logprobs(
     """Log-probs ``[n, T]`` of the completion tokens (and their entropies) under ``model``, temperature-scaled."""
     ids, mask = ro.input_ids[rows], ro.attention_mask[rows]
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).logits
     logits = logits[:, ro.prompt_width - 1 : -1].float() / max(temperature, 1e-6)
     if forbidden is not None:
         logits[..., forbidden] = -torch.inf  # as in sampling: padding is never a completion token

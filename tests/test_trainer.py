@@ -208,11 +208,20 @@ OPTION_RUNS = {
         "rollout.max_new_tokens=8",
         "optim.lr=1e-4",
     ],
-    "zero3-bf16-grpo-no-std": ["optim.zero_stage=3", "optim.precision=bf16", "algorithm.method=grpo_no_std"],
+    "zero3-bf16-grpo-no-std-checkpointing": [
+        "optim.zero_stage=3",
+        "optim.precision=bf16",
+        "algorithm.method=grpo_no_std",
+        "model.gradient_checkpointing=true",
+    ],
+    "zero2-offload": ["optim.zero_stage=2", "optim.offload_optimizer=true"],
 }
+SLOW_RUNS = {"zero2-offload"}  # DeepSpeedCPUAdam is JIT-compiled on first use (about a minute)
 
 
-@pytest.mark.parametrize("name", OPTION_RUNS)
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_RUNS else n for n in OPTION_RUNS]
+)
 def test_option_combinations_train(name, tmp_path, subprocess_env, toy_model_dir):
     run_dir = tmp_path / name
     cmd = [
@@ -239,3 +248,23 @@ def test_option_combinations_train(name, tmp_path, subprocess_env, toy_model_dir
         assert 0 < metrics[0]["completion/truncated_frac"] < 1
     else:
         assert all(m["kl"] == 0 for m in metrics)
+
+
+def test_chat_template_comes_from_the_config(tmp_path, toy_model_dir, toy_task):
+    import torch
+
+    from gdpo.rollout import encode_prompt
+    from gdpo.trainer import load_policy
+
+    messages = toy_task.train[0]["messages"]
+    inline = "{% for m in messages %}Q: {{ m['content'] }}\n{% endfor %}A:"
+    tokenizer, _ = load_policy(
+        cfg_with(f"model.chat_template={json.dumps(inline)}"), str(toy_model_dir), torch.device("cpu")
+    )
+    assert tokenizer.decode(encode_prompt(tokenizer, messages)) == "Q: Add 7 and 1.\nA:"
+    path = tmp_path / "t.jinja"
+    path.write_text("{{ messages[0]['content'] }} =")
+    tokenizer, _ = load_policy(
+        cfg_with(f"model.chat_template={path}"), str(toy_model_dir), torch.device("cpu")
+    )
+    assert tokenizer.decode(encode_prompt(tokenizer, messages)) == "Add 7 and 1. ="
