@@ -1,0 +1,170 @@
+"""Tool calling (the paper's ToolRL setup): the format and correctness rewards.
+
+Both rewards take the completion as generated (no chat-template tokens) and the ground-truth answer text of
+the training row, and never raise: any failure to read the completion scores as the rules say (format 0,
+correctness -3). The rules follow ToolRL's scorer as the official verl-GDPO code ships it (gdpo-paper.md §5.1):
+
+Format, in {0, 1}: the stripped completion must match, in full, the layout the ground truth calls for ("any"
+spans newlines and matches shortest-first):
+
+====================  ==========================================================================  ============
+ground truth has      layout                                                                      tags once
+====================  ==========================================================================  ============
+<response> only       <think>any</think>\\n<response>any</response>                               response
+<tool_call> only      <think>any</think>\\n<tool_call>\\nany\\n</tool_call>                           tool_call
+both                  <think>any</think>\\n<tool_call>\\nany\\n</tool_call>\\n<response>any</response>   all four
+neither               <think>any</think>                                                          none
+====================  ==========================================================================  ============
+
+Correctness, in [-3, 3]: 0 if the ground truth has no ``<tool_call>``; -3 if the completion lacks either
+tool-call tag, or a line of its first tool-call block is empty, is not JSON, is not an object with a "name", or
+lacks "parameters" while its name is one of the ground truth's; +3 if the parsed calls equal the ground
+truth's (same order, Python equality); otherwise ``6 * S / S_max - 3`` where S adds the name overlap (a
+frequency-aware Jaccard of the two name lists) and, for each ground-truth call in order, the best unused
+prediction of the same name by (Jaccard of the parameter-name lists + number of ground-truth parameters whose
+predicted value is equal), taken only if that total is > 0; ``S_max = 1 + sum(1 + #parameters)`` over the
+ground-truth calls. The matching is greedy, as in the code (the paper's App. C calls it a matching). Values
+compare with Python equality: "1" != 1, 1 == 1.0.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from typing import Any
+
+__all__ = ["correctness_reward", "format_reward", "parse_ground_truth_calls"]
+
+_TAGS = ("<tool_call>", "</tool_call>", "<response>", "</response>")
+_LAYOUTS = {
+    # (has tool call, has response) -> (full-match pattern, tags that must occur exactly once)
+    (False, True): (r"<think>.*?</think>\n<response>.*?</response>", _TAGS[2:]),
+    (True, False): (r"<think>.*?</think>\n<tool_call>\n.*?\n</tool_call>", _TAGS[:2]),
+    (True, True): (r"<think>.*?</think>\n<tool_call>\n.*?\n</tool_call>\n<response>.*?</response>", _TAGS),
+    (False, False): (r"<think>.*?</think>", ()),
+}
+_COMPILED = {key: (re.compile(pattern, re.DOTALL), tags) for key, (pattern, tags) in _LAYOUTS.items()}
+CORRECT_MAX, CORRECT_MIN = 3.0, -3.0
+
+
+def format_reward(completion: str, ground_truth: str) -> float:
+    """1.0 if the completion has exactly the layout the ground truth calls for, else 0.0."""
+    try:
+        answer = completion.strip()
+        pattern, once = _COMPILED[("<tool_call>" in ground_truth, "<response>" in ground_truth)]
+        if any(answer.count(tag) != 1 for tag in once):  # checked first: it also bounds the regex's work
+            return 0.0
+        return 1.0 if pattern.fullmatch(answer) else 0.0
+    except Exception:
+        return 0.0
+
+
+def _tool_call_lines(text: str) -> list[str] | None:
+    """Lines between the first <tool_call> and the next </tool_call>, or None if either tag is missing."""
+    start = text.find("<tool_call>")
+    if start < 0:
+        return None
+    end = text.find("</tool_call>", start + len("<tool_call>"))
+    if end < 0:
+        return None
+    return text[start + len("<tool_call>") : end].strip().split("\n")
+
+
+def parse_ground_truth_calls(ground_truth: str) -> list[dict[str, Any]] | None:
+    """The ground truth's tool calls (its first tool-call block, one JSON object per line); None if it has none.
+
+    Raises ValueError naming the line when the ground truth itself is malformed (a data error).
+    """
+    if "<tool_call>" not in ground_truth:
+        return None
+    lines = _tool_call_lines(ground_truth)
+    if lines is None:
+        raise ValueError("ground truth has <tool_call> but no closing </tool_call>")
+    calls = []
+    for i, line in enumerate(lines):
+        try:
+            call = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f"ground-truth tool-call line {i + 1} is not JSON: {line[:80]!r} ({exc})"
+            ) from None
+        if (
+            not isinstance(call, dict)
+            or not isinstance(call.get("name"), str)
+            or not isinstance(call.get("parameters", {}), dict)
+        ):
+            raise ValueError(
+                f"ground-truth tool-call line {i + 1} is not a {{name, parameters}} object: {line[:80]!r}"
+            )
+        calls.append(call)
+    return calls
+
+
+def _list_jaccard(a: list, b: list) -> float:
+    """ToolRL's overlap of two lists: 1 if identical, 0 if either is empty, else the multiset Jaccard."""
+    if a == b:
+        return 1.0
+    if not a or not b:
+        return 0.0
+    common = sum((Counter(a) & Counter(b)).values())
+    return common / (len(a) + len(b) - common)
+
+
+def _predicted_calls(completion: str, truth_names: set[str]) -> list[dict[str, Any]] | None:
+    """The completion's calls, or None where the rules score -3."""
+    lines = _tool_call_lines(completion)
+    if lines is None:
+        return None
+    calls = []
+    for line in lines:
+        if not line.strip():
+            return None
+        call = json.loads(line)
+        if not isinstance(call, dict) or "name" not in call:
+            return None
+        if call["name"] in truth_names and not isinstance(call.get("parameters"), dict):
+            return None  # ToolRL reads .keys() of a same-name call's parameters: missing or not a dict fails
+        calls.append(call)
+    return calls
+
+
+def _score(predicted: list[dict], truth: list[dict]) -> float:
+    score = _list_jaccard([c["name"] for c in predicted], [c["name"] for c in truth])
+    used: set[int] = set()
+    for gt in truth:
+        gt_params = gt.get("parameters", {})
+        best, best_index = 0.0, None
+        for i, pred in enumerate(predicted):
+            if i in used or pred["name"] != gt["name"]:
+                continue
+            params = pred["parameters"]
+            total = _list_jaccard(list(params), list(gt_params))
+            total += sum(1 for key, value in gt_params.items() if key in params and params[key] == value)
+            if total > best:
+                best, best_index = total, i
+        if best_index is not None:
+            used.add(best_index)
+            score += best
+    return score
+
+
+def correctness_reward(completion: str, ground_truth: str) -> float:
+    """ToolRL's tool-call correctness in [-3, 3] (see the module docstring)."""
+    try:
+        truth = parse_ground_truth_calls(ground_truth)
+    except Exception:
+        return CORRECT_MIN
+    if truth is None:
+        return 0.0
+    try:
+        predicted = _predicted_calls(completion, {c["name"] for c in truth})
+        if predicted is None:
+            return CORRECT_MIN
+        if predicted == truth:
+            return CORRECT_MAX
+        max_score = 1 + sum(1 + len(c.get("parameters", {})) for c in truth)
+        value = (CORRECT_MAX - CORRECT_MIN) * _score(predicted, truth) / max_score + CORRECT_MIN
+        return float(min(CORRECT_MAX, max(CORRECT_MIN, value)))
+    except Exception:
+        return CORRECT_MIN
