@@ -168,3 +168,139 @@ def correctness_reward(completion: str, ground_truth: str) -> float:
         return float(min(CORRECT_MAX, max(CORRECT_MIN, value)))
     except Exception:
         return CORRECT_MIN
+
+
+# --------------------------------------------------------------------------------------------------
+# Prompt (the structure of ToolRL's prompt, paper App. B, in our own words) and the task
+# --------------------------------------------------------------------------------------------------
+
+_STEPS = """**Steps for Each Turn**
+1. Think: work out what the user needs.
+2. Decide on tool usage: call one or more tools, or none.
+3. Respond appropriately to the user."""
+_NOTES = """**Important Notes**
+1. Always begin with <think>.
+2. Give at least one of <tool_call> and <response>, or both; put several calls in one block, one per line.
+3. A tool without arguments gets an empty "parameters" object.
+4. Use the dialogue history, including tool results given in <obs>."""
+_FORMAT = """**Output Format**
+<think> your reasoning </think>
+<tool_call>
+{"name": "tool name", "parameters": {"argument name": "value"}}
+</tool_call>
+<response> your reply to the user </response>"""
+
+
+def render_system_prompt(tools: list[dict], *, compact: bool = False) -> str:
+    """The system turn: role, numbered tools (name, description, parameters as JSON), output format.
+
+    ``compact`` leaves out the steps and notes sections (the tiny preset's context is short).
+    """
+    listed = "\n".join(
+        f"{i}. Name: {t['name']}\nDescription: {t.get('description', '')}\nParameters: {json.dumps(t.get('parameters', {}))}"
+        for i, t in enumerate(tools, 1)
+    )
+    parts = [
+        "You are a helpful multi-turn dialogue assistant that can use tools.",
+        f"**Available Tools**\n{listed}",
+    ]
+    parts += [_FORMAT] if compact else [_STEPS, _FORMAT, _NOTES]
+    return "\n\n".join(parts)
+
+
+def render_user_turn(request: str) -> str:
+    """The user turn: the dialogue history, here a single user message."""
+    return f"**Dialogue Records History**\n<user> {request} </user>"
+
+
+def tool_calling_rewards():
+    """The paper's two components, in the official code's order: format, then correctness."""
+    from gdpo.rewards import RewardComponent, RewardSet
+
+    return RewardSet(
+        [
+            RewardComponent("format", lambda r: format_reward(r["completion"], r["ground_truth"])),
+            RewardComponent("correctness", lambda r: correctness_reward(r["completion"], r["ground_truth"])),
+        ]
+    )
+
+
+def _row(tools: list[dict], request: str, ground_truth: str, compact: bool) -> dict:
+    system = render_system_prompt(tools, compact=compact)
+    return {
+        "messages": [
+            {"role": "system", "content": system},
+            {"role": "user", "content": render_user_turn(request)},
+        ],
+        "ground_truth": ground_truth,
+    }
+
+
+def corrupt_answer(rng, truth: str) -> str:
+    """One plausible mistake on a ground-truth answer (for warm-start demonstrations that leave room to learn)."""
+    calls = parse_ground_truth_calls(truth)
+    options = ["no_think", "no_newline", "plain"]
+    if calls:
+        options += ["wrong_value", "wrong_name"]
+    kind = rng.choice(options)
+    if kind == "no_think":
+        return truth.split("\n", 1)[1]
+    if kind == "no_newline":
+        return truth.replace("</think>\n", "</think>", 1)
+    if kind == "plain":
+        return truth.split("</think>\n", 1)[1].replace("<tool_call>\n", "").replace("\n</tool_call>", "")
+    call = json.loads(json.dumps(calls[0]))
+    if kind == "wrong_name":
+        call["name"] = call["name"] + "_v2"
+    elif call["parameters"]:
+        key = rng.choice(sorted(call["parameters"]))
+        call["parameters"][key] = "unknown"
+    head = truth.split("<tool_call>", 1)[0]
+    return head + "<tool_call>\n" + "\n".join(json.dumps(c) for c in [call, *calls[1:]]) + "\n</tool_call>"
+
+
+def _build_tool_calling_task(options: dict, seed: int):
+    import random
+
+    from gdpo.tasks import Task
+
+    source = options.pop("source", "synthetic")
+    compact = bool(options.pop("compact_prompt", False))
+    demo_noise = float(options.pop("demo_noise", 0.5))
+    num_demos = int(options.pop("num_demonstrations", 2000))
+    train_size, test_size = int(options.pop("train_size", 2000)), int(options.pop("test_size", 200))
+    if options:
+        raise ValueError(f"unknown data.options for task 'tool_calling': {sorted(options)}")
+    if source == "synthetic":
+        from gdpo.data.synthetic_tools import generate_split, split_functions
+
+        train_fns, test_fns = split_functions(seed=0)  # the data is fixed; the run seed only orders it
+        train = [
+            _row(s.tools, s.request, s.ground_truth, compact)
+            for s in generate_split(train_fns, train_size, seed=1)
+        ]
+        test = [
+            _row(s.tools, s.request, s.ground_truth, compact)
+            for s in generate_split(test_fns, test_size, seed=2)
+        ]
+    else:
+        from gdpo.data.toolrl import load_toolrl
+
+        train, test = load_toolrl(source, "train"), load_toolrl(source, "test")
+    rng = random.Random(seed)
+    demos = []
+    for _ in range(num_demos if train else 0):
+        row = rng.choice(train)
+        truth = row["ground_truth"]
+        demos.append((row["messages"], corrupt_answer(rng, truth) if rng.random() < demo_noise else truth))
+    return Task("tool_calling", train, test, tool_calling_rewards(), demos)
+
+
+def _register() -> None:
+    from gdpo.tasks import TASKS, register_task
+
+    if "tool_calling" not in TASKS:
+        register_task("tool_calling")(_build_tool_calling_task)
+
+
+_register()

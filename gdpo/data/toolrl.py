@@ -1,0 +1,83 @@
+"""Loader of ToolRL's training data (rlla_4k: ToolACE 2k, Hammer 1k, xLAM 1k), as published.
+
+Forms read:
+* the verl parquet files ``train.parquet`` / ``test.parquet`` (fields ``data_source``, ``prompt`` = [system,
+  user] messages, ``ability``, ``reward_model`` = {style, ground_truth}, ``extra_info``), from a local file, a
+  folder holding ``<split>.parquet``, or a URL (read through ``datasets``);
+* the raw ``rlla_rl.json`` (a list of {instruction, input, output}): system = instruction, user = input,
+  ground truth = output; every row is returned (ToolRL's own 2% hold-out is not reproduced).
+
+Each row becomes ``{"messages": [...], "ground_truth": str, "source": str, "index": int}``. Malformed rows are
+errors that name the file and the row; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from gdpo.tasks.tool_calling import parse_ground_truth_calls
+
+__all__ = ["load_toolrl"]
+
+
+def load_toolrl(source: str | Path, split: str = "train") -> list[dict[str, Any]]:
+    source = str(source)
+    if source.startswith(("http://", "https://", "hf://")):
+        from datasets import load_dataset
+
+        records = list(load_dataset("parquet", data_files={split: source}, split=split))
+    else:
+        path = Path(source)
+        if path.is_dir():
+            path = path / f"{split}.parquet"
+        if not path.exists():
+            raise FileNotFoundError(f"no ToolRL data at {path}")
+        if path.suffix == ".json":
+            return [_from_raw(row, i, path) for i, row in enumerate(json.loads(path.read_text()))]
+        import pandas as pd
+
+        records = pd.read_parquet(path).to_dict("records")
+    return [_from_verl(row, i, source) for i, row in enumerate(records)]
+
+
+def _check(messages: Any, truth: Any, where: str) -> None:
+    if not isinstance(messages, list) or not messages:
+        raise ValueError(f"{where}: 'prompt' must be a non-empty list of messages")
+    for m in messages:
+        if (
+            not isinstance(m, dict)
+            or not isinstance(m.get("role"), str)
+            or not isinstance(m.get("content"), str)
+        ):
+            raise ValueError(f"{where}: every message needs string 'role' and 'content', got {m!r}"[:300])
+    if not isinstance(truth, str) or not truth.strip():
+        raise ValueError(f"{where}: the ground truth must be a non-empty string")
+    try:
+        parse_ground_truth_calls(truth)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+
+
+def _from_verl(row: dict, i: int, source: str) -> dict[str, Any]:
+    where = f"{source} row {i}"
+    messages = [dict(m) for m in row.get("prompt", [])] if row.get("prompt") is not None else None
+    truth = (row.get("reward_model") or {}).get("ground_truth")
+    _check(messages, truth, where)
+    extra = row.get("extra_info") or {}
+    return {
+        "messages": messages,
+        "ground_truth": truth,
+        "source": row.get("data_source", "rlla"),
+        "index": int(extra.get("index", i)),
+    }
+
+
+def _from_raw(row: dict, i: int, path: Path) -> dict[str, Any]:
+    where = f"{path} row {i}"
+    if not isinstance(row, dict) or not {"instruction", "input", "output"} <= set(row):
+        raise ValueError(f"{where}: expected the fields instruction, input, output")
+    messages = [{"role": "system", "content": row["instruction"]}, {"role": "user", "content": row["input"]}]
+    _check(messages, row["output"], where)
+    return {"messages": messages, "ground_truth": row["output"], "source": "rlla", "index": i}

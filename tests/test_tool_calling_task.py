@@ -1,0 +1,202 @@
+"""Tool-calling task: synthetic data, ToolRL-style prompt, noisy demonstrations, and the rlla_4k loader."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pandas as pd
+import pytest
+
+from gdpo.data.synthetic_tools import CATALOGUE, generate_split, split_functions
+from gdpo.data.toolrl import load_toolrl
+from gdpo.tasks import build_task
+from gdpo.tasks.tool_calling import (
+    correctness_reward,
+    corrupt_answer,
+    format_reward,
+    parse_ground_truth_calls,
+    render_system_prompt,
+    render_user_turn,
+)
+
+
+def _called(rows):
+    return {c["name"] for r in rows for c in (parse_ground_truth_calls(r["ground_truth"]) or [])}
+
+
+def _listed(rows):
+    return {
+        line.split("Name: ")[1]
+        for r in rows
+        for line in r["messages"][0]["content"].splitlines()
+        if "Name: " in line
+    }
+
+
+def test_splits_are_disjoint_in_functions_and_cover_domains():
+    train_fns, test_fns = split_functions(seed=0)
+    assert not {f.name for f in train_fns} & {f.name for f in test_fns}
+    assert len(train_fns) + len(test_fns) == len(CATALOGUE)
+    assert len({f.domain for f in test_fns}) >= 4
+    task = build_task("tool_calling", {"train_size": 400, "test_size": 100}, seed=0)
+    assert not (_called(task.train) | _listed(task.train)) & (_called(task.test) | _listed(task.test))
+
+
+def test_ground_truths_are_well_formed_and_score_full_marks():
+    task = build_task("tool_calling", {"train_size": 300, "test_size": 60}, seed=0)
+    for row in task.train + task.test:
+        truth = row["ground_truth"]
+        assert format_reward(truth, truth) == 1.0
+        calls = parse_ground_truth_calls(truth)
+        assert correctness_reward(truth, truth) == (3.0 if calls else 0.0)
+        if calls:  # every called function is among the listed tools, with only its declared parameters
+            listed = row["messages"][0]["content"]
+            for call in calls:
+                assert f"Name: {call['name']}" in listed
+                assert all(f'"{key}"' in listed for key in call["parameters"])
+
+
+def test_mix_of_single_parallel_and_no_call_samples():
+    train_fns, _ = split_functions(seed=0)
+    samples = generate_split(train_fns, 2000, seed=1, parallel=0.2, no_call=0.15)
+    kinds = [len(s.calls) for s in samples]
+    assert kinds.count(0) / 2000 == pytest.approx(0.15, abs=0.03)
+    assert kinds.count(2) / 2000 == pytest.approx(0.20, abs=0.03)
+    assert {type(v).__name__ for s in samples for c in s.calls for v in c["parameters"].values()} >= {
+        "str",
+        "int",
+        "float",
+        "bool",
+    }
+    optional = sum(
+        1 for s in samples for c in s.calls if "unit" in c["parameters"] or "cabin" in c["parameters"]
+    )
+    assert optional > 0
+
+
+def test_data_is_fixed_and_the_run_seed_only_changes_demonstrations():
+    a = build_task("tool_calling", {"train_size": 50, "test_size": 10, "num_demonstrations": 20}, seed=0)
+    b = build_task("tool_calling", {"train_size": 50, "test_size": 10, "num_demonstrations": 20}, seed=1)
+    assert a.train == b.train and a.test == b.test
+    assert a.demonstrations != b.demonstrations
+
+
+@pytest.mark.parametrize("noise", [0.0, 1.0])
+def test_demonstration_noise(noise):
+    task = build_task(
+        "tool_calling",
+        {"train_size": 200, "test_size": 10, "num_demonstrations": 300, "demo_noise": noise},
+        0,
+    )
+    truths = {json.dumps(row["messages"]): row["ground_truth"] for row in task.train}
+    perfect = [completion == truths[json.dumps(messages)] for messages, completion in task.demonstrations]
+    assert all(perfect) if noise == 0.0 else not any(perfect)
+
+
+def test_corruptions_lower_a_reward():
+    rng = random.Random(0)
+    truth = '<think>t</think>\n<tool_call>\n{"name": "f", "parameters": {"x": 1}}\n</tool_call>'
+    for _ in range(50):
+        bad = corrupt_answer(rng, truth)
+        assert format_reward(bad, truth) < 1.0 or correctness_reward(bad, truth) < 3.0
+
+
+def test_prompt_structure():
+    tools = [CATALOGUE[0].schema(), CATALOGUE[3].schema()]
+    full = render_system_prompt(tools)
+    for section in (
+        "**Available Tools**",
+        "**Steps for Each Turn**",
+        "**Output Format**",
+        "**Important Notes**",
+    ):
+        assert section in full
+    assert "1. Name: get_weather" in full and "2. Name: convert_currency" in full
+    params = json.loads(full.split("Parameters: ")[1].split("\n")[0])
+    assert params["unit"] == {"description": "celsius or fahrenheit", "type": "string", "default": "celsius"}
+    compact = render_system_prompt(tools, compact=True)
+    assert "**Important Notes**" not in compact and "**Output Format**" in compact
+    assert render_user_turn("Hi") == "**Dialogue Records History**\n<user> Hi </user>"
+
+
+def test_unknown_option_is_an_error():
+    with pytest.raises(ValueError, match=r"unknown data.options for task 'tool_calling': \['trian_size'\]"):
+        build_task("tool_calling", {"trian_size": 10}, 0)
+
+
+# --------------------------------------------------------------------------------------------------
+# ToolRL rlla_4k loader, on files of the published schema that we write
+# --------------------------------------------------------------------------------------------------
+
+CALL_TRUTH = '<think>I should use a tool.</think>\n<tool_call>\n{"name": "lookup", "parameters": {"q": "x"}}\n</tool_call>'
+REPLY_TRUTH = "<think>No tool needed.</think>\n<response>Hi!</response>"
+
+
+def _verl_row(i, truth, split="train"):
+    return {
+        "data_source": "rlla",
+        "prompt": [
+            {"role": "system", "content": f"tools {i}"},
+            {"role": "user", "content": f"<user> q{i} </user>"},
+        ],
+        "ability": "math",
+        "reward_model": {"style": "rule", "ground_truth": truth},
+        "extra_info": {
+            "split": split,
+            "index": i,
+            "instruction": f"tools {i}",
+            "input": f"q{i}",
+            "output": truth,
+        },
+    }
+
+
+@pytest.fixture
+def toolrl_dir(tmp_path):
+    pd.DataFrame([_verl_row(0, CALL_TRUTH), _verl_row(1, REPLY_TRUTH), _verl_row(2, CALL_TRUTH)]).to_parquet(
+        tmp_path / "train.parquet"
+    )
+    pd.DataFrame([_verl_row(7, CALL_TRUTH, "test")]).to_parquet(tmp_path / "test.parquet")
+    return tmp_path
+
+
+def test_load_verl_parquet(toolrl_dir):
+    rows = load_toolrl(toolrl_dir / "train.parquet")
+    assert len(rows) == 3
+    assert rows[0]["messages"] == [
+        {"role": "system", "content": "tools 0"},
+        {"role": "user", "content": "<user> q0 </user>"},
+    ]
+    assert rows[1]["ground_truth"] == REPLY_TRUTH and rows[1]["source"] == "rlla" and rows[1]["index"] == 1
+    assert [r["index"] for r in load_toolrl(toolrl_dir, "test")] == [7]
+
+
+def test_load_raw_json(tmp_path):
+    path = tmp_path / "rlla_rl.json"
+    path.write_text(
+        json.dumps([{"instruction": "tools", "input": "<user> hi </user>", "output": REPLY_TRUTH}])
+    )
+    (row,) = load_toolrl(path)
+    assert row["messages"][0] == {"role": "system", "content": "tools"} and row["ground_truth"] == REPLY_TRUTH
+
+
+def test_malformed_rows_name_the_file_and_row(tmp_path):
+    bad = _verl_row(1, '<tool_call>\n{"name": "lookup", "parameters": \n</tool_call>')
+    pd.DataFrame([_verl_row(0, CALL_TRUTH), bad]).to_parquet(tmp_path / "train.parquet")
+    with pytest.raises(ValueError, match=r"train.parquet row 1: ground-truth tool-call line 1 is not JSON"):
+        load_toolrl(tmp_path / "train.parquet")
+    (tmp_path / "bad.json").write_text(json.dumps([{"instruction": "x"}]))
+    with pytest.raises(ValueError, match=r"bad.json row 0: expected the fields instruction, input, output"):
+        load_toolrl(tmp_path / "bad.json")
+    with pytest.raises(FileNotFoundError, match="no ToolRL data"):
+        load_toolrl(tmp_path / "missing")
+
+
+def test_task_from_toolrl_files(toolrl_dir):
+    task = build_task(
+        "tool_calling", {"source": str(toolrl_dir), "num_demonstrations": 5, "demo_noise": 0.0}, 0
+    )
+    assert len(task.train) == 3 and len(task.test) == 1
+    assert all(completion in (CALL_TRUTH, REPLY_TRUTH) for _, completion in task.demonstrations)
+    assert task.rewards.names == ("format", "correctness")
