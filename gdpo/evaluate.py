@@ -1,0 +1,127 @@
+"""Score a model on a task's held-out prompts with the task's own reward components.
+
+    python -m gdpo.evaluate --model runs/.../final_model --task tool_calling --out eval.json data.options.compact_prompt=true
+
+Generation goes through the same rollout backends as training (greedy by default). Writes per-item records
+(prompt index, completion, every reward) and a summary (mean of each component, and the share of items where a
+component reaches its maximum, e.g. the correct-format ratio).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from gdpo.config import RolloutConfig, TrainConfig, load_config
+from gdpo.rollout import HFRollout, encode_prompt
+from gdpo.tasks import Task, build_task
+
+__all__ = ["evaluate", "summarise"]
+
+
+@torch.no_grad()
+def evaluate(
+    model,
+    tokenizer,
+    task: Task,
+    rollout: RolloutConfig,
+    *,
+    split: str = "test",
+    limit: int | None = None,
+    samples: int = 1,
+    greedy: bool = True,
+    batch_prompts: int = 16,
+    seed: int = 0,
+) -> list[dict]:
+    """Per-item records for ``samples`` completions of each prompt of ``split`` (first ``limit`` prompts)."""
+    rows = (task.test if split == "test" else task.train)[:limit]
+    backend = HFRollout(model, tokenizer, rollout)
+    records = []
+    for start in range(0, len(rows), batch_prompts):
+        chunk = rows[start : start + batch_prompts]
+        prompts = [encode_prompt(tokenizer, row["messages"]) for row in chunk]
+        ro = backend.generate(
+            prompts, [seed * 1_000_003 + start + i for i in range(len(chunk))], samples, greedy=greedy
+        )
+        groups = [
+            [
+                dict(
+                    row,
+                    completion=ro.completions[i * samples + j],
+                    num_tokens=int(ro.num_tokens[i * samples + j]),
+                )
+                for j in range(samples)
+            ]
+            for i, row in enumerate(chunk)
+        ]
+        scored = task.rewards.score(groups)
+        for i in range(len(chunk)):
+            for j in range(samples):
+                records.append(
+                    {
+                        "index": start + i,
+                        "sample": j,
+                        "completion": groups[i][j]["completion"],
+                        "num_tokens": groups[i][j]["num_tokens"],
+                        "truncated": bool(ro.truncated[i * samples + j]),
+                        "rewards": dict(zip(scored.names, scored.raw[i, j].tolist())),
+                    }
+                )
+    return records
+
+
+def summarise(records: list[dict], maxima: dict[str, float] | None = None) -> dict[str, float]:
+    """Mean of each reward component; ``<name>/at_max`` = share of items reaching ``maxima[name]``."""
+    names = list(records[0]["rewards"]) if records else []
+    out: dict[str, float] = {"items": float(len(records))}
+    for name in names:
+        values = [r["rewards"][name] for r in records]
+        out[f"{name}/mean"] = sum(values) / len(values)
+        if maxima and name in maxima:
+            out[f"{name}/at_max"] = sum(v >= maxima[name] for v in values) / len(values)
+    out["truncated_frac"] = sum(r["truncated"] for r in records) / max(len(records), 1)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", required=True, help="HF model folder")
+    parser.add_argument("--config", help="the run's YAML config (task, data options, rollout settings)")
+    parser.add_argument("--out", type=Path, required=True, help="JSON file for the records and the summary")
+    parser.add_argument("--split", default="test", choices=["test", "train"])
+    parser.add_argument("--limit", type=int)
+    parser.add_argument("--samples", type=int, default=1)
+    parser.add_argument(
+        "--sample", action="store_true", help="sample at the config's temperature instead of greedy"
+    )
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args(argv)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg = load_config(TrainConfig, args.config, args.overrides)
+    task = build_task(cfg.task, cfg.data.options, cfg.seed)
+    model = AutoModelForCausalLM.from_pretrained(args.model).eval()
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    records = evaluate(
+        model,
+        tokenizer,
+        task,
+        cfg.rollout,
+        split=args.split,
+        limit=args.limit,
+        samples=args.samples,
+        greedy=not args.sample,
+    )
+    summary = summarise(records)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"summary": summary, "records": records}, indent=1))
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""The task evaluator: per-item records with every reward, and their summary."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gdpo.config import RolloutConfig
+from gdpo.evaluate import evaluate, main, summarise
+
+from .conftest import REPO
+
+
+def test_summarise_crafted_records():
+    records = [
+        {"rewards": {"format": 1.0, "correctness": 3.0}, "truncated": False},
+        {"rewards": {"format": 0.0, "correctness": -3.0}, "truncated": True},
+        {"rewards": {"format": 1.0, "correctness": 1.5}, "truncated": False},
+        {"rewards": {"format": 1.0, "correctness": 3.0}, "truncated": False},
+    ]
+    s = summarise(records, {"format": 1.0, "correctness": 3.0})
+    assert s["items"] == 4 and s["format/mean"] == 0.75 and s["correctness/mean"] == pytest.approx(1.125)
+    assert s["format/at_max"] == 0.75 and s["correctness/at_max"] == 0.5 and s["truncated_frac"] == 0.25
+
+
+def test_evaluate_scores_the_test_split_with_the_tasks_rewards(toy_policy, toy_task):
+    model, tokenizer = toy_policy
+    records = evaluate(
+        model, tokenizer, toy_task, RolloutConfig(max_new_tokens=16), limit=10, samples=2, greedy=False
+    )
+    assert len(records) == 20 and [r["index"] for r in records[:4]] == [0, 0, 1, 1]
+    from gdpo.tasks.toy import correct_reward, format_reward
+
+    for r in records:  # each record is scored against its own prompt's row (index alignment)
+        row = dict(toy_task.test[r["index"]], completion=r["completion"])
+        assert r["rewards"] == {"correct": correct_reward(row), "format": format_reward(row)}
+    greedy = evaluate(model, tokenizer, toy_task, RolloutConfig(max_new_tokens=16), limit=10)
+    assert len(greedy) == 10 and greedy == evaluate(
+        model, tokenizer, toy_task, RolloutConfig(max_new_tokens=16), limit=10
+    )
+
+
+def test_command_line_writes_records_and_summary(tmp_path, toy_model_dir):
+    out = tmp_path / "eval.json"
+    main(
+        [
+            "--model",
+            str(toy_model_dir),
+            "--config",
+            str(REPO / "experiments/toy/configs/tiny.yaml"),
+            "--out",
+            str(out),
+            "--limit",
+            "6",
+        ]
+    )
+    data = json.loads(out.read_text())
+    assert data["summary"]["items"] == 6 and len(data["records"]) == 6
+    assert set(data["records"][0]["rewards"]) == {"correct", "format"}
