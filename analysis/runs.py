@@ -1,0 +1,138 @@
+"""Run logs -> pandas -> the paper's kind of tables and median/IQR curves. Shared by every task's notebook.
+
+Run folders follow ``<root>/<task>/<preset>/<method>/seed<k>/metrics.jsonl`` (see gdpo.runlog).
+
+    runs = load_runs("runs", task="tool_calling", preset="tiny")
+    bands = seed_bands(runs, "reward/format/mean")            # median and IQR over seeds, per method and step
+    plot_bands(runs, ["reward/format/mean", "reward/correctness/mean"], "fig4.png")
+    table = seed_table(final_rows, ["format", "correctness"])  # mean ± std over seeds, per method
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from gdpo.runlog import read_jsonl
+
+__all__ = [
+    "METHOD_LABELS",
+    "final_steps",
+    "load_runs",
+    "plot_bands",
+    "seed_bands",
+    "seed_table",
+    "to_markdown",
+]
+
+METHOD_LABELS = {"grpo": "GRPO", "grpo_no_std": "GRPO w/o std", "gdpo": "GDPO"}
+METHOD_ORDER = ["grpo", "grpo_no_std", "gdpo"]
+
+
+def load_runs(root: str | Path, task: str | None = None, preset: str | None = None) -> pd.DataFrame:
+    """Every step of every run under ``root`` (optionally one task/preset), one row per (run, step).
+
+    Columns: task, preset, method, seed, step, and every metric. A folder without metrics is skipped with a
+    note in ``DataFrame.attrs["skipped"]``; a corrupt log is an error naming the file.
+    """
+    root = Path(root)
+    frames, skipped = [], []
+    pattern = f"{task or '*'}/{preset or '*'}/*/seed*/metrics.jsonl"
+    for path in sorted(root.glob(pattern)):
+        run_task, run_preset, method, seed_dir = path.parts[-5:-1]
+        rows = read_jsonl(path)
+        if not rows:
+            skipped.append(str(path.parent))
+            continue
+        frame = pd.DataFrame(rows)
+        frame.insert(0, "seed", int(seed_dir.removeprefix("seed")))
+        frame.insert(0, "method", method)
+        frame.insert(0, "preset", run_preset)
+        frame.insert(0, "task", run_task)
+        frames.append(frame)
+    if not frames:
+        raise FileNotFoundError(f"no metrics.jsonl under {root / pattern}")
+    out = pd.concat(frames, ignore_index=True)
+    out.attrs["skipped"] = skipped
+    return out
+
+
+def seed_bands(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Per method and step: median, 25th and 75th percentile, mean and number of seeds of ``metric``."""
+    if metric not in runs:
+        raise KeyError(f"metric {metric!r} is not in the run logs")
+    grouped = runs.groupby(["method", "step"])[metric]
+    return pd.DataFrame(
+        {
+            "median": grouped.median(),
+            "q25": grouped.quantile(0.25),
+            "q75": grouped.quantile(0.75),
+            "mean": grouped.mean(),
+            "seeds": grouped.count(),
+        }
+    ).reset_index()
+
+
+def final_steps(runs: pd.DataFrame) -> pd.DataFrame:
+    """The last logged step of every run."""
+    last = runs.groupby(["task", "preset", "method", "seed"])["step"].transform("max")
+    return runs[runs["step"] == last].reset_index(drop=True)
+
+
+def seed_table(rows: pd.DataFrame, columns: Sequence[str], by: str = "method") -> pd.DataFrame:
+    """Mean and (sample) std over seeds of ``columns`` per ``by`` value, in the paper's method order."""
+    grouped = rows.groupby(by)[list(columns)]
+    mean, std, count = grouped.mean(), grouped.std(ddof=1), grouped.count().iloc[:, 0]
+    table = pd.concat({"mean": mean, "std": std}, axis=1).swaplevel(axis=1).sort_index(axis=1, level=0)
+    table = table[[c for col in columns for c in [(col, "mean"), (col, "std")]]]
+    table[("seeds", "")] = count
+    order = [m for m in METHOD_ORDER if m in table.index] + [m for m in table.index if m not in METHOD_ORDER]
+    return table.loc[order]
+
+
+def to_markdown(table: pd.DataFrame, scale: float = 1.0, digits: int = 2) -> str:
+    """A ``seed_table`` as a Markdown table with "mean ± std" cells (values multiplied by ``scale``)."""
+    columns = list(dict.fromkeys(c for c, _ in table.columns if c != "seeds"))
+    lines = ["| method | " + " | ".join(columns) + " | seeds |", "|---" * (len(columns) + 2) + "|"]
+    for method, row in table.iterrows():
+        cells = []
+        for col in columns:
+            mean, std = row[(col, "mean")] * scale, row[(col, "std")] * scale
+            cells.append(f"{mean:.{digits}f}" + ("" if pd.isna(std) else f" ± {std:.{digits}f}"))
+        label = METHOD_LABELS.get(method, method)
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {int(row[('seeds', '')])} |")
+    return "\n".join(lines)
+
+
+def plot_bands(
+    runs: pd.DataFrame, metrics: Sequence[str], path: str | Path, titles: Sequence[str] | None = None
+) -> Path:
+    """One panel per metric: the median over seeds per method, with the interquartile range shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4), squeeze=False)
+    methods = [m for m in METHOD_ORDER if m in set(runs["method"])] + sorted(
+        set(runs["method"]) - set(METHOD_ORDER)
+    )
+    for ax, metric, title in zip(axes[0], metrics, titles or metrics):
+        bands = seed_bands(runs, metric)
+        for method in methods:
+            b = bands[bands["method"] == method]
+            line = ax.plot(
+                b["step"], b["median"], label=f"{METHOD_LABELS.get(method, method)} (n={b['seeds'].max()})"
+            )
+            ax.fill_between(b["step"], b["q25"], b["q75"], alpha=0.2, color=line[0].get_color())
+        ax.set(title=title, xlabel="step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path

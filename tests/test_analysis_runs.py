@@ -1,0 +1,66 @@
+"""analysis.runs on run folders with known values."""
+
+from __future__ import annotations
+
+import pytest
+
+from analysis.runs import final_steps, load_runs, plot_bands, seed_bands, seed_table, to_markdown
+from gdpo.runlog import RunLog
+
+# reward/format/mean at steps 1..3 for seeds 0..3 of each method
+VALUES = {
+    "grpo": [[0.0, 0.1, 0.2], [0.0, 0.2, 0.4], [0.0, 0.3, 0.6], [0.0, 0.4, 0.8]],
+    "gdpo": [[0.1, 0.5, 0.9], [0.1, 0.5, 0.7], [0.1, 0.5, 0.8], [0.1, 0.5, 1.0]],
+}
+
+
+@pytest.fixture
+def root(tmp_path):
+    for method, seeds in VALUES.items():
+        for seed, values in enumerate(seeds):
+            log = RunLog(tmp_path / "tool_calling" / "tiny" / method / f"seed{seed}")
+            for step, value in enumerate(values, 1):
+                log.log_metrics(step, {"reward/format/mean": value, "loss": float(seed)})
+    (tmp_path / "tool_calling" / "tiny" / "grpo_no_std" / "seed0").mkdir(parents=True)
+    (tmp_path / "tool_calling" / "tiny" / "grpo_no_std" / "seed0" / "metrics.jsonl").write_text("")
+    return tmp_path
+
+
+def test_load_runs(root):
+    runs = load_runs(root, task="tool_calling")
+    assert len(runs) == 2 * 4 * 3
+    assert set(runs.columns) >= {"task", "preset", "method", "seed", "step", "reward/format/mean"}
+    assert runs.attrs["skipped"] == [str(root / "tool_calling/tiny/grpo_no_std/seed0")]
+    with pytest.raises(FileNotFoundError, match="no metrics.jsonl"):
+        load_runs(root, task="math")
+
+
+def test_seed_bands_median_and_iqr(root):
+    bands = seed_bands(load_runs(root), "reward/format/mean").set_index(["method", "step"])
+    # GRPO step 3 over seeds: 0.2, 0.4, 0.6, 0.8 -> median 0.5, q25 0.35, q75 0.65 (linear interpolation)
+    assert bands.loc[("grpo", 3), "median"] == pytest.approx(0.5)
+    assert bands.loc[("grpo", 3), "q25"] == pytest.approx(0.35)
+    assert bands.loc[("grpo", 3), "q75"] == pytest.approx(0.65)
+    assert bands.loc[("gdpo", 3), "median"] == pytest.approx(0.85)
+    assert bands.loc[("gdpo", 2), "q25"] == bands.loc[("gdpo", 2), "q75"] == pytest.approx(0.5)
+    assert bands.loc[("gdpo", 1), "seeds"] == 4
+    with pytest.raises(KeyError, match="'nope'"):
+        seed_bands(load_runs(root), "nope")
+
+
+def test_final_table_and_markdown(root):
+    final = final_steps(load_runs(root))
+    assert sorted(final["step"].unique()) == [3]
+    table = seed_table(final, ["reward/format/mean"])
+    assert list(table.index) == ["grpo", "gdpo"]
+    assert table.loc["gdpo", ("reward/format/mean", "mean")] == pytest.approx(0.85)
+    assert table.loc["grpo", ("reward/format/mean", "std")] == pytest.approx(
+        0.2581988897
+    )  # sample std of .2,.4,.6,.8
+    md = to_markdown(table, scale=100, digits=1)
+    assert "| GRPO | 50.0 ± 25.8 | 4 |" in md and "| GDPO | 85.0 ± 12.9 | 4 |" in md
+
+
+def test_plot_bands_writes_a_png(root, tmp_path):
+    path = plot_bands(load_runs(root), ["reward/format/mean", "loss"], tmp_path / "fig" / "bands.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
