@@ -15,7 +15,8 @@ RESULTS ?= results
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 TORCH_SPEC := $(if $(HAS_GPU),torch==2.13.0,torch==2.13.0+cpu)
 
-.PHONY: help setup setup-gpu setup-vllm test test-vllm test-slow test-all lint format bench reproduce-collapse clean
+
+.PHONY: help setup setup-gpu setup-vllm setup-bfcl test test-vllm test-slow test-all lint format bench reproduce-collapse clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 22
@@ -52,7 +53,18 @@ $(VLLM_STAMP): requirements.txt pyproject.toml
 test-vllm: setup-vllm  ## the vLLM backend tests, in the vLLM environment
 	$(VLLM_VENV)/bin/python -m pytest -m vllm -q
 
-test: setup  ## lint + the default test suite (CPU, fast)
+BFCL_VENV := .venv-bfcl
+BFCL_STAMP := $(BFCL_VENV)/.setup-done
+
+# BFCL's checker imports every vendor SDK and pins numpy 1.26: its own environment, used through eval/bfcl_worker.py.
+setup-bfcl: $(BFCL_STAMP)  ## the BFCL-v3 checker environment (bfcl-eval 2025.6.8)
+
+$(BFCL_STAMP):
+	$(PYTHON) -m venv $(BFCL_VENV)
+	$(BFCL_VENV)/bin/python -m pip install --quiet bfcl-eval==2025.6.8
+	touch $@
+
+test: setup setup-bfcl  ## lint + the default test suite (CPU, fast)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -m "not slow" -q
 
@@ -78,4 +90,4 @@ reproduce-collapse: setup  ## paper Figure 2 and Figure 3 -> results/collapse/
 	$(PY) -m analysis.run_notebook analysis/notebooks/collapse.ipynb --output-dir $(RESULTS)/collapse
 
 clean:  ## remove the virtual environment and generated results
-	rm -rf $(VENV) $(VLLM_VENV) $(RESULTS) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(VLLM_VENV) $(BFCL_VENV) $(RESULTS) .pytest_cache .ruff_cache .hypothesis
