@@ -212,3 +212,52 @@ def summarise(records: list[dict]) -> dict[str, Any]:
     summary["avg_live_non_live"] = sum(scored) / len(scored) if scored else None
     summary["correct_format"] = 100 * sum(r["well_formatted"] for r in records) / max(len(records), 1)
     return summary
+
+
+def generate_and_score(
+    model,
+    tokenizer,
+    rollout,
+    categories=AST_CATEGORIES + IRRELEVANCE,
+    *,
+    limit: int | None = None,
+    compact: bool = False,
+    batch_prompts: int = 8,
+    out_dir: Path | None = None,
+    python: Path = BFCL_PYTHON,
+) -> dict[str, Any]:
+    """Answer BFCL items with ``model`` (greedy, through the hf rollout backend), score them, write the files.
+
+    Items whose prompt exceeds ``rollout.max_prompt_tokens`` are not generated: they count as wrong and
+    badly formatted, and the summary lists how many were skipped per category.
+    Writes ``outputs.jsonl`` (per item: id, category, completion, verdict) and ``summary.json`` to ``out_dir``.
+    """
+    from gdpo.rollout import HFRollout, encode_prompt
+
+    backend = HFRollout(model, tokenizer, rollout)
+    items, completions, skipped = [], [], {}
+    for category in categories:
+        for item in load_category(category, limit=limit):
+            prompt = encode_prompt(tokenizer, messages_for(item, compact=compact))
+            items.append((item, prompt))
+    for start in range(0, len(items), batch_prompts):
+        chunk = items[start : start + batch_prompts]
+        fits = [i for i, (_, prompt) in enumerate(chunk) if len(prompt) <= rollout.max_prompt_tokens]
+        texts = [""] * len(chunk)
+        if fits:
+            ro = backend.generate([chunk[i][1] for i in fits], [0] * len(fits), 1, greedy=True)
+            for i, text in zip(fits, ro.completions):
+                texts[i] = text
+        for item, prompt in chunk:
+            if len(prompt) > rollout.max_prompt_tokens:
+                skipped[item["category"]] = skipped.get(item["category"], 0) + 1
+        completions.extend(texts)
+    records = score_category([item for item, _ in items], completions, python)
+    summary = summarise(records)
+    summary["skipped_prompt_too_long"] = skipped
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "outputs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

@@ -125,3 +125,33 @@ def test_summary_arithmetic():
     assert s["multi_turn"] is None and s["avg"] is None
     assert s["avg_live_non_live"] == pytest.approx((250 / 3 + 50) / 2)
     assert s["correct_format"] == pytest.approx(500 / 6)
+
+
+@needs_checker
+def test_generate_and_score_with_a_model(tmp_path, toy_policy):
+    """End to end with the (toy-trained) tiny model: it cannot call BFCL tools, but every file and count is there."""
+    from eval.bfcl import generate_and_score
+    from gdpo.config import RolloutConfig
+
+    model, tokenizer = toy_policy
+    rollout = RolloutConfig(max_new_tokens=8, max_prompt_tokens=500)
+    summary = generate_and_score(
+        model, tokenizer, rollout, ["simple", "irrelevance"], limit=6, compact=True, out_dir=tmp_path
+    )
+    records = [json.loads(line) for line in (tmp_path / "outputs.jsonl").read_text().splitlines()]
+    assert len(records) == 12 and {r["category"] for r in records} == {"simple", "irrelevance"}
+    assert summary["items"] == {"simple": 6, "irrelevance": 6}
+    assert summary["categories"]["simple"] == 0.0  # the toy model never writes a tool call
+    assert json.loads((tmp_path / "summary.json").read_text())["categories"] == summary["categories"]
+    from eval.bfcl import messages_for
+    from gdpo.rollout import encode_prompt
+
+    for category in ("simple", "irrelevance"):
+        lengths = [
+            len(encode_prompt(tokenizer, messages_for(i, compact=True)))
+            for i in load_category(category, limit=6)
+        ]
+        too_long = [n > 500 for n in lengths]
+        assert summary["skipped_prompt_too_long"].get(category, 0) == sum(too_long)
+        mine = [r for r in records if r["category"] == category]
+        assert all(r["completion"] == "" for r, skip in zip(mine, too_long) if skip)
