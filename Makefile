@@ -16,7 +16,7 @@ HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 TORCH_SPEC := $(if $(HAS_GPU),torch==2.13.0,torch==2.13.0+cpu)
 
 
-.PHONY: help setup setup-gpu setup-vllm setup-bfcl test test-vllm test-slow test-all lint format bench reproduce-collapse clean
+.PHONY: help setup setup-gpu setup-vllm setup-bfcl test test-vllm test-slow test-all lint format bench reproduce-collapse reproduce-tool clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 22
@@ -85,6 +85,10 @@ format: setup
 bench: setup  ## benchmarks (advantages; our trainer vs TRL); results go to bench/results/
 	$(PY) bench/bench_advantages.py
 	$(PY) bench/bench_trainer.py
+
+PRESET ?= tiny
+reproduce-tool: setup setup-bfcl  ## tool calling (Table 1/2, Fig. 4, 1b): PRESET=tiny | paper-qwen2.5-1.5b | ...
+	$(PY) experiments/tool_calling/reproduce.py --preset $(PRESET)
 
 reproduce-collapse: setup  ## paper Figure 2 and Figure 3 -> results/collapse/
 	$(PY) -m analysis.run_notebook analysis/notebooks/collapse.ipynb --output-dir $(RESULTS)/collapse

@@ -27,8 +27,8 @@ __all__ = [
     "to_markdown",
 ]
 
-METHOD_LABELS = {"grpo": "GRPO", "grpo_no_std": "GRPO w/o std", "gdpo": "GDPO"}
-METHOD_ORDER = ["grpo", "grpo_no_std", "gdpo"]
+METHOD_LABELS = {"base": "base model", "grpo": "GRPO", "grpo_no_std": "GRPO w/o std", "gdpo": "GDPO"}
+METHOD_ORDER = ["base", "grpo", "grpo_no_std", "gdpo"]
 
 
 def load_runs(root: str | Path, task: str | None = None, preset: str | None = None) -> pd.DataFrame:
@@ -100,6 +100,9 @@ def to_markdown(table: pd.DataFrame, scale: float = 1.0, digits: int = 2) -> str
         cells = []
         for col in columns:
             mean, std = row[(col, "mean")] * scale, row[(col, "std")] * scale
+            if pd.isna(mean):
+                cells.append("n/a")
+                continue
             cells.append(f"{mean:.{digits}f}" + ("" if pd.isna(std) else f" ± {std:.{digits}f}"))
         label = METHOD_LABELS.get(method, method)
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {int(row[('seeds', '')])} |")

@@ -1,0 +1,60 @@
+"""Tool-calling results: eval summaries -> the paper's Table 1/2 columns; run logs -> Figure 4 and Figure 1b."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+__all__ = ["PAPER_TABLE1_1P5B", "TABLE_COLUMNS", "eval_row", "load_evals"]
+
+# Paper Table 1 (Qwen2.5-Instruct-1.5B; GRPO w/o std from Table 2), in %: Live, Multi-turn, Non-live, Avg, Correct format.
+PAPER_TABLE1_1P5B = pd.DataFrame(
+    {
+        "live": [37.89, 50.63, 47.19, 55.36],
+        "multi_turn": [0.12, 2.04, 1.47, 2.50],
+        "non_live": [15.63, 37.87, 39.11, 40.58],
+        "avg": [17.88, 30.18, 29.26, 32.81],
+        "correct_format": [4.74, 76.33, 0.0, 80.66],
+    },
+    index=["base", "grpo", "grpo_no_std", "gdpo"],
+)
+TABLE_COLUMNS = [
+    "live",
+    "multi_turn",
+    "non_live",
+    "avg",
+    "avg_live_non_live",
+    "correct_format",
+    "test_format",
+    "test_correctness",
+]
+
+
+def eval_row(summary: dict) -> dict:
+    """One row of the table from an eval ``summary.json`` (BFCL in %, the synthetic test split's rewards)."""
+    bfcl, synthetic = summary["bfcl"], summary["synthetic"]
+    return {
+        "live": bfcl["live"],
+        "multi_turn": bfcl["multi_turn"],
+        "non_live": bfcl["non_live"],
+        "avg": bfcl["avg"],
+        "avg_live_non_live": bfcl["avg_live_non_live"],
+        "correct_format": bfcl["correct_format"],
+        "test_format": 100 * synthetic["format/mean"],
+        "test_correctness": synthetic["correctness/mean"],
+    }
+
+
+def load_evals(runs_dir: str | Path, preset: str, base_eval: str | Path | None = None) -> pd.DataFrame:
+    """Rows (method, seed, table columns) for every evaluated run, plus the base model as method "base"."""
+    rows = []
+    for path in sorted(Path(runs_dir).glob(f"tool_calling/{preset}/*/seed*/eval/summary.json")):
+        method, seed = path.parts[-4], int(path.parts[-3].removeprefix("seed"))
+        rows.append({"method": method, "seed": seed, **eval_row(json.loads(path.read_text()))})
+    if base_eval is not None and Path(base_eval).exists():
+        rows.append({"method": "base", "seed": 0, **eval_row(json.loads(Path(base_eval).read_text()))})
+    if not rows:
+        raise FileNotFoundError(f"no eval summaries under {runs_dir}/tool_calling/{preset}")
+    return pd.DataFrame(rows)

@@ -1,0 +1,124 @@
+"""`make reproduce-tool`'s pipeline at a minimal size: train, evaluate (test split + BFCL), notebook outputs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from eval.bfcl import BFCL_PYTHON
+
+from .conftest import REPO
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not BFCL_PYTHON.exists(), reason="BFCL environment missing: make setup-bfcl")
+def test_pipeline_end_to_end(tmp_path, subprocess_env):
+    cmd = [
+        sys.executable,
+        str(REPO / "experiments/tool_calling/reproduce.py"),
+        "--preset",
+        "tiny",
+        "--seeds",
+        "0",
+        "1",
+        "--methods",
+        "gdpo",
+        "--parallel",
+        "2",
+        "--runs",
+        str(tmp_path / "runs"),
+        "--results",
+        str(tmp_path / "results"),
+        "--bfcl-limit",
+        "1",
+        "--test-limit",
+        "4",
+        "steps=2",
+    ]
+    result = subprocess.run(
+        cmd, env=subprocess_env, capture_output=True, text=True, timeout=1200, check=False
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    results = tmp_path / "results"
+    for name in (
+        "figure4_reward_curves.png",
+        "figure1b_total_reward.png",
+        "table1_tool_calling.md",
+        "tool_calling.executed.ipynb",
+    ):
+        assert (results / name).exists(), name
+    table = pd.read_csv(results / "table1_tool_calling.csv", header=[0, 1], index_col=0)
+    assert list(table.index) == ["base", "gdpo"]
+    md = (results / "table1_tool_calling.md").read_text()
+    assert md.startswith("| method | live | multi_turn |") and "n/a" in md
+    assert [line for line in md.splitlines() if line.startswith("| GDPO |")][0].endswith("| 2 |")
+    for seed in (0, 1):
+        run = tmp_path / "runs/tool_calling/tiny/gdpo" / f"seed{seed}"
+        assert (run / "eval/summary.json").exists() and (run / "eval/bfcl/outputs.jsonl").exists()
+    # Running again skips the finished runs.
+    again = subprocess.run(cmd, env=subprocess_env, capture_output=True, text=True, timeout=1200, check=False)
+    assert again.returncode == 0 and "gdpo/seed0: done before" in again.stdout
+
+
+def _summary(live, non_live, fmt, test_format, test_correctness):
+    return {
+        "bfcl": {
+            "live": live,
+            "non_live": non_live,
+            "multi_turn": None,
+            "avg": None,
+            "avg_live_non_live": (live + non_live) / 2,
+            "correct_format": fmt,
+        },
+        "synthetic": {"format/mean": test_format, "correctness/mean": test_correctness},
+    }
+
+
+def test_tool_calling_notebook_on_known_logs(tmp_path):
+    """The notebook alone, on run logs and eval summaries with known values: tables and figures are exact."""
+    import json
+
+    from analysis.run_notebook import run_notebook
+    from gdpo.runlog import RunLog
+
+    runs = tmp_path / "runs"
+    for method, base in (("grpo", 0.2), ("grpo_no_std", 0.0), ("gdpo", 0.4)):
+        for seed in (0, 1):
+            run = runs / "tool_calling" / "tiny" / method / f"seed{seed}"
+            log = RunLog(run)
+            for step in (1, 2, 3):
+                value = base + 0.1 * step + 0.1 * seed
+                log.log_metrics(
+                    step,
+                    {
+                        "reward/format/mean": value,
+                        "reward/correctness/mean": -3 + value,
+                        "reward/weighted_sum/mean": 2 * value - 3,
+                    },
+                )
+            (run / "eval").mkdir()
+            (run / "eval" / "summary.json").write_text(
+                json.dumps(_summary(40 + 10 * seed, 20.0, 50.0 + seed, 0.5, -2.0))
+            )
+    results = tmp_path / "results"
+    (results / "base_eval").mkdir(parents=True)
+    (results / "base_eval" / "summary.json").write_text(json.dumps(_summary(10.0, 5.0, 4.0, 0.1, -2.9)))
+    run_notebook(
+        REPO / "analysis/notebooks/tool_calling.ipynb", results, {"RUNS_DIR": str(runs), "PRESET": "tiny"}
+    )
+    md = (results / "table1_tool_calling.md").read_text().splitlines()
+    assert (
+        md[0]
+        == "| method | live | multi_turn | non_live | avg | avg_live_non_live | correct_format | test_format | test_correctness | seeds |"
+    )
+    assert md[2] == "| base model | 10.00 | n/a | 5.00 | n/a | 7.50 | 4.00 | 10.00 | -2.90 | 1 |"
+    assert (
+        md[3]
+        == "| GRPO | 45.00 ± 7.07 | n/a | 20.00 ± 0.00 | n/a | 32.50 ± 3.54 | 50.50 ± 0.71 | 50.00 ± 0.00 | -2.00 ± 0.00 | 2 |"
+    )
+    assert [row.split(" |")[0] for row in md[2:]] == ["| base model", "| GRPO", "| GRPO w/o std", "| GDPO"]
+    for name in ("figure4_reward_curves.png", "figure1b_total_reward.png"):
+        assert (results / name).read_bytes()[:4] == b"\x89PNG"
