@@ -27,6 +27,9 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 METHODS = ("grpo", "grpo_no_std", "gdpo")
+# Evaluation sizes per preset (BFCL items per category, test-split prompts); None = everything. The tiny model's
+# context fits few BFCL prompts, so its BFCL numbers only exercise the harness.
+EVAL_LIMITS = {"tiny": (20, 100)}
 
 
 def config_path(preset: str) -> Path:
@@ -111,6 +114,9 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. steps=10")
     args = parser.parse_args()
     results = args.results or REPO / "results" / "tool_calling" / args.preset
+    bfcl_default, test_default = EVAL_LIMITS.get(args.preset, (None, None))
+    args.bfcl_limit = args.bfcl_limit if args.bfcl_limit is not None else bfcl_default
+    args.test_limit = args.test_limit if args.test_limit is not None else test_default
     started = time.perf_counter()
 
     from gdpo.config import TrainConfig, load_config
