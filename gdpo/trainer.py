@@ -461,9 +461,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, task: Task | None = None) -
         if cfg.logging.dump_rollouts:
             run.log_rollouts(step, all_rewards, adv, all_lengths)
         if cfg.logging.sample_every and step % cfg.logging.sample_every == 0:
-            run.log_samples(
-                step, _samples(task, batch, groups, scored, local_adv, cfg.logging.num_samples, g)
-            )
+            run.log_samples(step, _samples(groups, scored, local_adv, cfg.logging.num_samples, g))
         if progress is not None:
             progress.update(1)
             progress.set_postfix(_postfix(metrics, scored.names))
@@ -499,7 +497,7 @@ def _postfix(metrics: dict, names) -> dict:
     return out
 
 
-def _samples(task, batch, groups, scored, local_adv, count, g) -> list[dict]:
+def _samples(groups, scored, local_adv, count, g) -> list[dict]:
     out = []
     for i in range(min(count, len(groups) * g)):
         p, j = divmod(i, g)
