@@ -77,7 +77,7 @@ def run_trl(steps: int) -> dict:
     from gdpo.trainer import prepare_model
 
     task = build_task("toy", {}, 0)
-    path = prepare_model(_config(steps, "unused"), task)
+    path = prepare_model(_config(steps, "unused"))
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     dataset = Dataset.from_list([{"prompt": row["messages"], "answer": row["answer"]} for row in task.train])

@@ -64,11 +64,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def prepare_model(cfg: TrainConfig, task: Task, cache_root: Path = CACHE_ROOT) -> str:
-    """The policy's starting point: the tiny model (built and warm-started, cached) or a given path/hub id."""
+def prepare_model(cfg: TrainConfig, cache_root: Path = CACHE_ROOT) -> str:
+    """The policy's starting point: the tiny model (built and warm-started, cached) or a given path/hub id.
+
+    The tiny base model depends on the task options and the model settings only, never on the RL seed: its
+    tokenizer corpus and demonstrations come from the task built with ``MODEL_SEED``.
+    """
     if cfg.model.name_or_path != "tiny":
         return resolve_model(cfg.model.name_or_path)
     from gdpo.tiny import build_tiny_model, warm_start
+
+    task = build_task(cfg.task, cfg.data.options, MODEL_SEED)
 
     base = build_tiny_model(cfg.model.tiny, task.corpus, cache_root, seed=MODEL_SEED)
     if not cfg.warm_start.enabled:
@@ -360,9 +366,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, task: Task | None = None) -
             f"{run.dir} already holds a run; pass --resume to continue it or choose logging.run_dir"
         )
 
-    model_path = prepare_model(cfg, task) if rank == 0 else None
+    model_path = prepare_model(cfg) if rank == 0 else None
     barrier()
-    model_path = model_path or prepare_model(cfg, task)  # other ranks find the cached folder
+    model_path = model_path or prepare_model(cfg)  # other ranks find the cached folder
     tokenizer, model = load_policy(cfg, model_path, device)
     ref_model = None
     if cfg.algorithm.kl_coef > 0:

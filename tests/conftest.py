@@ -25,7 +25,7 @@ def toy_model_dir(toy_task) -> Path:
     from gdpo.trainer import prepare_model
 
     cfg = load_config(TrainConfig, REPO / "experiments/toy/configs/tiny.yaml", TEST_OVERRIDES)
-    return Path(prepare_model(cfg, toy_task))
+    return Path(prepare_model(cfg))
 
 
 @pytest.fixture(scope="session")

@@ -268,3 +268,11 @@ def test_chat_template_comes_from_the_config(tmp_path, toy_model_dir, toy_task):
         cfg_with(f"model.chat_template={path}"), str(toy_model_dir), torch.device("cpu")
     )
     assert tokenizer.decode(encode_prompt(tokenizer, messages)) == "Add 7 and 1. ="
+
+
+def test_base_model_does_not_depend_on_the_rl_seed(toy_model_dir):
+    """Every RL seed starts from the same base model (one warm start per task and model settings)."""
+    from gdpo.trainer import prepare_model
+
+    paths = {prepare_model(cfg_with(*TEST_OVERRIDES, f"seed={seed}")) for seed in (0, 1, 7)}
+    assert paths == {str(toy_model_dir)}

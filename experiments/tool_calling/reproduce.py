@@ -125,7 +125,7 @@ def main() -> None:
 
     cfg = load_config(TrainConfig, config_path(args.preset), args.overrides)
     task = build_task("tool_calling", cfg.data.options, 0)
-    base = Path(prepare_model(cfg, task))
+    base = Path(prepare_model(cfg))
     print(f"[{time.perf_counter() - started:6.0f}s] base model: {base}", flush=True)
 
     jobs = [(m, s) for s in args.seeds for m in args.methods]
