@@ -16,7 +16,7 @@ HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 TORCH_SPEC := $(if $(HAS_GPU),torch==2.13.0,torch==2.13.0+cpu)
 
 
-.PHONY: help setup setup-gpu setup-vllm setup-bfcl test test-vllm test-slow test-all lint format bench reproduce-collapse reproduce-tool clean
+.PHONY: help setup setup-gpu setup-vllm setup-bfcl test test-vllm test-slow test-all lint format bench reproduce-collapse reproduce-tool reproduce-math reproduce-math-sweep reproduce-code clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 22
@@ -89,6 +89,15 @@ bench: setup  ## benchmarks (advantages; our trainer vs TRL); results go to benc
 PRESET ?= tiny
 reproduce-tool: setup setup-bfcl  ## tool calling (Table 1/2, Fig. 4, 1b): PRESET=tiny | paper-qwen2.5-1.5b | ...
 	$(PY) experiments/tool_calling/reproduce.py --preset $(PRESET)
+
+reproduce-math: setup  ## math (Table 3/4, Fig. 5): PRESET=tiny | smollm2-gsm8k | paper-r1-1.5b | paper-r1-7b | paper-qwen3-4b
+	$(PY) experiments/math/reproduce.py --preset $(PRESET)
+
+reproduce-math-sweep: setup  ## math with the w_length sweep (Fig. 6 / Table 8)
+	$(PY) experiments/math/reproduce.py --preset $(PRESET) --sweep
+
+reproduce-code: setup  ## coding (Table 5, 2 and 3 objectives): PRESET=tiny | paper-r1-7b
+	$(PY) experiments/coding/reproduce.py --preset $(PRESET)
 
 reproduce-collapse: setup  ## paper Figure 2 and Figure 3 -> results/collapse/
 	$(PY) -m analysis.run_notebook analysis/notebooks/collapse.ipynb --output-dir $(RESULTS)/collapse

@@ -10,7 +10,8 @@ Run folders follow ``<root>/<task>/<preset>/<method>/seed<k>/metrics.jsonl`` (se
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -20,6 +21,7 @@ from gdpo.runlog import read_jsonl
 __all__ = [
     "METHOD_LABELS",
     "final_steps",
+    "load_eval_summaries",
     "load_runs",
     "plot_bands",
     "seed_bands",
@@ -27,8 +29,17 @@ __all__ = [
     "to_markdown",
 ]
 
-METHOD_LABELS = {"base": "base model", "grpo": "GRPO", "grpo_no_std": "GRPO w/o std", "gdpo": "GDPO"}
-METHOD_ORDER = ["base", "grpo", "grpo_no_std", "gdpo"]
+METHOD_LABELS = {
+    "base": "base model",
+    "grpo": "GRPO",
+    "grpo_no_std": "GRPO w/o std",
+    "gdpo": "GDPO",
+    "grpo-condlen": "GRPO (conditioned length)",
+    "gdpo-condlen": "GDPO (conditioned length)",
+    "grpo-3obj": "GRPO (3 objectives)",
+    "gdpo-3obj": "GDPO (3 objectives)",
+}
+METHOD_ORDER = list(METHOD_LABELS)
 
 
 def load_runs(root: str | Path, task: str | None = None, preset: str | None = None) -> pd.DataFrame:
@@ -57,6 +68,26 @@ def load_runs(root: str | Path, task: str | None = None, preset: str | None = No
     out = pd.concat(frames, ignore_index=True)
     out.attrs["skipped"] = skipped
     return out
+
+
+def load_eval_summaries(
+    runs_dir: str | Path,
+    task: str,
+    preset: str,
+    row: Callable[[dict], dict],
+    base_eval: str | Path | None = None,
+) -> pd.DataFrame:
+    """Rows (method, seed, ``row(summary)``) for every ``<runs>/<task>/<preset>/<method>/seed<k>/eval/summary.json``,
+    plus the base model's summary as method "base" (seed 0) when ``base_eval`` exists."""
+    rows = []
+    for path in sorted(Path(runs_dir).glob(f"{task}/{preset}/*/seed*/eval/summary.json")):
+        method, seed = path.parts[-4], int(path.parts[-3].removeprefix("seed"))
+        rows.append({"method": method, "seed": seed, **row(json.loads(path.read_text()))})
+    if base_eval is not None and Path(base_eval).exists():
+        rows.append({"method": "base", "seed": 0, **row(json.loads(Path(base_eval).read_text()))})
+    if not rows:
+        raise FileNotFoundError(f"no eval summaries under {runs_dir}/{task}/{preset}")
+    return pd.DataFrame(rows)
 
 
 def seed_bands(runs: pd.DataFrame, metric: str) -> pd.DataFrame:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
+
+from analysis.runs import load_eval_summaries
 
 __all__ = ["PAPER_TABLE1_1P5B", "TABLE_COLUMNS", "eval_row", "load_evals"]
 
@@ -49,12 +50,4 @@ def eval_row(summary: dict) -> dict:
 
 def load_evals(runs_dir: str | Path, preset: str, base_eval: str | Path | None = None) -> pd.DataFrame:
     """Rows (method, seed, table columns) for every evaluated run, plus the base model as method "base"."""
-    rows = []
-    for path in sorted(Path(runs_dir).glob(f"tool_calling/{preset}/*/seed*/eval/summary.json")):
-        method, seed = path.parts[-4], int(path.parts[-3].removeprefix("seed"))
-        rows.append({"method": method, "seed": seed, **eval_row(json.loads(path.read_text()))})
-    if base_eval is not None and Path(base_eval).exists():
-        rows.append({"method": "base", "seed": 0, **eval_row(json.loads(Path(base_eval).read_text()))})
-    if not rows:
-        raise FileNotFoundError(f"no eval summaries under {runs_dir}/tool_calling/{preset}")
-    return pd.DataFrame(rows)
+    return load_eval_summaries(runs_dir, "tool_calling", preset, eval_row, base_eval)

@@ -44,6 +44,7 @@ __all__ = [
     "BATCH_NORMS",
     "compute_advantages",
     "group_normalize",
+    "groups_with_signal",
     "is_constant",
     "register_advantage_estimator",
 ]
@@ -109,6 +110,25 @@ def is_constant(x: torch.Tensor, valid: torch.Tensor, dim: int) -> torch.Tensor:
     lo = torch.where(valid, x, torch.full_like(x, torch.inf)).amin(dim, keepdim=True)
     few = valid.sum(dim, keepdim=True) < 2
     return (hi == lo) | few
+
+
+SIGNAL_TESTS = ("any_component", "weighted_sum")
+
+
+def groups_with_signal(rewards: torch.Tensor, weights: Sequence[float], test: str) -> torch.Tensor:
+    """``[B]`` True where a group of ``rewards [B, G, K]`` can teach something (DAPO's dynamic sampling).
+
+    ``any_component``: some component varies within the group (GDPO's view: a component that varies gives a
+    non-zero normalised advantage even when the sums tie). ``weighted_sum``: the weighted sum varies (DAPO's
+    ``seq_reward`` filter, GRPO's view). NaN ("does not apply") entries are left out of the comparison.
+    """
+    if test not in SIGNAL_TESTS:
+        raise ValueError(f"unknown signal test {test!r}; known: {SIGNAL_TESTS}")
+    valid = ~torch.isnan(rewards)
+    if test == "weighted_sum":
+        summed = (torch.nan_to_num(rewards) * torch.tensor(weights, dtype=rewards.dtype)).sum(-1)
+        return ~is_constant(summed, valid.any(-1), dim=1).squeeze(1)
+    return ~is_constant(rewards, valid, dim=1).squeeze(1).all(-1)
 
 
 def group_normalize(x: torch.Tensor, *, eps: float, unbiased: bool, scale: bool = True) -> torch.Tensor:

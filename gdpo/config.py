@@ -270,6 +270,15 @@ class AlgorithmConfig:
     kl_estimator: typing.Literal["k1", "k3", "mse"] = field_("k3", help="per-token KL estimator")
     entropy_coef: float = field_(0.0, help="entropy bonus coefficient")
     loss_agg: str = field_("seq_mean_token_mean", help="loss aggregation (gdpo.losses.LOSS_AGGREGATIONS)")
+    dynamic_sampling: typing.Literal["off", "any_component", "weighted_sum"] = field_(
+        "off",
+        help="DAPO dynamic sampling: drop groups without signal (no component varies / the weighted sum does "
+        "not vary) and draw more prompts until the batch is full",
+    )
+    max_sampling_rounds: int = field_(
+        4,
+        help="dynamic sampling: generation rounds per step at most; then the batch is filled with dropped groups",
+    )
 
 
 @dataclasses.dataclass
@@ -285,6 +294,11 @@ class OptimConfig:
     zero_stage: int = field_(0, help="DeepSpeed ZeRO stage 0-3")
     offload_optimizer: bool = field_(False, help="DeepSpeed: keep optimizer states on the CPU")
     precision: typing.Literal["fp32", "bf16"] = field_("fp32", help="DeepSpeed training precision")
+    share_prompt_forward: bool = field_(
+        True,
+        help="run each prompt's forward pass once per group and feed its KV cache to the G completions "
+        "(same log-probs and gradients up to float rounding, fewer FLOPs); needs a model with use_cache",
+    )
 
 
 @dataclasses.dataclass

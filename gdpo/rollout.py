@@ -174,10 +174,10 @@ class HFRollout:
         device = next(self.model.parameters()).device
         rows, seeds = expand_rows(prompt_ids, prompt_seeds, num_rollouts)
         n, width = len(rows), max(len(r) for r in rows)
-        ids = torch.full((n, width), tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((n, width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, width - len(r) :] = torch.tensor(r)
+        ids = torch.full((len(prompt_ids), width), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(prompt_ids), width), dtype=torch.long)
+        for i, r in enumerate(prompt_ids):
+            ids[i, width - len(r) :] = torch.tensor(list(r), dtype=torch.long)
             mask[i, width - len(r) :] = 1
         ids, mask = ids.to(device), mask.to(device)
         generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
@@ -185,13 +185,19 @@ class HFRollout:
         was_training = self.model.training
         self.model.eval()
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-        past, logits = out.past_key_values, out.logits[:, -1].float()
+        # Prefill each prompt once, then give each of its G completions a copy of the cache.
+        out = self.model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1
+        )
+        past = out.past_key_values
         if past is None:
             raise RuntimeError(
                 f"{type(self.model).__name__} returned no KV cache; the hf backend needs use_cache"
             )
-        next_pos = positions[:, -1] + 1
+        past.batch_repeat_interleave(num_rollouts)
+        logits = out.logits[:, -1].float().repeat_interleave(num_rollouts, 0)
+        mask = mask.repeat_interleave(num_rollouts, 0)
+        next_pos = positions[:, -1].repeat_interleave(num_rollouts, 0) + 1
         tokens, logps, alive = [], [], []
         finished = torch.zeros(n, dtype=torch.bool, device=device)
         for _ in range(cfg.max_new_tokens):

@@ -150,7 +150,7 @@ def _sft(model_dir: Path, out: Path, demonstrations, cfg: WarmStartConfig, seed:
     for _ in range(cfg.steps):
         idx = torch.randint(len(examples), (min(cfg.batch_size, len(examples)),), generator=gen).tolist()
         input_ids, attention_mask, labels = _pad_batch([examples[i] for i in idx], tokenizer.pad_token_id)
-        loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+        loss = _completion_loss(model, input_ids, attention_mask, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -159,6 +159,18 @@ def _sft(model_dir: Path, out: Path, demonstrations, cfg: WarmStartConfig, seed:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     (out / "warm_start.json").write_text(json.dumps({"final_loss": loss.item(), **asdict(cfg)}, indent=2))
+
+
+def _completion_loss(model, input_ids, attention_mask, labels) -> torch.Tensor:
+    """Next-token cross-entropy on the labelled (completion) positions only.
+
+    The LM head runs on those positions alone: prompts are most of the tokens, and their logits are unused.
+    """
+    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    targets = labels[:, 1:]
+    keep = targets != -100
+    logits = model.get_output_embeddings()(hidden[:, :-1][keep])
+    return torch.nn.functional.cross_entropy(logits.float(), targets[keep])
 
 
 def _sft_example(tokenizer, messages: list[dict], completion: str) -> tuple[list[int], list[int]]:

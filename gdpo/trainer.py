@@ -26,14 +26,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gdpo.advantages import compute_advantages
+from gdpo.advantages import compute_advantages, groups_with_signal
 from gdpo.assets import resolve_model
 from gdpo.checkpoint import load_checkpoint, save_checkpoint
 from gdpo.config import TrainConfig, to_dict
 from gdpo.diagnostics import advantage_diagnostics
 from gdpo.distributed import all_gather_cat, all_reduce_sum, barrier, init_distributed
 from gdpo.losses import aggregate, entropy_from_logits, kl_penalty, policy_loss
-from gdpo.rollout import Rollouts, encode_prompt, forbidden_token, make_rollout_backend
+from gdpo.rewards import ScoredBatch
+from gdpo.rollout import Rollouts, encode_prompt, forbidden_token, make_rollout_backend, pack_rollouts
 from gdpo.runlog import RunLog
 from gdpo.tasks import Task, build_task
 
@@ -220,14 +221,66 @@ def load_policy(cfg: TrainConfig, path: str, device: torch.device):
 # --------------------------------------------------------------------------------------------------
 
 
+def _group_rows(prompt_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(first row of each run of identical consecutive prompts, run index of every row)."""
+    starts = torch.ones(prompt_ids.shape[0], dtype=torch.bool, device=prompt_ids.device)
+    starts[1:] = (prompt_ids[1:] != prompt_ids[:-1]).any(-1)
+    return starts.nonzero().squeeze(-1), starts.cumsum(0) - 1
+
+
+def _completion_logits_shared(model, ids, mask, positions, width: int):
+    """Logits predicting the completion tokens, with each distinct prompt run through the model once.
+
+    The prompt pass keeps its KV cache (with gradients); every row then reads its prompt's cache while the
+    completions run. Returns None when the model gives no cache (e.g. gradient checkpointing in training).
+    """
+    first, owner = _group_rows(ids[:, :width])
+    out = model(
+        input_ids=ids[first, :width],
+        attention_mask=mask[first, :width],
+        position_ids=positions[first, :width],
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    cache = out.past_key_values
+    if cache is None:
+        return None
+    head = out.logits[owner, -1:]  # predicts each row's first completion token
+    if ids.shape[1] - width == 1:
+        return head
+    cache.batch_select_indices(owner)
+    rest = model(
+        input_ids=ids[:, width:-1],
+        attention_mask=mask[:, :-1],
+        position_ids=positions[:, width:-1],
+        past_key_values=cache,
+        use_cache=True,
+    ).logits
+    return torch.cat([head, rest], 1)
+
+
 def completion_logprobs(
-    model, ro: Rollouts, rows: slice, temperature: float, forbidden: int | None, with_entropy: bool
+    model,
+    ro: Rollouts,
+    rows: slice,
+    temperature: float,
+    forbidden: int | None,
+    with_entropy: bool,
+    share_prompt: bool = False,
 ):
     """Log-probs ``[n, T]`` of the completion tokens (and their entropies) under ``model``, temperature-scaled."""
     ids, mask = ro.input_ids[rows], ro.attention_mask[rows]
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).logits
-    logits = logits[:, ro.prompt_width - 1 : -1].float() / max(temperature, 1e-6)
+    logits = None
+    if share_prompt:
+        logits = _completion_logits_shared(model, ids, mask, positions, ro.prompt_width)
+    if logits is None:
+        # The LM head runs on the positions that predict completion tokens only.
+        keep = ids.shape[1] - ro.prompt_width + 1
+        logits = model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, logits_to_keep=keep
+        ).logits[:, :-1]
+    logits = logits.float() / max(temperature, 1e-6)
     if forbidden is not None:
         logits[..., forbidden] = -torch.inf  # as in sampling: padding is never a completion token
     completion_mask = ro.completion_mask[rows]
@@ -256,7 +309,7 @@ def policy_update(
     loss_mask = ro.completion_mask
     if cfg.rollout.mask_truncated:
         loss_mask = loss_mask & ~ro.truncated[:, None]
-    temp = cfg.rollout.temperature
+    temp, share = cfg.rollout.temperature, cfg.optim.share_prompt_forward
     n = advantages.shape[0]
 
     def micro_slices(start: int, stop: int) -> list[slice]:
@@ -266,11 +319,17 @@ def policy_update(
     with torch.no_grad():
         if a.num_iterations > 1:
             old_logprobs = torch.cat(
-                [completion_logprobs(engine, ro, s, temp, forbidden, False)[0] for s in micro_slices(0, n)]
+                [
+                    completion_logprobs(engine, ro, s, temp, forbidden, False, share)[0]
+                    for s in micro_slices(0, n)
+                ]
             )
         if a.kl_coef > 0:
             ref_logprobs = torch.cat(
-                [completion_logprobs(ref_model, ro, s, temp, forbidden, False)[0] for s in micro_slices(0, n)]
+                [
+                    completion_logprobs(ref_model, ro, s, temp, forbidden, False, share)[0]
+                    for s in micro_slices(0, n)
+                ]
             )
 
     sums = {
@@ -292,7 +351,9 @@ def policy_update(
                 "max_tokens": cfg.rollout.max_new_tokens,
             }
             for rows in micro_slices(start, stop):
-                logp, entropy = completion_logprobs(engine, ro, rows, temp, forbidden, with_entropy=True)
+                logp, entropy = completion_logprobs(
+                    engine, ro, rows, temp, forbidden, with_entropy=True, share_prompt=share
+                )
                 old = old_logprobs[rows] if old_logprobs is not None else logp.detach()
                 pg, clip_low, clip_high = policy_loss(
                     logp, old, advantages[rows], clip_low=a.clip_low, clip_high=a.clip_high
@@ -349,6 +410,90 @@ def _grad_norm(engine) -> float | None:
 
 
 # --------------------------------------------------------------------------------------------------
+# Sampling a step's groups
+# --------------------------------------------------------------------------------------------------
+
+
+def take_groups(tokenizer, parts: list[tuple[Rollouts, int]], g: int) -> Rollouts:
+    """One :class:`Rollouts` holding group ``i`` of ``ro`` for each ``(ro, i)`` in ``parts``, in order."""
+    prompts, completions, logprobs, truncated = [], [], [], []
+    for ro, i in parts:
+        for row in range(i * g, (i + 1) * g):
+            prompt_keep = ro.attention_mask[row, : ro.prompt_width].bool()
+            keep = ro.completion_mask[row]
+            prompts.append(ro.input_ids[row, : ro.prompt_width][prompt_keep].tolist())
+            completions.append(ro.input_ids[row, ro.prompt_width :][keep].tolist())
+            logprobs.append(ro.sample_logprobs[row][keep].tolist())
+            truncated.append(bool(ro.truncated[row]))
+    return pack_rollouts(tokenizer, prompts, completions, logprobs, truncated)
+
+
+def sample_groups(
+    cfg: TrainConfig, step: int, backend, tokenizer, prompts, task: Task, rewards, first: int, layout: Layout
+):
+    """This rank's groups for ``step``: (rollouts, rollout dicts, scores, sampling metrics).
+
+    Without dynamic sampling: one generation round over the step's prompts. With it, groups without signal
+    (``gdpo.advantages.groups_with_signal``) are set aside and further rounds are drawn until every rank
+    holds ``prompts_per_rank`` groups with signal, or ``max_sampling_rounds`` is reached; the batch is then
+    filled with set-aside groups, in order. Round ``r`` reads the prompts of step ``step + r * steps``, so
+    the draw depends only on (seed, step): resumed runs sample the same. Each rank fills its own share.
+    """
+    a, g, per_rank = cfg.algorithm, cfg.rollout.num_rollouts, layout.prompts_per_rank
+    test = "any_component" if a.dynamic_sampling == "off" else a.dynamic_sampling
+    kept, dropped, generated, with_signal, score_s = [], [], 0, 0, 0.0
+    for round_ in range(max(1, a.max_sampling_rounds) if a.dynamic_sampling != "off" else 1):
+        virtual_step = step + round_ * cfg.steps
+        batch = step_prompt_indices(
+            len(prompts), cfg.data.prompts_per_step, virtual_step, cfg.seed, cfg.data.shuffle
+        )
+        mine = range(first, first + per_rank)
+        ro = backend.generate(
+            [prompts[batch[p]] for p in mine],
+            [prompt_seed(cfg.seed, virtual_step, p) for p in mine],
+            g,
+        )
+        groups = [
+            [
+                dict(
+                    task.train[batch[p]],
+                    completion=ro.completions[i * g + j],
+                    num_tokens=int(ro.num_tokens[i * g + j]),
+                )
+                for j in range(g)
+            ]
+            for i, p in enumerate(mine)
+        ]
+        t0 = time.perf_counter()
+        scored = rewards.score(groups)
+        score_s += time.perf_counter() - t0
+        # Logged in every mode; used to filter only with dynamic sampling.
+        signal = groups_with_signal(scored.rewards, scored.weights, test)
+        with_signal += int(signal.sum())
+        for i in range(per_rank):
+            keep = bool(signal[i]) or a.dynamic_sampling == "off"
+            (kept if keep else dropped).append((ro, i, groups[i], scored.raw[i], scored.rewards[i]))
+        generated += per_rank
+        if all_reduce_sum(len(kept) < per_rank) == 0:
+            break
+    chosen = (kept + dropped)[:per_rank]
+    metrics = {
+        "sampling/rounds": round_ + 1,  # the same on every rank: the loop ends on a global condition
+        "sampling/signal_frac": all_reduce_sum(with_signal) / all_reduce_sum(generated),
+        "time/score_s": score_s,
+    }
+    if any(c[0] is not ro or c[1] != i for i, c in enumerate(chosen)):
+        ro = take_groups(tokenizer, [(c[0], c[1]) for c in chosen], g)
+    scored = ScoredBatch(
+        raw=torch.stack([c[3] for c in chosen]),
+        rewards=torch.stack([c[4] for c in chosen]),
+        names=scored.names,
+        weights=scored.weights,
+    )
+    return ro, [c[2] for c in chosen], scored, metrics
+
+
+# --------------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------------
 
@@ -401,30 +546,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, task: Task | None = None) -
     for step in range(start + 1, cfg.steps + 1):
         t0 = time.perf_counter()
         backend.sync_weights(engine.module)  # vLLM: push the current policy (also right after a resume)
-        batch = step_prompt_indices(len(prompts), cfg.data.prompts_per_step, step, cfg.seed, cfg.data.shuffle)
         first = rank * layout.prompts_per_rank
-        mine = range(first, first + layout.prompts_per_rank)
-        ro = backend.generate(
-            [prompts[batch[p]] for p in mine],
-            [prompt_seed(cfg.seed, step, p) for p in mine],
-            cfg.rollout.num_rollouts,
+        ro, groups, scored, sampling = sample_groups(
+            cfg, step, backend, tokenizer, prompts, task, rewards, first, layout
         )
         backend.release()  # vLLM on GPU: sleep during scoring and the update
         t1 = time.perf_counter()
-
         g = cfg.rollout.num_rollouts
-        groups = [
-            [
-                dict(
-                    task.train[batch[p]],
-                    completion=ro.completions[i * g + j],
-                    num_tokens=int(ro.num_tokens[i * g + j]),
-                )
-                for j in range(g)
-            ]
-            for i, p in enumerate(mine)
-        ]
-        scored = rewards.score(groups)
         all_rewards = all_gather_cat(scored.rewards.to(device)).cpu()
         all_lengths = all_gather_cat(ro.num_tokens.view(-1, g).to(device)).cpu()
         a = cfg.algorithm
@@ -452,15 +580,18 @@ def train(cfg: TrainConfig, *, resume: bool = False, task: Task | None = None) -
                 (torch.nan_to_num(all_rewards) * torch.tensor(scored.weights)).sum(-1).mean()
             ),
             **stats,
+            "sampling/rounds": sampling["sampling/rounds"],
+            "sampling/signal_frac": sampling["sampling/signal_frac"],
             "completion/len_mean": all_lengths.float().mean().item(),
             "completion/len_min": all_lengths.min().item(),
             "completion/len_max": all_lengths.max().item(),
             "completion/truncated_frac": all_truncated.float().mean().item(),
-            "time/generate_s": t1 - t0,
-            "time/score_s": t2 - t1,
+            "time/generate_s": t1 - t0 - sampling["time/score_s"],
+            "time/score_s": sampling["time/score_s"] + t2 - t1,
             "time/update_s": t3 - t2,
             "time/step_s": t3 - t0,
-            "throughput/rollout_tokens_per_s": all_lengths.sum().item() / max(t1 - t0, 1e-9),
+            "throughput/rollout_tokens_per_s": all_lengths.sum().item()
+            / max(t1 - t0 - sampling["time/score_s"], 1e-9),
             "throughput/train_tokens_per_s": train_tokens * a.num_iterations / max(t3 - t2, 1e-9),
         }
         run.log_metrics(step, metrics)

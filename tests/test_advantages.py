@@ -444,3 +444,23 @@ def test_cuda_matches_cpu(method):
         gpu = compute_advantages(rewards.cuda(), method, batch_norm=batch_norm, lengths=lengths.cuda())
         assert gpu.device.type == "cuda"
         torch.testing.assert_close(gpu.cpu(), cpu)
+
+
+def test_groups_with_signal_per_component_and_on_the_sum():
+    from gdpo.advantages import groups_with_signal
+
+    nan = float("nan")
+    rewards = torch.tensor(
+        [
+            [[1.0, 0.0], [0.0, 1.0]],  # both components vary, the sums tie: signal only per component
+            [[1.0, 1.0], [1.0, 1.0]],  # nothing varies
+            [[1.0, 0.0], [0.0, 0.0]],  # the first component varies and so does the sum
+            [[1.0, nan], [1.0, 0.0]],  # NaN is left out: the second component has one value, no signal
+        ]
+    )
+    assert groups_with_signal(rewards, [1.0, 1.0], "any_component").tolist() == [True, False, True, False]
+    assert groups_with_signal(rewards, [1.0, 1.0], "weighted_sum").tolist() == [False, False, True, False]
+    # With weights (1, 2) the first group's sums differ (1 vs 2).
+    assert groups_with_signal(rewards, [1.0, 2.0], "weighted_sum").tolist() == [True, False, True, False]
+    with pytest.raises(ValueError, match="unknown signal test 'sum'"):
+        groups_with_signal(rewards, [1.0, 1.0], "sum")

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from gdpo.config import RolloutConfig, TinyModelConfig
-from gdpo.rollout import HFRollout, _top_p_filter, encode_prompt
+from gdpo.rollout import HFRollout, _top_p_filter, encode_prompt, forbidden_token
 from gdpo.tiny import build_tiny_model
 
 
@@ -84,6 +84,46 @@ def test_rollout_tensors_are_consistent(toy_policy, toy_task):
     logp = torch.log_softmax(logits, -1).gather(-1, targets[..., None]).squeeze(-1)
     diff = ((logp - ro.sample_logprobs).abs() * ro.completion_mask).max().item()
     assert diff < 1e-4
+
+
+def test_shared_prompt_forward_matches_the_full_forward(toy_policy, toy_task):
+    from gdpo.trainer import completion_logprobs
+
+    model, tokenizer = toy_policy
+    prompts = _prompts(tokenizer, toy_task, 3)
+    prompts[1] = prompts[1] + prompts[2][:5]  # prompts of different lengths: left padding in the batch
+    ro = HFRollout(model, tokenizer, RolloutConfig(max_new_tokens=12)).generate(prompts, [1, 2, 3], 4)
+    forbidden = forbidden_token(tokenizer)
+
+    def logprobs_and_grads(rows, share):
+        model.zero_grad(set_to_none=True)
+        logp, _ = completion_logprobs(model, ro, rows, 0.7, forbidden, False, share_prompt=share)
+        (logp * torch.linspace(-1, 1, logp.numel()).view_as(logp)).sum().backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad(set_to_none=True)
+        return logp.detach(), grads
+
+    full, full_grads = logprobs_and_grads(slice(None), share=False)
+    shared, shared_grads = logprobs_and_grads(slice(None), share=True)
+    assert (full != 0).sum() > 20  # real completions were scored
+    assert torch.allclose(shared, full, atol=1e-5, rtol=0)
+    for a, b in zip(shared_grads, full_grads):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+    # A micro-batch that cuts through groups (rows 2..8 hold parts of prompts 0, 1 and 2).
+    part, _ = logprobs_and_grads(slice(2, 9), share=True)
+    assert torch.allclose(part, full[2:9, : part.shape[1]], atol=1e-5, rtol=0)
+
+
+def test_warm_start_loss_is_the_causal_lm_loss(toy_policy, toy_task):
+    from gdpo.tiny import _completion_loss, _pad_batch, _sft_example
+
+    model, tokenizer = toy_policy
+    examples = [_sft_example(tokenizer, messages, text) for messages, text in toy_task.demonstrations[:5]]
+    input_ids, attention_mask, labels = _pad_batch(examples, tokenizer.pad_token_id)
+    with torch.no_grad():
+        ours = _completion_loss(model, input_ids, attention_mask, labels)
+        reference = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+    assert ours.item() == pytest.approx(reference.item(), rel=1e-5)
 
 
 def test_truncation_and_greedy(toy_policy, toy_task):

@@ -13,7 +13,9 @@ from gdpo.data.toolrl import load_toolrl
 from gdpo.tasks import build_task
 from gdpo.tasks.tool_calling import (
     correctness_reward,
-    corrupt_answer,
+    demonstration,
+    skip_think,
+    slip_content,
     format_reward,
     parse_ground_truth_calls,
     render_system_prompt,
@@ -82,24 +84,38 @@ def test_data_is_fixed_and_the_run_seed_only_changes_demonstrations():
     assert a.demonstrations != b.demonstrations
 
 
-@pytest.mark.parametrize("noise", [0.0, 1.0])
-def test_demonstration_noise(noise):
-    task = build_task(
-        "tool_calling",
-        {"train_size": 200, "test_size": 10, "num_demonstrations": 300, "demo_noise": noise},
-        0,
-    )
+@pytest.mark.parametrize(("format_noise", "content_noise"), [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0)])
+def test_demonstration_noise(format_noise, content_noise):
+    options = {"train_size": 200, "test_size": 10, "num_demonstrations": 300}
+    options |= {"demo_format_noise": format_noise, "demo_content_noise": content_noise}
+    task = build_task("tool_calling", options, 0)
     truths = {json.dumps(row["messages"]): row["ground_truth"] for row in task.train}
-    perfect = [completion == truths[json.dumps(messages)] for messages, completion in task.demonstrations]
-    assert all(perfect) if noise == 0.0 else not any(perfect)
+    for messages, completion in task.demonstrations:
+        truth = truths[json.dumps(messages)]
+        assert format_reward(completion, truth) == 1.0 - format_noise
+        score = correctness_reward(completion, truth)
+        if "<tool_call>" not in truth:
+            assert score == 0.0
+        else:
+            assert score < 3.0 if content_noise else score == 3.0
 
 
-def test_corruptions_lower_a_reward():
+def test_demonstration_mistakes_hand_checked():
     rng = random.Random(0)
     truth = '<think>t</think>\n<tool_call>\n{"name": "f", "parameters": {"x": 1}}\n</tool_call>'
-    for _ in range(50):
-        bad = corrupt_answer(rng, truth)
-        assert format_reward(bad, truth) < 1.0 or correctness_reward(bad, truth) < 3.0
+    assert skip_think(truth) == '<tool_call>\n{"name": "f", "parameters": {"x": 1}}\n</tool_call>'
+    slips = {slip_content(rng, truth) for _ in range(40)}
+    assert slips == {
+        '<think>t</think>\n<tool_call>\n{"name": "f_v2", "parameters": {"x": 1}}\n</tool_call>',
+        '<think>t</think>\n<tool_call>\n{"name": "f", "parameters": {"x": "unknown"}}\n</tool_call>',
+    }
+    # S_max = 1 + (1 + 1) = 3. Wrong name: no call of the same name, S = 0 -> -3.
+    # Wrong value: S = 1 (names) + 1 (parameter names) + 0 (values) = 2 -> 6 * 2 / 3 - 3 = 1.
+    scores = {s.split('"name": ')[1][:5]: correctness_reward(s, truth) for s in slips}
+    assert scores == {'"f_v2': -3.0, '"f", ': 1.0}
+    reply = "<think>no tool</think>\n<response>Hi</response>"
+    assert slip_content(rng, reply) == reply
+    assert demonstration(rng, reply, 1.0, 1.0) == "<response>Hi</response>"
 
 
 def test_prompt_structure():
@@ -195,7 +211,14 @@ def test_malformed_rows_name_the_file_and_row(tmp_path):
 
 def test_task_from_toolrl_files(toolrl_dir):
     task = build_task(
-        "tool_calling", {"source": str(toolrl_dir), "num_demonstrations": 5, "demo_noise": 0.0}, 0
+        "tool_calling",
+        {
+            "source": str(toolrl_dir),
+            "num_demonstrations": 5,
+            "demo_format_noise": 0.0,
+            "demo_content_noise": 0.0,
+        },
+        0,
     )
     assert len(task.train) == 3 and len(task.test) == 1
     assert all(completion in (CALL_TRUTH, REPLY_TRUTH) for _, completion in task.demonstrations)

@@ -215,6 +215,7 @@ OPTION_RUNS = {
         "model.gradient_checkpointing=true",
     ],
     "zero2-offload": ["optim.zero_stage=2", "optim.offload_optimizer=true"],
+    "dynamic-sampling": ["algorithm.dynamic_sampling=any_component", "algorithm.max_sampling_rounds=2"],
 }
 SLOW_RUNS = {"zero2-offload"}  # DeepSpeedCPUAdam is JIT-compiled on first use (about a minute)
 
@@ -276,3 +277,76 @@ def test_base_model_does_not_depend_on_the_rl_seed(toy_model_dir):
 
     paths = {prepare_model(cfg_with(*TEST_OVERRIDES, f"seed={seed}")) for seed in (0, 1, 7)}
     assert paths == {str(toy_model_dir)}
+
+
+class ScriptedBackend:
+    """Completions decided by the prompt: ``Add a and b.`` gets the right sum from every rollout when ``a`` is
+    even (a group without signal) and right/wrong alternately when ``a`` is odd."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.calls = tokenizer, 0
+
+    def generate(self, prompt_ids, prompt_seeds, num_rollouts, greedy=False):
+        from gdpo.rollout import pack_rollouts
+
+        self.calls += 1
+        rows, completions = [], []
+        for ids in prompt_ids:
+            a, b = (int(t) for t in self.tokenizer.decode(ids).split("Add ")[1].split(".")[0].split(" and "))
+            for j in range(num_rollouts):
+                total = a + b + (j % 2 if a % 2 else 0)
+                rows.append(list(ids))
+                completions.append(
+                    self.tokenizer(f"<answer>{total}</answer>", add_special_tokens=False)["input_ids"]
+                )
+        n = len(rows)
+        return pack_rollouts(
+            self.tokenizer, rows, completions, [[-0.5] * len(c) for c in completions], [False] * n
+        )
+
+
+def _sample(toy_policy, toy_task, *overrides):
+    from gdpo.rollout import encode_prompt
+    from gdpo.trainer import sample_groups
+
+    _, tokenizer = toy_policy
+    cfg = cfg_with("data.prompts_per_step=4", "rollout.num_rollouts=4", *overrides)
+    backend = ScriptedBackend(tokenizer)
+    prompts = [encode_prompt(tokenizer, row["messages"]) for row in toy_task.train]
+    out = sample_groups(
+        cfg, 3, backend, tokenizer, prompts, toy_task, toy_task.rewards, 0, plan_layout(cfg, 1)
+    )
+    return cfg, backend, prompts, out
+
+
+def test_dynamic_sampling_keeps_groups_with_signal(toy_policy, toy_task):
+    _, off_backend, prompts, (ro_off, groups_off, scored_off, m_off) = _sample(toy_policy, toy_task)
+    assert off_backend.calls == 1 and m_off["sampling/rounds"] == 1
+    first_as = [int(g[0]["messages"][0]["content"].split()[1]) for g in groups_off]
+    has_signal = [a % 2 == 1 for a in first_as]
+    assert m_off["sampling/signal_frac"] == sum(has_signal) / 4
+
+    _, backend, _, (ro, groups, scored, m) = _sample(
+        toy_policy, toy_task, "algorithm.dynamic_sampling=any_component", "algorithm.max_sampling_rounds=6"
+    )
+    kept_as = [int(g[0]["messages"][0]["content"].split()[1]) for g in groups]
+    assert all(a % 2 == 1 for a in kept_as)  # only groups whose correctness varies
+    assert m["sampling/rounds"] == backend.calls > 1
+    assert scored.rewards.shape == (4, 4, 2)
+    assert scored.rewards[:, :, 0].tolist() == [[1.0, 0.0, 1.0, 0.0]] * 4  # correct, wrong, correct, wrong
+    # The re-packed rollouts hold the kept groups' own tokens.
+    assert ro.input_ids.shape[0] == 16 and len(ro.completions) == 16
+    for i, group in enumerate(groups):
+        for j, rollout in enumerate(group):
+            assert ro.completions[i * 4 + j] == rollout["completion"]
+            prompt = ro.input_ids[i * 4 + j, : ro.prompt_width][
+                ro.attention_mask[i * 4 + j, : ro.prompt_width].bool()
+            ]
+            assert (
+                prompt.tolist()
+                == prompts[
+                    toy_task.train.index(
+                        {k: v for k, v in rollout.items() if k not in ("completion", "num_tokens")}
+                    )
+                ]
+            )

@@ -236,27 +236,39 @@ def _row(tools: list[dict], request: str, ground_truth: str, compact: bool) -> d
     }
 
 
-def corrupt_answer(rng, truth: str) -> str:
-    """One plausible mistake on a ground-truth answer (for warm-start demonstrations that leave room to learn)."""
+def skip_think(truth: str) -> str:
+    """The format habit of the warm start: the answer without its ``<think>`` block (format reward 0)."""
+    return truth.split("</think>\n", 1)[1]
+
+
+def slip_content(rng, truth: str) -> str:
+    """A content mistake on an answer with tool calls: a wrong function name or a wrong parameter value."""
     calls = parse_ground_truth_calls(truth)
-    options = ["no_think", "no_newline", "plain"]
-    if calls:
-        options += ["wrong_value", "wrong_name"]
-    kind = rng.choice(options)
-    if kind == "no_think":
-        return truth.split("\n", 1)[1]
-    if kind == "no_newline":
-        return truth.replace("</think>\n", "</think>", 1)
-    if kind == "plain":
-        return truth.split("</think>\n", 1)[1].replace("<tool_call>\n", "").replace("\n</tool_call>", "")
+    if not calls:
+        return truth
     call = json.loads(json.dumps(calls[0]))
-    if kind == "wrong_name":
+    if rng.random() < 0.5 or not call["parameters"]:
         call["name"] = call["name"] + "_v2"
-    elif call["parameters"]:
+    else:
         key = rng.choice(sorted(call["parameters"]))
         call["parameters"][key] = "unknown"
     head = truth.split("<tool_call>", 1)[0]
     return head + "<tool_call>\n" + "\n".join(json.dumps(c) for c in [call, *calls[1:]]) + "\n</tool_call>"
+
+
+def demonstration(rng, truth: str, format_noise: float, content_noise: float) -> str:
+    """A warm-start target: the ground truth, with a content slip (prob. ``content_noise``) and the format
+    habit (prob. ``format_noise``), drawn independently.
+
+    One consistent habit, not a spread of different format errors, mirrors an instruct model that answers
+    without reasoning tags: greedy decoding follows the habit (a low format ratio at evaluation) while
+    sampling still finds the right format in a share of rollouts, which is what RL learns from.
+    """
+    if rng.random() < content_noise:
+        truth = slip_content(rng, truth)
+    if rng.random() < format_noise:
+        truth = skip_think(truth)
+    return truth
 
 
 def _build_tool_calling_task(options: dict, seed: int):
@@ -266,7 +278,8 @@ def _build_tool_calling_task(options: dict, seed: int):
 
     source = options.pop("source", "synthetic")
     compact = bool(options.pop("compact_prompt", False))
-    demo_noise = float(options.pop("demo_noise", 0.5))
+    format_noise = float(options.pop("demo_format_noise", 0.6))
+    content_noise = float(options.pop("demo_content_noise", 0.3))
     num_demos = int(options.pop("num_demonstrations", 2000))
     train_size, test_size = int(options.pop("train_size", 2000)), int(options.pop("test_size", 200))
     if options:
@@ -292,7 +305,7 @@ def _build_tool_calling_task(options: dict, seed: int):
     for _ in range(num_demos if train else 0):
         row = rng.choice(train)
         truth = row["ground_truth"]
-        demos.append((row["messages"], corrupt_answer(rng, truth) if rng.random() < demo_noise else truth))
+        demos.append((row["messages"], demonstration(rng, truth, format_noise, content_noise)))
     return Task("tool_calling", train, test, tool_calling_rewards(), demos)
 
 

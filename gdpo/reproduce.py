@@ -1,0 +1,141 @@
+"""Train and evaluate many runs of one preset on one machine, several at a time: the engine of
+``make reproduce-<task>``.
+
+Each job trains one (method, seed, ...) run, or only evaluates a model (the base model), and then evaluates
+with the task's own function. Jobs go to ``parallel`` long-lived worker processes, each using
+``cpu_count // parallel`` threads: imports, DeepSpeed's set-up and the cached base model are paid once per
+worker rather than once per run, which matters when a tiny run lasts half a minute. A run whose final model
+exists is not trained again; an interrupted one resumes from its last checkpoint; an evaluation whose
+summary exists is not redone. A failed job stops the reproduction with the job's name and its error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["REPO", "Job", "config_path", "reproduce_parser", "run_jobs", "write_tables_and_figures"]
+
+REPO = Path(__file__).resolve().parent.parent
+
+# evaluate(model_dir, cfg, out_dir) -> dict; must be picklable (a module-level function or a partial of one).
+Evaluate = Callable[..., dict]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One unit of work.
+
+    Attributes:
+        name: shown in progress lines and errors, e.g. ``"gdpo/seed3"``.
+        overrides: dotted config overrides on top of the preset (``algorithm.method=gdpo``, ``seed=3``).
+        run_dir: where the run trains; None for an evaluation-only job.
+        model_dir: the model an evaluation-only job evaluates (default: ``run_dir / "final_model"``).
+        eval_dir: where the evaluation is written (default: ``run_dir / "eval"``).
+    """
+
+    name: str
+    overrides: tuple[str, ...] = ()
+    run_dir: Path | None = None
+    model_dir: Path | None = None
+    eval_dir: Path | None = None
+
+    def __post_init__(self):
+        if self.run_dir is None and (self.model_dir is None or self.eval_dir is None):
+            raise ValueError(f"job {self.name!r}: an evaluation-only job needs model_dir and eval_dir")
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    os.environ.pop("RANK", None)  # a worker is a world of one, whatever launched the reproduction
+    torch.set_num_threads(threads)
+
+
+def _run_job(config: Path, job: Job, evaluate: Evaluate | None) -> tuple[str, float, str]:
+    from gdpo.config import TrainConfig, load_config
+    from gdpo.trainer import train
+
+    start = time.perf_counter()
+    overrides = list(job.overrides)
+    if job.run_dir is not None:
+        overrides += [f"logging.run_dir={job.run_dir}", "logging.progress=false"]
+    cfg = load_config(TrainConfig, config, overrides)
+    done = []
+    if job.run_dir is not None and not (job.run_dir / "final_model" / "config.json").exists():
+        resume = (job.run_dir / "checkpoints" / "latest").exists()
+        train(cfg, resume=resume)
+        done.append("resumed" if resume else "trained")
+    model_dir = job.model_dir or job.run_dir / "final_model"
+    eval_dir = job.eval_dir or job.run_dir / "eval"
+    if evaluate is not None and not (eval_dir / "summary.json").exists():
+        evaluate(model_dir, cfg, eval_dir)
+        done.append("evaluated")
+    return job.name, time.perf_counter() - start, " + ".join(done) or "done before"
+
+
+def run_jobs(
+    config: Path,
+    jobs: Sequence[Job],
+    *,
+    evaluate: Evaluate | None = None,
+    parallel: int = 2,
+    log: Callable[[str], None] = print,
+) -> None:
+    """Run ``jobs`` on ``parallel`` worker processes; ``log`` gets one line per finished job."""
+    names = [job.name for job in jobs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"job names must be unique: {names}")
+    threads = max(1, (os.cpu_count() or 1) // parallel)
+    started = time.perf_counter()
+    context = multiprocessing.get_context("spawn")  # no forked copies of torch's thread pools
+    with ProcessPoolExecutor(
+        parallel, mp_context=context, initializer=_init_worker, initargs=(threads,)
+    ) as pool:
+        futures = {pool.submit(_run_job, Path(config), job, evaluate): job for job in jobs}
+        for future, job in futures.items():
+            try:
+                name, seconds, what = future.result()
+            except Exception as error:
+                for other in futures:
+                    other.cancel()
+                raise RuntimeError(f"job {job.name!r} failed: {error}") from error
+            log(f"[{time.perf_counter() - started:6.0f}s] {name}: {what} ({seconds:.0f}s)")
+
+
+def config_path(task: str, preset: str) -> Path:
+    """``experiments/<task>/configs/<preset>.yaml``, or an error listing the presets there are."""
+    folder = REPO / "experiments" / task / "configs"
+    path = folder / f"{preset}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in folder.glob("*.yaml"))
+        raise SystemExit(f"no preset {preset!r} for {task}: {path} does not exist; presets: {known}")
+    return path
+
+
+def reproduce_parser(description: str, seeds: Sequence[int] = (0, 1, 2, 3, 4)) -> argparse.ArgumentParser:
+    """The options every ``experiments/<task>/reproduce.py`` shares."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(seeds))
+    parser.add_argument("--parallel", type=int, default=2, help="worker processes (runs at a time)")
+    parser.add_argument("--runs", type=Path, default=REPO / "runs", help="root of the run folders")
+    parser.add_argument("--results", type=Path, default=None, help="default results/<task>/<preset>")
+    parser.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. steps=10")
+    return parser
+
+
+def write_tables_and_figures(notebook: Path, results: Path, params: dict) -> None:
+    """Execute an analysis notebook headlessly; it writes its tables and figures under ``results``."""
+    from analysis.run_notebook import run_notebook
+
+    run_notebook(notebook, results, params)

@@ -1,0 +1,67 @@
+"""gdpo/reproduce.py: jobs on long-lived workers, skip what is done, name the job that failed."""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from gdpo.reproduce import Job, run_jobs
+from tests.conftest import REPO, TEST_OVERRIDES
+
+CONFIG = REPO / "experiments/toy/configs/tiny.yaml"
+
+
+def count_reward_means(model_dir: Path, cfg, out_dir: Path, *, fail_on: str | None = None) -> dict:
+    """A small evaluation (module level, so worker processes can unpickle it)."""
+    if fail_on and fail_on in str(model_dir):
+        raise ValueError(f"cannot evaluate {model_dir}")
+    out = {"model": str(model_dir), "method": cfg.algorithm.method, "seed": cfg.seed}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "summary.json").write_text(json.dumps(out))
+    return out
+
+
+def _jobs(tmp_path: Path, base: Path) -> list[Job]:
+    common = (*TEST_OVERRIDES, "steps=2")
+    jobs = [Job("base", common, model_dir=base, eval_dir=tmp_path / "base_eval")]
+    for method, seed in (("grpo", 0), ("gdpo", 1)):
+        jobs.append(
+            Job(
+                f"{method}/seed{seed}",
+                (*common, f"algorithm.method={method}", f"seed={seed}"),
+                run_dir=tmp_path / method / f"seed{seed}",
+            )
+        )
+    return jobs
+
+
+def test_jobs_train_evaluate_and_are_not_redone(tmp_path, toy_model_dir):
+    lines: list[str] = []
+    jobs = _jobs(tmp_path, toy_model_dir)
+    run_jobs(CONFIG, jobs, evaluate=count_reward_means, parallel=2, log=lines.append)
+    assert [line.split("] ")[1].split(":")[0] for line in lines] == ["base", "grpo/seed0", "gdpo/seed1"]
+    assert "base: evaluated" in lines[0] and "grpo/seed0: trained + evaluated" in lines[1]
+    for method, seed in (("grpo", 0), ("gdpo", 1)):
+        run = tmp_path / method / f"seed{seed}"
+        steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert steps == [1, 2]
+        summary = json.loads((run / "eval" / "summary.json").read_text())
+        assert summary == {"model": str(run / "final_model"), "method": method, "seed": seed}
+    assert json.loads((tmp_path / "base_eval" / "summary.json").read_text())["model"] == str(toy_model_dir)
+
+    again: list[str] = []
+    run_jobs(CONFIG, jobs, evaluate=count_reward_means, parallel=1, log=again.append)
+    assert len(again) == 3 and all(": done before (" in line for line in again)
+
+
+def test_a_failed_job_is_named(tmp_path, toy_model_dir):
+    jobs = _jobs(tmp_path, toy_model_dir)[:1]
+    with pytest.raises(RuntimeError, match=r"job 'base' failed: cannot evaluate"):
+        run_jobs(CONFIG, jobs, evaluate=partial(count_reward_means, fail_on="models"), parallel=1)
+    with pytest.raises(ValueError, match="job names must be unique"):
+        run_jobs(CONFIG, jobs * 2, parallel=1)
+    with pytest.raises(ValueError, match="needs model_dir and eval_dir"):
+        Job("orphan")
