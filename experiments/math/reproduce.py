@@ -1,0 +1,144 @@
+"""Reproduce the paper's math experiments: train, evaluate, tabulate, plot.
+
+    python experiments/math/reproduce.py --preset tiny               # what `make reproduce-math` runs
+    python experiments/math/reproduce.py --preset tiny --sweep       # + the w_length sweep (make reproduce-math-sweep)
+    python experiments/math/reproduce.py --preset paper-r1-7b --parallel 1
+
+1. Build the starting model once (the tiny model and its warm start are cached and shared by every run).
+2. Train every variant over the seeds on ``--parallel`` worker processes (gdpo/reproduce.py): GRPO and GDPO with
+   the length reward R_length (Table 3) and with the correctness-conditioned R~_length (Table 4); with
+   ``--sweep`` also w_length in {0.75, 0.5, 0.25} for all four (Figure 6 / Table 8; 1.0 is the main run).
+   Run folders: ``runs/math/<preset>/<variant>/seed<k>``, variants ``grpo``, ``gdpo``, ``grpo-condlen``,
+   ``gdpo-condlen`` and ``<variant>-w<weight>``. A finished run is skipped; an interrupted one is resumed.
+3. Evaluate the base model and every final model with eval/math_bench.py (k samples per question at
+   temperature 0.6, top_p 0.95: Acc = mean pass@1, Exceed = share of responses over the length limit).
+   The tiny preset uses its synthetic test split; the paper presets MATH500, AIME 2024, AMC, Minerva and
+   OlympiadBench (AMC and OlympiadBench from the files or hub names given with --data).
+4. Execute ``analysis/notebooks/math.ipynb``: Table 3/4-style tables (Markdown + CSV), Figure 5-style median/IQR
+   curves and, with the sweep, the weight-sweep plot, under ``results/math/<preset>/``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from gdpo.reproduce import REPO, Job, config_path, reproduce_parser, run_jobs, write_tables_and_figures  # noqa: E402
+
+# variant -> (method, conditioned length reward)
+VARIANTS = {
+    "grpo": ("grpo", False),
+    "gdpo": ("gdpo", False),
+    "grpo-condlen": ("grpo", True),
+    "gdpo-condlen": ("gdpo", True),
+}
+SWEEP_WEIGHTS = (0.75, 0.5, 0.25)
+PAPER_BENCHMARKS = ("math500", "aime24", "amc", "minerva", "olympiad")
+# preset -> (benchmarks, samples per question, questions per benchmark (None = all), max new tokens (None = paper's))
+EVAL_SETTINGS = {"tiny": (("synthetic",), 4, 100, 96)}
+DEFAULT_EVAL = (PAPER_BENCHMARKS, 16, None, None)
+
+
+def variant_overrides(variant: str, weight: float | None = None) -> tuple[str, ...]:
+    method, conditioned = VARIANTS[variant]
+    out = [f"algorithm.method={method}", f"data.options.conditioned_length={str(conditioned).lower()}"]
+    if weight is not None:
+        out.append(f"data.options.length_weight={weight}")
+    return tuple(out)
+
+
+def evaluate_model(
+    model_dir: Path,
+    cfg,
+    out_dir: Path,
+    *,
+    benchmarks: tuple[str, ...],
+    k: int,
+    limit: int | None,
+    max_new_tokens: int | None,
+    sources: dict[str, str],
+) -> dict:
+    """Acc and Exceed of one model on each benchmark, written to ``out_dir``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from eval.math_bench import paper_rollout_config, run_benchmark
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if max_new_tokens is None:
+        rollout = paper_rollout_config()
+    else:
+        rollout = paper_rollout_config(max_new_tokens, cfg.rollout.max_prompt_tokens)
+    limit_tokens = int(cfg.data.options.get("length_limit", 4000))
+    out = {}
+    for name in benchmarks:
+        if name in ("amc", "olympiad") and name not in sources:
+            print(f"skipping {name}: no --data {name}=FILE_OR_HUB_NAME given", flush=True)
+            continue
+        out[name] = run_benchmark(
+            model,
+            tokenizer,
+            name,
+            rollout,
+            k=k,
+            limit=limit,
+            out_dir=out_dir,
+            length_limit=limit_tokens,
+            source=sources.get(name),
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "summary.json").write_text(json.dumps(out, indent=2))
+    return out
+
+
+def main() -> None:
+    parser = reproduce_parser(__doc__, seeds=(0, 1, 2))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--sweep", action="store_true", help="add the w_length sweep (0.75, 0.5, 0.25)")
+    parser.add_argument("--data", nargs="*", default=[], help="NAME=FILE_OR_HUB_NAME for amc / olympiad")
+    args = parser.parse_args()
+    results = args.results or REPO / "results" / "math" / args.preset
+    config = config_path("math", args.preset)
+    benchmarks, k, limit, max_new = EVAL_SETTINGS.get(args.preset, DEFAULT_EVAL)
+    sources = dict(pair.split("=", 1) for pair in args.data)
+    started = time.perf_counter()
+
+    from gdpo.config import TrainConfig, load_config
+    from gdpo.trainer import prepare_model
+
+    cfg = load_config(TrainConfig, config, args.overrides)
+    base = Path(prepare_model(cfg))
+    print(f"[{time.perf_counter() - started:6.0f}s] base model: {base}", flush=True)
+
+    runs = args.runs / "math" / args.preset
+    jobs = [Job("base", tuple(args.overrides), model_dir=base, eval_dir=results / "base_eval")]
+    weights = (None, *SWEEP_WEIGHTS) if args.sweep else (None,)
+    for weight in weights:
+        for seed in args.seeds:
+            for variant in args.variants:
+                name = variant if weight is None else f"{variant}-w{weight}"
+                overrides = (*args.overrides, *variant_overrides(variant, weight), f"seed={seed}")
+                jobs.append(Job(f"{name}/seed{seed}", overrides, run_dir=runs / name / f"seed{seed}"))
+    evaluate = partial(
+        evaluate_model, benchmarks=benchmarks, k=k, limit=limit, max_new_tokens=max_new, sources=sources
+    )
+    run_jobs(config, jobs, evaluate=evaluate, parallel=args.parallel)
+    print(f"[{time.perf_counter() - started:6.0f}s] trained and evaluated {len(jobs)} jobs", flush=True)
+
+    write_tables_and_figures(
+        REPO / "analysis/notebooks/math.ipynb",
+        results,
+        {"RUNS_DIR": str(args.runs), "PRESET": args.preset, "BENCHMARKS": list(benchmarks)},
+    )
+    print(f"[{time.perf_counter() - started:6.0f}s] tables and figures in {results}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
