@@ -28,7 +28,7 @@ from gdpo.reproduce import REPO, Job, config_path, reproduce_parser, run_jobs, w
 METHODS = ("grpo", "grpo_no_std", "gdpo")
 # Evaluation sizes per preset (BFCL items per category, test-split prompts); None = everything. The tiny model's
 # context fits few BFCL prompts, so its BFCL numbers only exercise the harness.
-EVAL_LIMITS = {"tiny": (10, 100)}
+EVAL_LIMITS = {"tiny": (5, 50)}
 
 
 def evaluate_model(
