@@ -85,6 +85,7 @@ format: setup
 bench: setup  ## benchmarks (advantages; our trainer vs TRL); results go to bench/results/
 	$(PY) bench/bench_advantages.py
 	$(PY) bench/bench_trainer.py
+	$(PY) bench/bench_sandbox.py
 
 PRESET ?= tiny
 reproduce-tool: setup setup-bfcl  ## tool calling (Table 1/2, Fig. 4, 1b): PRESET=tiny | paper-qwen2.5-1.5b | ...
