@@ -64,7 +64,7 @@ def register_task(name: str):
 
 def build_task(name: str, options: dict[str, Any], seed: int) -> Task:
     # Import the built-in task modules so that they register themselves.
-    from gdpo.tasks import tool_calling, toy  # noqa: F401
+    from gdpo.tasks import coding, math, tool_calling, toy  # noqa: F401
 
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; known: {sorted(TASKS)}")

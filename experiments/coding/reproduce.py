@@ -1,0 +1,115 @@
+"""Reproduce the paper's coding experiment (Table 5): train, evaluate, tabulate, plot.
+
+    python experiments/coding/reproduce.py --preset tiny             # what `make reproduce-code` runs
+    python experiments/coding/reproduce.py --preset paper-r1-7b --parallel 1 --source apps=data/apps ...
+
+1. Build the starting model once (the tiny model and its warm start are cached and shared by every run).
+2. Train every variant over the seeds on ``--parallel`` worker processes (gdpo/reproduce.py): GRPO and GDPO with
+   two objectives (R_pass + R~_length: folders ``grpo``, ``gdpo``) and three (+ R_bug: ``grpo-3obj``,
+   ``gdpo-3obj``). A finished run is skipped; an interrupted one is resumed.
+3. Evaluate the base model and every final model with eval/code_bench.py (Pass, Exceed, Bug in %; programs run
+   in gdpo/sandbox.py). The tiny preset uses its synthetic test split (task templates never trained on); the
+   paper preset uses Apps, CodeContests, Codeforces and Taco (files or hub names via --source) and HumanEval.
+4. Execute ``analysis/notebooks/coding.ipynb``: the Table 5-style table (Markdown + CSV) and median/IQR curves of
+   the rewards per step, under ``results/coding/<preset>/``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from gdpo.reproduce import REPO, Job, config_path, reproduce_parser, run_jobs, write_tables_and_figures  # noqa: E402
+
+# variant -> (method, objectives)
+VARIANTS = {"grpo": ("grpo", 2), "gdpo": ("gdpo", 2), "grpo-3obj": ("grpo", 3), "gdpo-3obj": ("gdpo", 3)}
+PAPER_BENCHMARKS = ("apps", "codecontests", "codeforces", "taco", "humaneval")
+# preset -> (benchmarks, samples per item, items per benchmark (None = all))
+EVAL_SETTINGS = {"tiny": (("synthetic",), 4, 100)}
+DEFAULT_EVAL = (PAPER_BENCHMARKS, 4, None)
+
+
+def evaluate_model(
+    model_dir: Path, cfg, out_dir: Path, *, benchmarks: tuple[str, ...], k: int, limit: int | None, sources
+) -> dict:
+    """Pass, Exceed and Bug of one model per benchmark (k samples at the training temperature)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from eval import code_bench
+    from gdpo.tasks import build_task
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    options = dict(cfg.data.options)
+    length_limit = int(options.get("length_limit", 4000))
+    timeout_s = float(options.get("timeout_s", 5.0))
+    summary: dict = {}
+    for name in benchmarks:
+        if name == "synthetic":
+            items = build_task("coding", options, cfg.seed).test[:limit]
+        elif name != "humaneval" and name not in sources:
+            print(f"skipping {name}: no --source {name}=PATH_OR_HUB_NAME given", flush=True)
+            continue
+        else:
+            items = code_bench.load_benchmark(name, sources.get(name), limit)
+        responses = code_bench.generate(model, tokenizer, items, cfg.rollout, samples=k, seed=0)
+        records = code_bench.score(name, items, responses, length_limit=length_limit, timeout_s=timeout_s)
+        summary[name] = code_bench.summarise(records)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def main() -> None:
+    parser = reproduce_parser(__doc__, seeds=(0, 1, 2))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--source", nargs="*", default=[], help="NAME=PATH_OR_HUB_NAME for apps, taco, ...")
+    args = parser.parse_args()
+    results = args.results or REPO / "results" / "coding" / args.preset
+    config = config_path("coding", args.preset)
+    benchmarks, k, limit = EVAL_SETTINGS.get(args.preset, DEFAULT_EVAL)
+    sources = dict(pair.split("=", 1) for pair in args.source)
+    started = time.perf_counter()
+
+    from gdpo.config import TrainConfig, load_config
+    from gdpo.trainer import prepare_model
+
+    cfg = load_config(TrainConfig, config, args.overrides)
+    base = Path(prepare_model(cfg))
+    print(f"[{time.perf_counter() - started:6.0f}s] base model: {base}", flush=True)
+
+    runs = args.runs / "coding" / args.preset
+    jobs = [Job("base", tuple(args.overrides), model_dir=base, eval_dir=results / "base_eval")]
+    for seed in args.seeds:
+        for variant in args.variants:
+            method, objectives = VARIANTS[variant]
+            overrides = (
+                *args.overrides,
+                f"algorithm.method={method}",
+                f"data.options.objectives={objectives}",
+                f"seed={seed}",
+            )
+            jobs.append(Job(f"{variant}/seed{seed}", overrides, run_dir=runs / variant / f"seed{seed}"))
+    evaluate = partial(evaluate_model, benchmarks=benchmarks, k=k, limit=limit, sources=sources)
+    run_jobs(config, jobs, evaluate=evaluate, parallel=args.parallel)
+    print(f"[{time.perf_counter() - started:6.0f}s] trained and evaluated {len(jobs)} jobs", flush=True)
+
+    write_tables_and_figures(
+        REPO / "analysis/notebooks/coding.ipynb",
+        results,
+        {"RUNS_DIR": str(args.runs), "PRESET": args.preset, "BENCHMARKS": list(benchmarks)},
+    )
+    print(f"[{time.perf_counter() - started:6.0f}s] tables and figures in {results}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

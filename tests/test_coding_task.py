@@ -1,0 +1,424 @@
+"""Coding task: program extraction, sandboxed test runs, the three rewards, the task factory, synthetic data."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+import gdpo.tasks.coding  # noqa: F401  (registers the "coding" task)
+from gdpo.data.code_data import (
+    CODE_TEMPLATES,
+    PARSE,
+    TEMPLATES_BY_NAME,
+    crashing_program,
+    generate_problems,
+    padded_program,
+    split_templates,
+    wrong_program,
+)
+from gdpo.tasks import TASKS
+from gdpo.tasks.coding import (
+    CodeExecutor,
+    coding_rewards,
+    extract_program,
+    outputs_match,
+    run_tests,
+    run_tests_many,
+    values_match,
+)
+
+FIXTURES = Path(__file__).parent / "fixtures" / "code"
+SUM_TESTS = [{"input": "3 5\n", "output": "8\n"}, {"input": "10 -4", "output": "6"}]
+SUM = "a, b = map(int, input().split())\nprint(a + b)"
+
+
+def fenced(program: str, tag: str = "python") -> str:
+    return f"Here it is.\n```{tag}\n{program}\n```\n"
+
+
+def build(options: dict, seed: int = 0):
+    return TASKS["coding"](dict(options), seed)
+
+
+# --------------------------------------------------------------------------------------------------
+# Extraction
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "completion, expected",
+    [
+        ("```python\nprint(1)\n```", "print(1)"),
+        ("```python\nprint(1)\n```\ntext\n```python\nprint(2)\n```", "print(2)"),  # the last python block
+        ("```python\nprint(1)\n```\n```\nprint(2)\n```", "print(1)"),  # python wins over a later bare block
+        ("```\nprint(2)\n```", "print(2)"),  # a bare block when there is no python block
+        ("```cpp\nint main() {}\n```", None),  # other languages are ignored
+        ("```cpp\nint x;\n```\n```py\nprint(3)\n```", "print(3)"),
+        ("print(1)", None),  # unfenced: no program
+        ("just words", None),
+        ("```Python3 title=x\nprint(4)\n```", "print(4)"),  # tag: first word, any case
+        ("```python\nprint(5)", "print(5)"),  # unclosed last block runs to the end
+        (
+            "```python\n   \n```\n```python\nprint(6)\n```\n```python\n\n```",
+            "print(6)",
+        ),  # blank blocks ignored
+        ("```python\n    return x\n```", "    return x"),  # indentation kept
+        ("```python\nx = '```'\nprint(x)\n```", "x = '```'\nprint(x)"),  # inline backticks do not close
+    ],
+)
+def test_extract_program(completion, expected):
+    assert extract_program(completion) == expected
+
+
+# --------------------------------------------------------------------------------------------------
+# Comparison
+# --------------------------------------------------------------------------------------------------
+
+
+def test_outputs_match_is_whitespace_normalised_line_by_line():
+    assert outputs_match("1 2\n3\n", "1   2 \n3")
+    assert outputs_match("\n1\t2\r\n3\n\n", "1 2\n3")
+    assert not outputs_match("1 2 3", "1 2\n3")  # line structure counts
+    assert not outputs_match("1\n\n2", "1\n2")  # inner blank lines count
+    assert not outputs_match("12", "1 2")
+    assert outputs_match("0.3333333", "0.333333333")  # decimal expected: 1e-6 tolerance
+    assert not outputs_match("0.3334", "0.3333")
+    assert not outputs_match("3", "3.5")
+    assert outputs_match("1", "1 ")
+    assert outputs_match("", "\n")
+
+
+def test_values_match():
+    assert values_match([1, 2], (1, 2))  # tuples become lists
+    assert values_match(5, [5])  # APPS/TACO wrap returns in a one-element list
+    assert values_match(0.1 + 0.2, 0.3)
+    assert not values_match(True, 1) and not values_match(1, True)  # booleans only match booleans
+    assert values_match({"a": [1, 2.0]}, {"a": [1, 2]})
+    assert not values_match("1", 1)
+    assert not values_match([5, 6], [5])
+
+
+# --------------------------------------------------------------------------------------------------
+# Running programs: stdin/stdout
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "program, pass_rate, bug_free, statuses",
+    [
+        (SUM, 1.0, True, ["pass", "pass"]),
+        ("print(8)", 0.5, True, ["pass", "fail"]),  # half correct
+        ("a, b = map(int, input().split())\nprint(a * b)", 0.0, True, ["fail", "fail"]),  # wrong output
+        ("a = int(input())\nprint(a)", 0.0, False, ["runtime_error"] * 2),  # crash on parsing
+        ("print(1 +", 0.0, False, ["compile_error"] * 2),
+        (
+            "a, b = map(int, input().split())\nprint(a + b)\nraise SystemExit(3)",
+            0.0,
+            False,
+            ["runtime_error"] * 2,
+        ),
+        ("while True:\n    pass", 0.0, False, ["timeout"] * 2),
+        (None, 0.0, False, ["no_code"] * 2),
+    ],
+    ids=["correct", "half", "wrong", "crash", "syntax", "nonzero_exit", "loop", "no_code"],
+)
+def test_stdio_programs(program, pass_rate, bug_free, statuses):
+    result = run_tests(program, SUM_TESTS, timeout_s=1.0, workers=2)
+    assert [c.status for c in result.cases] == statuses
+    assert result.pass_rate == pass_rate
+    assert result.has_bug is (not bug_free)
+
+
+def test_stdio_program_reads_stdin_and_main_block_runs():
+    program = "import sys\n\ndef main():\n    print(sum(map(int, sys.stdin.read().split())))\n\n" + (
+        "if __name__ == '__main__':\n    main()"
+    )
+    assert run_tests(program, SUM_TESTS, timeout_s=2.0).pass_rate == 1.0
+
+
+# --------------------------------------------------------------------------------------------------
+# Running programs: function calls, and forged verdicts
+# --------------------------------------------------------------------------------------------------
+
+CALL_TESTS = [
+    {"fn_name": "add", "args": [1, 2], "output": 3},
+    {"fn_name": "add", "args": [2, 2], "output": [4]},
+    {"fn_name": "add", "args": [0, 0], "output": 0},
+]
+
+
+@pytest.mark.parametrize(
+    "program, statuses",
+    [
+        ("def add(a, b):\n    return a + b", ["pass", "pass", "pass"]),
+        ("class Solution:\n    def add(self, a, b):\n        return a + b", ["pass", "pass", "pass"]),
+        (
+            "def add(a, b):\n    print(a + b)\n    return a * b",
+            ["fail", "pass", "pass"],
+        ),  # prints are ignored
+        ("def add(a, b):\n    return a + b + 0 // a", ["pass", "pass", "runtime_error"]),
+        ("def add(a, b):\n    while a == 0:\n        pass\n    return a + b", ["pass", "pass", "timeout"]),
+        ("def add(a, b):\n    return {a, b}", ["fail", "fail", "fail"]),  # not JSON: a wrong answer
+        ("def plus(a, b):\n    return a + b", ["runtime_error"] * 3),  # no entry point
+        ("import sys\nx = int(sys.stdin.read())\ndef add(a, b):\n    return a + b", ["runtime_error"] * 3),
+        ("def add(a, b)\n    return a + b", ["compile_error"] * 3),
+        ("if __name__ == '__main__':\n    input()\ndef add(a, b):\n    return a + b", ["pass"] * 3),
+    ],
+    ids=[
+        "function",
+        "solution_class",
+        "prints",
+        "crash_one",
+        "loop_one",
+        "set",
+        "missing",
+        "load",
+        "syntax",
+        "main",
+    ],
+)
+def test_call_programs(program, statuses):
+    result = run_tests(program, CALL_TESTS, timeout_s=0.5)
+    assert [c.status for c in result.cases] == statuses
+
+
+FORGERIES = {
+    # prints every plausible verdict text to stdout, then returns a wrong value
+    "plain_prints": "def add(a, b):\n    print('PASS')\n    print('0 V 3')\n    print('P')\n    return -1",
+    # finds the harness's token and its verdict channel, writes claims of its own, and exits before the harness
+    "harness_introspection": (
+        "import os, sys\n"
+        "g = sys._getframe(1).f_globals\n"
+        "for i in range(3):\n"
+        "    os.write(g['_OUT'], (g['_TOKEN'] + ' ' + str(i) + ' V 999\\n').encode())\n"
+        "for word in ('P', 'pass'):\n"
+        "    os.write(g['_OUT'], (g['_TOKEN'] + ' ' + word + '\\n').encode())\n"
+        "os._exit(0)\n"
+    ),
+    # the function itself writes a claim on the channel, then returns a wrong value: two verdicts -> failed
+    "claim_then_return": (
+        "import os, sys\n"
+        "def add(a, b):\n"
+        "    g = sys._getframe(1).f_globals\n"
+        "    os.write(g['_OUT'], (g['_TOKEN'] + ' 0 V 3\\n').encode())\n"
+        "    return -1\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FORGERIES))
+def test_forged_verdicts_do_not_pass(name):
+    result = run_tests(FORGERIES[name], CALL_TESTS, timeout_s=1.0)
+    assert result.num_passed == 0, result.cases
+
+
+def test_check_program_prints_do_not_pass():
+    check = {
+        "check": "def check(f):\n    assert f(1) == 2\n",
+        "entry_point": "inc",
+        "prompt": "def inc(x):\n",
+    }
+    forged = "    print('P')\n    print('pass')\n    return x\n"
+    assert run_tests(forged, [check]).cases[0].status == "fail"
+    assert run_tests("    return x + 1\n", [check]).cases[0].status == "pass"
+
+
+def test_mixed_test_forms_keep_their_order():
+    tests = [SUM_TESTS[0], {"fn_name": "f", "args": [2], "output": 4}, SUM_TESTS[1]]
+    program = (
+        "def f(x):\n    return 2 * x\nif __name__ == '__main__':\n    print(sum(map(int, input().split())))"
+    )
+    assert [c.status for c in run_tests(program, tests).cases] == ["pass", "pass", "pass"]
+
+
+def test_malformed_tests_are_errors_naming_the_test():
+    with pytest.raises(ValueError, match="test 1: stdin/stdout test needs"):
+        run_tests("print(1)", [SUM_TESTS[0], {"input": 3, "output": "1"}])
+    with pytest.raises(ValueError, match="at least one test"):
+        run_tests("print(1)", [])
+
+
+# --------------------------------------------------------------------------------------------------
+# Rewards: exact values through the task's RewardSet, shared execution
+# --------------------------------------------------------------------------------------------------
+
+
+def rollout(program: str | None, num_tokens: int, limit: int = 30) -> dict:
+    completion = "no code here" if program is None else fenced(program)
+    return {
+        "messages": [],
+        "tests": SUM_TESTS,
+        "length_limit": limit,
+        "completion": completion,
+        "num_tokens": num_tokens,
+    }
+
+
+def test_rewards_exact_values_and_the_length_condition():
+    executor = CodeExecutor(timeout_s=1.0, workers=2)
+    rewards = coding_rewards(3, executor)
+    assert rewards.names == ("pass_rate", "length", "bug")
+    group = [
+        rollout(SUM, 20),  # correct and short: pass 1, length 1, bug-free
+        rollout(SUM, 31),  # correct, too long: length 0
+        rollout("print(8)", 10),  # half correct and short: the length reward is not paid
+        rollout("a = int(input())", 10),  # crashes
+        rollout(None, 5),  # no program
+        rollout("while True:\n    pass", 30),  # times out (a bug by our definition)
+    ]
+    scored = rewards.score([group])
+    assert scored.raw[0].tolist() == [
+        [1.0, 1.0, 1.0],
+        [1.0, 0.0, 1.0],
+        [0.5, 1.0, 1.0],
+        [0.0, 1.0, 0.0],
+        [0.0, 1.0, 0.0],
+        [0.0, 1.0, 0.0],
+    ]
+    assert scored.rewards[0, :, 1].tolist() == [1.0, 0.0, 0.0, 0.0, 0.0, 0.0]  # Eq. 8: only where pass == 1
+    # Five distinct programs (the two correct ones share one run; "no program" is not run but cached).
+    assert executor.sandbox_jobs == 5
+    rewards.score([group[:3]])
+    assert executor.sandbox_jobs == 5  # cached: nothing runs twice
+
+
+def test_two_objectives_and_weights_keep_the_executor():
+    executor = CodeExecutor(timeout_s=1.0)
+    rewards = coding_rewards(2, executor)
+    assert rewards.names == ("pass_rate", "length")
+    weighted = rewards.with_weights({"length": 0.5})
+    assert weighted.weights == (1.0, 0.5) and weighted.executor is executor
+    scored = weighted.score([[rollout(SUM, 31), rollout(SUM, 30)]])
+    assert scored.rewards[0].tolist() == [[1.0, 0.0], [1.0, 1.0]]
+    with pytest.raises(ValueError, match="objectives must be 2 or 3"):
+        coding_rewards(4)
+
+
+def test_missing_num_tokens_is_an_error_naming_the_component():
+    from gdpo.rewards import RewardError
+
+    bad = rollout(SUM, 1)
+    del bad["num_tokens"]
+    with pytest.raises(RewardError, match="'length'"):
+        coding_rewards(2, CodeExecutor(timeout_s=1.0)).score([[bad]])
+
+
+# --------------------------------------------------------------------------------------------------
+# Task factory
+# --------------------------------------------------------------------------------------------------
+
+
+def test_task_factory_defaults_and_rows():
+    task = build({"num_train": 40, "num_test": 12, "num_demonstrations": 30})
+    assert task.name == "coding" and len(task.train) == 40 and len(task.test) == 12
+    assert task.rewards.names == ("pass_rate", "length")
+    row = task.train[0]
+    assert {"messages", "tests", "length_limit", "id", "source", "template", "reference"} <= set(row)
+    assert row["length_limit"] == 44 and row["messages"][-1]["role"] == "user"
+    assert "```python" in row["messages"][-1]["content"]
+    assert task.rewards.executor.timeout_s == 2.0
+    assert len(task.demonstrations) == 30
+
+
+def test_task_factory_options():
+    task = build(
+        {"objectives": 3, "length_limit": 60, "timeout_s": 0.5, "num_train": 8, "num_test": 4, "demo_noise": 0.0,
+         "num_demonstrations": 10, "memory_mb": 256, "workers": 1}
+    )  # fmt: skip
+    assert task.rewards.names == ("pass_rate", "length", "bug")
+    assert {row["length_limit"] for row in task.train + task.test} == {60}
+    assert task.rewards.executor.timeout_s == 0.5 and task.rewards.executor.memory_mb == 256
+    # No noise: every demonstration is its problem's reference program.
+    for messages, completion in task.demonstrations:
+        row = next(r for r in task.train if r["messages"] == messages)
+        assert extract_program(completion) == row["reference"]
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"bogus": 1, "other": 2}, r"unknown data.options for task 'coding': \['bogus', 'other'\]"),
+        ({"source": "apps"}, "unknown source 'apps'"),
+        ({"objectives": 1}, "objectives must be 2 or 3"),
+        ({"path": "somewhere"}, "'path' applies to source 'eurus' only"),
+        ({"source": "eurus", "path": str(FIXTURES / "apps.jsonl")}, "is a file; give a folder"),
+    ],
+)
+def test_task_factory_rejects_bad_options(options, message):
+    with pytest.raises(ValueError, match=message):
+        build(options)
+
+
+def test_task_factory_eurus_from_a_local_folder():
+    task = build({"source": "eurus", "path": str(FIXTURES / "eurus"), "objectives": 3})
+    assert [r["id"] for r in task.train] == [
+        "eurus/codecontests/1",
+        "eurus/taco/2",
+    ]  # the math row is skipped
+    assert [r["id"] for r in task.test] == ["eurus/eurus-flat-0"]
+    assert task.train[0]["messages"][0]["role"] == "system"  # the published prompt is kept as it is
+    assert {r["length_limit"] for r in task.train} == {4000}
+    assert task.demonstrations == []
+    references = {"eurus/codecontests/1": "a, b = map(int, input().split())\nprint(a * b)",
+                  "eurus/taco/2": "def add(a, b):\n    return a + b"}  # fmt: skip
+    rollouts = [dict(r, completion=fenced(references[r["id"]]), num_tokens=100) for r in task.train]
+    scored = task.rewards.score([rollouts])
+    assert scored.rewards[0].tolist() == [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]]
+
+
+def test_demonstrations_mix_correct_wrong_crashing_and_long_programs():
+    task = build(
+        {"num_train": 6, "num_test": 4, "num_demonstrations": 20, "demo_noise": 0.5, "objectives": 3}
+    )
+    rows = {id(r["messages"]): r for r in task.train}
+    rollouts = [dict(rows[id(m)], completion=c, num_tokens=len(c) // 3) for m, c in task.demonstrations]
+    results = task.rewards.executor.execute_many(rollouts)
+    pass_rates = {r.pass_rate for r in results}
+    assert 1.0 in pass_rates and 0.0 in pass_rates
+    assert any(r.has_bug for r in results) and any(not r.has_bug for r in results)
+    padded = [c for _, c in task.demonstrations if extract_program(c).count("\n") >= 8]
+    assert padded  # the too-long (padded) kind is present
+
+
+# --------------------------------------------------------------------------------------------------
+# Synthetic generator
+# --------------------------------------------------------------------------------------------------
+
+
+def test_synthetic_problems_are_deterministic_and_splits_disjoint():
+    train_t, test_t = split_templates(seed=0)
+    assert not {t.name for t in train_t} & {t.name for t in test_t}
+    assert len(train_t) + len(test_t) == len(CODE_TEMPLATES)
+    assert {t.kind for t in test_t} == {t.kind for t in train_t} == set(PARSE)
+    assert split_templates(seed=0) == (train_t, test_t)
+    assert split_templates(seed=1) != (train_t, test_t)
+    a, b = generate_problems(train_t, 50, seed=3), generate_problems(train_t, 50, seed=3)
+    assert a == b and a != generate_problems(train_t, 50, seed=4)
+    task = build({"num_train": 100, "num_test": 30})
+    assert not {r["template"] for r in task.train} & {r["template"] for r in task.test}
+    for problem in a:
+        inputs = [t["input"] for t in problem["tests"]]
+        assert len(set(inputs)) == len(inputs) == 4
+        assert problem["tests"][0]["input"] in problem["question"]
+
+
+def test_reference_and_noise_programs_behave_as_designed():
+    rng = random.Random(0)
+    problems = generate_problems(CODE_TEMPLATES, len(CODE_TEMPLATES), seed=5, tests_per_problem=1)
+    jobs = [(p["reference"], p["tests"]) for p in problems]
+    two_tests = generate_problems(CODE_TEMPLATES, len(CODE_TEMPLATES), seed=6, tests_per_problem=2)
+    one_per_kind = [next(p for p in two_tests if TEMPLATES_BY_NAME[p["template"]].kind == k) for k in PARSE]
+    for p in one_per_kind:
+        template = TEMPLATES_BY_NAME[p["template"]]
+        jobs += [(crashing_program(template), p["tests"]), (padded_program(rng, template), p["tests"])]
+        jobs += [(wrong_program(rng, template), p["tests"])]
+    results = run_tests_many(jobs, timeout_s=2.0, workers=2)
+    n = len(problems)
+    assert all(r.all_passed for r in results[:n]), [(p["id"], r.cases) for p, r in zip(problems, results)]
+    for i in range(len(one_per_kind)):
+        crash, padded, wrong = results[n + 3 * i : n + 3 * i + 3]
+        assert crash.count("runtime_error") == 2  # crashes on every input: pass 0, bug 0
+        assert padded.all_passed and not padded.has_bug
+        assert not wrong.has_bug
