@@ -14,12 +14,12 @@ from gdpo.tasks import build_task
 from gdpo.tasks.tool_calling import (
     correctness_reward,
     demonstration,
-    skip_think,
-    slip_content,
     format_reward,
     parse_ground_truth_calls,
     render_system_prompt,
     render_user_turn,
+    skip_think,
+    slip_content,
 )
 
 
