@@ -267,6 +267,7 @@ def completion_logprobs(
     forbidden: int | None,
     with_entropy: bool,
     share_prompt: bool = False,
+    entropy_grad: bool = True,
 ):
     """Log-probs ``[n, T]`` of the completion tokens (and their entropies) under ``model``, temperature-scaled."""
     ids, mask = ro.input_ids[rows], ro.attention_mask[rows]
@@ -285,13 +286,14 @@ def completion_logprobs(
         logits[..., forbidden] = -torch.inf  # as in sampling: padding is never a completion token
     completion_mask = ro.completion_mask[rows]
     targets = ids[:, ro.prompt_width :].masked_fill(~completion_mask, 0)  # padding would gather -inf
-    logp = (
-        torch.log_softmax(logits, -1)
-        .gather(-1, targets[..., None])
-        .squeeze(-1)
-        .masked_fill(~completion_mask, 0.0)
-    )
-    entropy = entropy_from_logits(logits.masked_fill(torch.isinf(logits), -1e9)) if with_entropy else None
+    logp_all = torch.log_softmax(logits, -1)
+    logp = logp_all.gather(-1, targets[..., None]).squeeze(-1).masked_fill(~completion_mask, 0.0)
+    entropy = None
+    if with_entropy and entropy_grad:  # finite logits keep the gradient finite at the forbidden token
+        entropy = entropy_from_logits(logits.masked_fill(torch.isinf(logits), -1e9))
+    elif with_entropy:  # for the logs only: no graph (entr(0) = 0 handles the forbidden token)
+        with torch.no_grad():
+            entropy = torch.special.entr(logp_all.exp()).sum(-1)
     return logp, entropy
 
 
@@ -352,7 +354,14 @@ def policy_update(
             }
             for rows in micro_slices(start, stop):
                 logp, entropy = completion_logprobs(
-                    engine, ro, rows, temp, forbidden, with_entropy=True, share_prompt=share
+                    engine,
+                    ro,
+                    rows,
+                    temp,
+                    forbidden,
+                    with_entropy=True,
+                    share_prompt=share,
+                    entropy_grad=a.entropy_coef != 0,
                 )
                 old = old_logprobs[rows] if old_logprobs is not None else logp.detach()
                 pg, clip_low, clip_high = policy_loss(
