@@ -30,12 +30,15 @@ TABLE_COLUMNS = [
     "correct_format",
     "test_format",
     "test_correctness",
+    "test_format_sampled",
+    "test_correctness_sampled",
 ]
 
 
 def eval_row(summary: dict) -> dict:
-    """One row of the table from an eval ``summary.json`` (BFCL in %, the synthetic test split's rewards)."""
-    bfcl, synthetic = summary["bfcl"], summary["synthetic"]
+    """One row of the table from an eval ``summary.json`` (BFCL in %, the synthetic test split's rewards:
+    greedy, and sampled at the training temperature)."""
+    bfcl, synthetic, sampled = summary["bfcl"], summary["synthetic"], summary["synthetic_sampled"]
     return {
         "live": bfcl["live"],
         "multi_turn": bfcl["multi_turn"],
@@ -45,6 +48,8 @@ def eval_row(summary: dict) -> dict:
         "correct_format": bfcl["correct_format"],
         "test_format": 100 * synthetic["format/mean"],
         "test_correctness": synthetic["correctness/mean"],
+        "test_format_sampled": 100 * sampled["format/mean"],
+        "test_correctness_sampled": sampled["correctness/mean"],
     }
 
 

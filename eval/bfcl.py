@@ -154,12 +154,30 @@ def check(requests: list[dict], python: Path = BFCL_PYTHON) -> list[dict]:
     return verdicts
 
 
-def score_category(items: list[dict], completions: list[str], python: Path = BFCL_PYTHON) -> list[dict]:
-    """Per-item verdicts: {id, category, correct, well_formatted, error_type, completion}."""
+def score_category(
+    items: list[dict], completions: list[str | None], python: Path = BFCL_PYTHON
+) -> list[dict]:
+    """Per-item verdicts: {id, category, correct, well_formatted, error_type, completion}.
+
+    A completion of ``None`` means the item was not answered (its prompt did not fit the model): it is wrong and
+    badly formatted in every category, irrelevance included (an empty answer would otherwise pass as "no call").
+    """
     if len(items) != len(completions):
         raise ValueError(f"{len(items)} items but {len(completions)} completions")
     out, requests, positions = [], [], []
     for item, completion in zip(items, completions):
+        if completion is None:
+            out.append(
+                {
+                    "id": item["id"],
+                    "category": item["category"],
+                    "completion": "",
+                    "well_formatted": False,
+                    "correct": False,
+                    "error_type": "skipped:prompt_too_long",
+                }
+            )
+            continue
         calls = parse_calls(completion)
         relevant = item["category"] in AST_CATEGORIES
         layout = "<tool_call>" if relevant else "<response>"
@@ -229,7 +247,7 @@ def generate_and_score(
     """Answer BFCL items with ``model`` (greedy, through the hf rollout backend), score them, write the files.
 
     Items whose prompt exceeds ``rollout.max_prompt_tokens`` are not generated: they count as wrong and
-    badly formatted, and the summary lists how many were skipped per category.
+    badly formatted (irrelevance items too), and the summary lists how many were skipped per category.
     Writes ``outputs.jsonl`` (per item: id, category, completion, verdict) and ``summary.json`` to ``out_dir``.
     """
     from gdpo.rollout import HFRollout, encode_prompt
@@ -243,7 +261,7 @@ def generate_and_score(
     for start in range(0, len(items), batch_prompts):
         chunk = items[start : start + batch_prompts]
         fits = [i for i, (_, prompt) in enumerate(chunk) if len(prompt) <= rollout.max_prompt_tokens]
-        texts = [""] * len(chunk)
+        texts: list[str | None] = [None] * len(chunk)  # None: not generated, scored as wrong
         if fits:
             ro = backend.generate([chunk[i][1] for i in fits], [0] * len(fits), 1, greedy=True)
             for i, text in zip(fits, ro.completions):

@@ -76,12 +76,16 @@ def test_known_verdicts():
         (parallel[0], first_only, False),
         (irrelevance[0], "<think>x</think>\n<response>I can't.</response>", True),
         (irrelevance[1], completion(("determine_body_mass_index", {})), False),
+        (irrelevance[0], None, False),  # not generated (prompt too long): wrong, not "no call"
+        (simple[0], None, False),
     ]
     records = score_category([c[0] for c in cases], [c[1] for c in cases])
     assert [r["correct"] for r in records] == [c[2] for c in cases]
     assert records[1]["error_type"] == "value_error:others"
     assert records[3]["error_type"] == "format:no_parseable_tool_call" and not records[3]["well_formatted"]
     assert records[6]["well_formatted"] and records[7]["error_type"] == "irrelevance:called_a_tool"
+    assert [r["error_type"] for r in records[8:]] == ["skipped:prompt_too_long"] * 2
+    assert not any(r["well_formatted"] for r in records[8:])
 
 
 @needs_checker
@@ -155,3 +159,5 @@ def test_generate_and_score_with_a_model(tmp_path, toy_policy):
         assert summary["skipped_prompt_too_long"].get(category, 0) == sum(too_long)
         mine = [r for r in records if r["category"] == category]
         assert all(r["completion"] == "" for r, skip in zip(mine, too_long) if skip)
+        assert all(r["error_type"] == "skipped:prompt_too_long" for r, s in zip(mine, too_long) if s)
+        assert all(not r["correct"] for r, skip in zip(mine, too_long) if skip)

@@ -7,7 +7,7 @@
 2. Train every (method, seed): GRPO, GRPO w/o std and GDPO over the seeds, on ``--parallel`` long-lived worker
    processes with the cores split between them (gdpo/reproduce.py). A finished run is skipped; an interrupted
    one is resumed. Each worker evaluates a run right after training it, and the base model once: the task's
-   test split (format ratio, mean correctness) and BFCL-v3 (eval/bfcl.py), written to ``<run>/eval/``
+   test split (format ratio, mean correctness; greedy and sampled) and BFCL-v3 (eval/bfcl.py), written to ``<run>/eval/``
    (``<results>/base_eval/`` for the base model).
 4. Execute ``analysis/notebooks/tool_calling.ipynb``: Table 1/2 (Markdown + CSV), Figure 4 and Figure 1b (PNG)
    under ``results/tool_calling/<preset>/``.
@@ -29,6 +29,9 @@ METHODS = ("grpo", "grpo_no_std", "gdpo")
 # Evaluation sizes per preset (BFCL items per category, test-split prompts); None = everything. The tiny model's
 # context fits few BFCL prompts, so its BFCL numbers only exercise the harness.
 EVAL_LIMITS = {"tiny": (5, 50)}
+# Completions per test prompt sampled at the training temperature, beside the greedy one: the policy RL trains
+# is the sampling one, and a greedy score hides a habit the policy takes only some of the time.
+SAMPLES_PER_PROMPT = 2
 
 
 def evaluate_model(
@@ -49,6 +52,10 @@ def evaluate_model(
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     records = evaluate(model, tokenizer, task, cfg.rollout, limit=test_limit)
     synthetic = summarise(records, {"format": 1.0, "correctness": 3.0})
+    sampled_records = evaluate(
+        model, tokenizer, task, cfg.rollout, limit=test_limit, samples=SAMPLES_PER_PROMPT, greedy=False
+    )
+    sampled = summarise(sampled_records, {"format": 1.0, "correctness": 3.0})
     bfcl = generate_and_score(
         model,
         tokenizer,
@@ -57,10 +64,13 @@ def evaluate_model(
         compact=bool(cfg.data.options.get("compact_prompt")),
         out_dir=out_dir / "bfcl",
     )
-    out = {"synthetic": synthetic, "bfcl": bfcl}
+    out = {"synthetic": synthetic, "synthetic_sampled": sampled, "bfcl": bfcl}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "summary.json").write_text(json.dumps(out, indent=2))
     (out_dir / "synthetic_records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (out_dir / "synthetic_sampled_records.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in sampled_records)
+    )
     return out
 
 
