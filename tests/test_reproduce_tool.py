@@ -115,7 +115,9 @@ def test_tool_calling_notebook_on_known_logs(tmp_path):
         md[0]
         == "| method | live | multi_turn | non_live | avg | avg_live_non_live | correct_format | test_format | test_correctness | test_format_sampled | test_correctness_sampled | seeds |"
     )
-    assert md[2] == "| base model | 10.00 | n/a | 5.00 | n/a | 7.50 | 4.00 | 10.00 | -2.90 | 5.00 | -3.40 | 1 |"
+    assert (
+        md[2] == "| base model | 10.00 | n/a | 5.00 | n/a | 7.50 | 4.00 | 10.00 | -2.90 | 5.00 | -3.40 | 1 |"
+    )
     assert (
         md[3]
         == "| GRPO | 45.00 ± 7.07 | n/a | 20.00 ± 0.00 | n/a | 32.50 ± 3.54 | 50.50 ± 0.71 | 50.00 ± 0.00 | -2.00 ± 0.00 | 25.00 ± 0.00 | -2.50 ± 0.00 | 2 |"
