@@ -247,6 +247,11 @@ class RolloutConfig:
     vllm_gpu_memory_utilization: float = field_(
         0.3, help="vLLM: fraction of device memory for the engine (host memory on vLLM's CPU backend)"
     )
+    vllm_kv_cache_gib: float = field_(
+        0.0,
+        help="vLLM: KV cache size in GiB, overriding the memory fraction when > 0 (on vLLM's CPU backend the "
+        "fraction also counts the process's own memory, so a small fraction can leave nothing for the cache)",
+    )
     vllm_sleep: bool = field_(
         True, help="vLLM: put the engine to sleep during the policy update where supported"
     )

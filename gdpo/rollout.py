@@ -321,6 +321,8 @@ class VLLMRollout:
             # On the CPU backend this is the fraction of host memory reserved (vLLM's default is 0.92).
             "gpu_memory_utilization": cfg.vllm_gpu_memory_utilization,
         }
+        if cfg.vllm_kv_cache_gib > 0:
+            kwargs["kv_cache_memory_bytes"] = int(cfg.vllm_kv_cache_gib * 2**30)
         if device.type != "cuda":
             kwargs["enforce_eager"] = True
         self.llm = LLM(**kwargs)

@@ -28,7 +28,7 @@ def engine(toy_model_dir, toy_policy):
 
     init_distributed(torch.device("cpu"))
     _, tokenizer = toy_policy
-    cfg = RolloutConfig(max_new_tokens=16, max_prompt_tokens=64, vllm_gpu_memory_utilization=0.05)
+    cfg = RolloutConfig(max_new_tokens=16, max_prompt_tokens=64, vllm_kv_cache_gib=0.25)
     return VLLMRollout(
         str(toy_model_dir), tokenizer, cfg, dtype="float32", seed=0, device=torch.device("cpu")
     )
