@@ -238,16 +238,6 @@ def run(
     return summary
 
 
-def _pairs(values: Sequence[str], flag: str) -> dict[str, str]:
-    out = {}
-    for value in values:
-        name, sep, path = value.partition("=")
-        if not sep or name not in BENCHMARKS:
-            raise SystemExit(f"{flag} expects NAME=VALUE with NAME in {list(BENCHMARKS)}, got {value!r}")
-        out[name] = path
-    return out
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -285,7 +275,10 @@ def main(argv: list[str] | None = None) -> None:
     unknown = sorted(set(benchmarks) - set(BENCHMARKS))
     if unknown:
         raise SystemExit(f"unknown benchmarks {unknown}; known: {list(BENCHMARKS)}")
-    sources, splits = _pairs(args.source, "--source"), _pairs(args.split, "--split")  # fail before loading
+    from gdpo.cli import named_values
+
+    sources = named_values(args.source, "--source", BENCHMARKS)  # fail before loading anything
+    splits = named_values(args.split, "--split", BENCHMARKS)
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -191,16 +191,6 @@ def run_benchmark(
     return scored["summary"]
 
 
-def _data_sources(pairs: list[str]) -> dict[str, str]:
-    out = {}
-    for pair in pairs:
-        name, sep, source = pair.partition("=")
-        if not sep or not source:
-            raise SystemExit(f"--data expects NAME=FILE_OR_HUB_NAME, got {pair!r}")
-        out[name] = source
-    return out
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -226,7 +216,9 @@ def main(argv: list[str] | None = None) -> None:
     unknown = sorted(set(names) - set(BENCHMARKS))
     if unknown:
         raise SystemExit(f"unknown benchmarks {unknown}; known: {sorted(BENCHMARKS)}")
-    sources = _data_sources(args.data)
+    from gdpo.cli import named_values
+
+    sources = named_values(args.data, "--data", BENCHMARKS)
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

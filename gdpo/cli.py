@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Collection, Sequence
 
 from gdpo.config import ConfigError, TrainConfig, describe, load_config
 
-__all__ = ["main"]
+__all__ = ["main", "named_values"]
 
 
 def main(argv: list[str] | None = None, *, task: str | None = None) -> None:
@@ -40,3 +41,17 @@ def main(argv: list[str] | None = None, *, task: str | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def named_values(values: Sequence[str], flag: str, names: Collection[str] | None = None) -> dict[str, str]:
+    """``["apps=data/apps", ...]`` -> ``{"apps": "data/apps"}``; a malformed item, or a name outside ``names``,
+    exits with a message naming ``flag`` and the item."""
+    out = {}
+    for item in values:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise SystemExit(f"{flag} expects NAME=VALUE, got {item!r}")
+        if names is not None and name not in names:
+            raise SystemExit(f"{flag}: unknown name {name!r} in {item!r}; known: {sorted(names)}")
+        out[name] = value
+    return out

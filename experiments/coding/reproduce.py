@@ -24,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from gdpo.cli import named_values  # noqa: E402
 from gdpo.reproduce import REPO, Job, config_path, reproduce_parser, run_jobs, write_tables_and_figures  # noqa: E402
 
 # variant -> (method, objectives)
@@ -78,7 +79,7 @@ def main() -> None:
     results = args.results or REPO / "results" / "coding" / args.preset
     config = config_path("coding", args.preset)
     benchmarks, k, limit = EVAL_SETTINGS.get(args.preset, DEFAULT_EVAL)
-    sources = dict(pair.split("=", 1) for pair in args.source)
+    sources = named_values(args.source, "--source", PAPER_BENCHMARKS)
     started = time.perf_counter()
 
     from gdpo.config import TrainConfig, load_config
