@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from analysis.runs import save_figure
 from gdpo.advantages import compute_advantages
 from gdpo.diagnostics import count_distinct_advantage_groups
 
@@ -127,8 +128,7 @@ def plot_figure2(table: pd.DataFrame, path: str | Path) -> Path:
     axes[0].set_ylabel("advantage (before batch step)")
     axes[0].legend(fontsize=8)
     fig.suptitle("Figure 2: two binary rewards, two rollouts")
-    fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=150)
 
 
 def plot_figure3(counts: pd.DataFrame, path: str | Path) -> Path:
@@ -150,15 +150,4 @@ def plot_figure3(counts: pd.DataFrame, path: str | Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle("Figure 3: distinct advantage groups")
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def _save(fig, path: str | Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=150)

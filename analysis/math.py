@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.runs import load_eval_summaries
+from analysis.runs import load_eval_summaries, save_figure
 
 __all__ = ["PAPER_TABLE4_R1_7B", "load_evals", "parse_variant", "plot_sweep", "sweep_table", "table_columns"]
 
@@ -88,9 +88,4 @@ def plot_sweep(sweep: pd.DataFrame, path: str | Path) -> Path:
         ax.set(title=title, xlabel="w_length")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

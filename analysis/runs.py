@@ -24,6 +24,7 @@ __all__ = [
     "load_eval_summaries",
     "load_runs",
     "plot_bands",
+    "save_figure",
     "seed_bands",
     "seed_table",
     "to_markdown",
@@ -164,9 +165,16 @@ def plot_bands(
         ax.set(title=title, xlabel="step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: str | Path, dpi: int = 130) -> Path:
+    """Lay out, write (creating the folder) and close a matplotlib figure; returns the path."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
