@@ -166,30 +166,24 @@ def score_category(
         raise ValueError(f"{len(items)} items but {len(completions)} completions")
     out, requests, positions = [], [], []
     for item, completion in zip(items, completions):
+        record = {
+            "id": item["id"],
+            "category": item["category"],
+            "completion": completion or "",
+            "well_formatted": False,
+            "correct": False,
+            "error_type": "",
+        }
         if completion is None:
-            out.append(
-                {
-                    "id": item["id"],
-                    "category": item["category"],
-                    "completion": "",
-                    "well_formatted": False,
-                    "correct": False,
-                    "error_type": "skipped:prompt_too_long",
-                }
-            )
+            record["error_type"] = "skipped:prompt_too_long"
+            out.append(record)
             continue
         calls = parse_calls(completion)
         relevant = item["category"] in AST_CATEGORIES
         layout = "<tool_call>" if relevant else "<response>"
-        record = {
-            "id": item["id"],
-            "category": item["category"],
-            "completion": completion,
-            "well_formatted": format_reward(completion, layout) == 1.0
-            and (calls is not None or not relevant),
-            "correct": False,
-            "error_type": "",
-        }
+        record["well_formatted"] = format_reward(completion, layout) == 1.0 and (
+            calls is not None or not relevant
+        )
         if not relevant:
             record["correct"] = calls is None or calls == []
             record["error_type"] = "" if record["correct"] else "irrelevance:called_a_tool"

@@ -39,10 +39,6 @@ def main(argv: list[str] | None = None, *, task: str | None = None) -> None:
     print(f"run folder: {run_dir}")
 
 
-if __name__ == "__main__":
-    main()
-
-
 def named_values(values: Sequence[str], flag: str, names: Collection[str] | None = None) -> dict[str, str]:
     """``["apps=data/apps", ...]`` -> ``{"apps": "data/apps"}``; a malformed item, or a name outside ``names``,
     exits with a message naming ``flag`` and the item."""
@@ -55,3 +51,7 @@ def named_values(values: Sequence[str], flag: str, names: Collection[str] | None
             raise SystemExit(f"{flag}: unknown name {name!r} in {item!r}; known: {sorted(names)}")
         out[name] = value
     return out
+
+
+if __name__ == "__main__":
+    main()

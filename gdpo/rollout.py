@@ -306,6 +306,10 @@ class VLLMRollout:
     def __init__(
         self, model_path: str, tokenizer, cfg: RolloutConfig, *, dtype: str, seed: int, device: torch.device
     ):
+        if cfg.vllm_kv_cache_gib < 0:
+            raise ValueError(
+                f"rollout.vllm_kv_cache_gib must be >= 0 (0 = use the memory fraction), got {cfg.vllm_kv_cache_gib}"
+            )
         from vllm import LLM
 
         self.tokenizer, self.cfg = tokenizer, cfg

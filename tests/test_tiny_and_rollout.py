@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from gdpo.config import RolloutConfig, TinyModelConfig
-from gdpo.rollout import HFRollout, _top_p_filter, encode_prompt, forbidden_token
+from gdpo.rollout import HFRollout, VLLMRollout, _top_p_filter, encode_prompt, forbidden_token
 from gdpo.tiny import build_tiny_model
 
 
@@ -194,3 +194,9 @@ def test_greedy_rollouts_match_transformers_generate(toy_policy, toy_task):
             pad_token_id=tokenizer.pad_token_id,
         )
         assert ro.completions[i] == tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)
+
+
+def test_negative_vllm_kv_cache_size_names_the_field():
+    cfg = RolloutConfig(vllm_kv_cache_gib=-1.0)
+    with pytest.raises(ValueError, match=r"rollout.vllm_kv_cache_gib must be >= 0 .*got -1.0"):
+        VLLMRollout("unused", None, cfg, dtype="float32", seed=0, device=torch.device("cpu"))

@@ -50,12 +50,11 @@ def evaluate_model(
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    maxima = {"format": 1.0, "correctness": 3.0}
     records = evaluate(model, tokenizer, task, cfg.rollout, limit=test_limit)
-    synthetic = summarise(records, {"format": 1.0, "correctness": 3.0})
     sampled_records = evaluate(
         model, tokenizer, task, cfg.rollout, limit=test_limit, samples=SAMPLES_PER_PROMPT, greedy=False
     )
-    sampled = summarise(sampled_records, {"format": 1.0, "correctness": 3.0})
     bfcl = generate_and_score(
         model,
         tokenizer,
@@ -64,13 +63,12 @@ def evaluate_model(
         compact=bool(cfg.data.options.get("compact_prompt")),
         out_dir=out_dir / "bfcl",
     )
-    out = {"synthetic": synthetic, "synthetic_sampled": sampled, "bfcl": bfcl}
+    out = {"bfcl": bfcl}
     out_dir.mkdir(parents=True, exist_ok=True)
+    for name, rows in (("synthetic", records), ("synthetic_sampled", sampled_records)):
+        out[name] = summarise(rows, maxima)
+        (out_dir / f"{name}_records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (out_dir / "summary.json").write_text(json.dumps(out, indent=2))
-    (out_dir / "synthetic_records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    (out_dir / "synthetic_sampled_records.jsonl").write_text(
-        "".join(json.dumps(r) + "\n" for r in sampled_records)
-    )
     return out
 
 
