@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 import pandas as pd
 import pytest
@@ -43,6 +44,26 @@ def test_splits_are_disjoint_in_functions_and_cover_domains():
     assert len({f.domain for f in test_fns}) >= 4
     task = build_task("tool_calling", {"train_size": 400, "test_size": 100}, seed=0)
     assert not (_called(task.train) | _listed(task.train)) & (_called(task.test) | _listed(task.test))
+    # ... but every test function's verb and noun occur in training functions
+    train_words = {w for f in train_fns for w in f.name.split("_", 1)}
+    assert all(set(f.name.split("_", 1)) <= train_words for f in test_fns)
+    assert len(test_fns) == round(0.25 * len(CATALOGUE))
+
+
+def test_requests_name_the_verb_and_noun_and_unsupported_requests_get_no_call():
+    train_fns, _ = split_functions(seed=0)
+    samples = generate_split(train_fns, 400, seed=3)
+    for s in samples:
+        listed = {t["name"] for t in s.tools}
+        for call in s.calls:  # e.g. "Please book the hotel in Oslo for 2 nights." -> book_hotel
+            verb, noun = call["name"].split("_", 1)
+            assert call["name"] in listed and verb in s.request.lower() and noun in s.request
+        unsupported = re.search(r"none of my tools can (\w+) a (\w+)\.", s.ground_truth)  # "can book a hotel."
+        if unsupported:
+            verb, noun = unsupported.groups()
+            assert f"{verb}_{noun}" not in listed and noun in s.request and not s.calls
+    unsupported = sum(bool(re.search(r"tools can \w+ a \w+\.", s.ground_truth)) for s in samples)
+    assert 0.03 < unsupported / len(samples) < 0.12
 
 
 def test_ground_truths_are_well_formed_and_score_full_marks():
@@ -128,7 +149,7 @@ def test_prompt_structure():
         "**Important Notes**",
     ):
         assert section in full
-    assert "1. Name: get_weather" in full and "2. Name: convert_currency" in full
+    assert "1. Name: get_weather" in full and "2. Name: get_forecast" in full
     params = json.loads(full.split("Parameters: ")[1].split("\n")[0])
     assert params["unit"] == {"description": "celsius or fahrenheit", "type": "string", "default": "celsius"}
     compact = render_system_prompt(tools, compact=True)
