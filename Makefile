@@ -82,10 +82,11 @@ format: setup
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
-bench: setup  ## benchmarks (advantages; our trainer vs TRL); results go to bench/results/
+bench: setup  ## benchmarks (advantages; our trainer vs TRL; hf generation); results go to bench/results/
 	$(PY) bench/bench_advantages.py
-	$(PY) bench/bench_trainer.py
+	$(PY) bench/bench_generation.py
 	$(PY) bench/bench_sandbox.py
+	$(PY) bench/bench_trainer.py  # last: make bench ends with its line "ours/trl step-time ratio: <x>"
 
 PRESET ?= tiny
 reproduce-tool: setup setup-bfcl  ## tool calling (Table 1/2, Fig. 4, 1b): PRESET=tiny | paper-qwen2.5-1.5b | ...

@@ -15,6 +15,7 @@ generalise from: the tiny model learnt the training names by heart and never pro
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -164,8 +165,13 @@ SMALL_TALK = (
     ("Tell me a joke.", "I can only help with the tools I have, and none of them tells jokes."),
     ("Can you order me a pizza?", "Sorry, none of my tools can order food."),
 )
-THOUGHT = "I should call the right tool with the right parameters."
-NO_CALL_THOUGHT = "No tool fits this request, so I answer directly."
+NO_CALL_THOUGHT = "No listed tool fits."
+
+
+def thought(calls: list[dict]) -> str:
+    """The reasoning of a call answer: the action of each call in words ("book hotel, send report"), a short
+    trace that ties the request's words to the function names that follow."""
+    return ", ".join(c["name"].replace("_", " ") for c in calls)
 
 
 @dataclass
@@ -211,10 +217,8 @@ def _render(rng: random.Random, fn: Function) -> tuple[str, dict]:
 
 
 def _answer(calls: list[dict]) -> str:
-    import json
-
     return (
-        f"<think>{THOUGHT}</think>\n<tool_call>\n"
+        f"<think>{thought(calls)}</think>\n<tool_call>\n"
         + "\n".join(json.dumps(c) for c in calls)
         + "\n</tool_call>"
     )
