@@ -28,7 +28,7 @@ from gdpo.reproduce import REPO, Job, config_path, reproduce_parser, run_jobs, w
 METHODS = ("grpo", "grpo_no_std", "gdpo")
 # Evaluation sizes per preset (BFCL items per category, test-split prompts); None = everything. The tiny model's
 # context fits few BFCL prompts, so its BFCL numbers only exercise the harness.
-EVAL_LIMITS = {"tiny": (5, 50)}
+EVAL_LIMITS = {"tiny": (3, 50)}
 # Completions per test prompt sampled at the training temperature, beside the greedy one: the policy RL trains
 # is the sampling one, and a greedy score hides a habit the policy takes only some of the time.
 SAMPLES_PER_PROMPT = 2
