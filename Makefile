@@ -29,6 +29,7 @@ $(STAMP): requirements.txt pyproject.toml
 	DS_BUILD_OPS=0 $(PIP) install --quiet -r requirements.txt
 	$(PIP) install --quiet --no-deps -e .
 	$(PY) -m gdpo.envcheck
+	$(PY) -c "from gdpo.distributed import prebuild_cpu_ops; prebuild_cpu_ops()"
 	touch $@
 
 setup-gpu: setup  ## add the GPU stack (vLLM, flash-attn) on a CUDA machine

@@ -96,7 +96,9 @@ def main() -> None:
     out = REPO / "bench" / "results" / "generation-cpu.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"hf rollout on {result['device']}: {PROMPTS} prompts x {ROLLOUTS} rollouts x {NEW_TOKENS} new tokens")
+    print(
+        f"hf rollout on {result['device']}: {PROMPTS} prompts x {ROLLOUTS} rollouts x {NEW_TOKENS} new tokens"
+    )
     batch = PROMPTS * ROLLOUTS
     print(f"  threads dtype     generate  per token  decode step (1 seq)  decode step ({batch} seqs)")
     for r in rows:

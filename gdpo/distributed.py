@@ -30,6 +30,21 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def prebuild_cpu_ops() -> None:
+    """Compile DeepSpeed's CPU shared-memory communication op now (``make setup``), not in the first run.
+
+    On CPU, ``deepspeed.init_distributed`` JIT-builds this op into the torch extensions cache once per machine
+    (26 s here); a first training run or timed reproduction would otherwise pay for it.
+    """
+    from deepspeed.accelerator import get_accelerator
+
+    if get_accelerator().device_name() != "cpu":
+        return
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is not None and builder.is_compatible():
+        builder.load(verbose=False)
+
+
 def rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 

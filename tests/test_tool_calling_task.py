@@ -58,7 +58,9 @@ def test_requests_name_the_verb_and_noun_and_unsupported_requests_get_no_call():
         for call in s.calls:  # e.g. "Please book the hotel in Oslo for 2 nights." -> book_hotel
             verb, noun = call["name"].split("_", 1)
             assert call["name"] in listed and verb in s.request.lower() and noun in s.request
-        unsupported = re.search(r"none of my tools can (\w+) a (\w+)\.", s.ground_truth)  # "can book a hotel."
+        unsupported = re.search(
+            r"none of my tools can (\w+) a (\w+)\.", s.ground_truth
+        )  # "can book a hotel."
         if unsupported:
             verb, noun = unsupported.groups()
             assert f"{verb}_{noun}" not in listed and noun in s.request and not s.calls

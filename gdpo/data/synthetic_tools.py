@@ -71,7 +71,13 @@ _KINDS: dict[str, tuple[str, str, str, tuple, str]] = {
     "date": ("date", "string", "Date (YYYY-MM-DD)", tuple(DATES), " on {value}"),
     "person": ("name", "string", "Contact name", tuple(PEOPLE), " for {value}"),
     "recipient": ("recipient", "string", "Who receives it", tuple(PEOPLE), " to {value}"),
-    "amount": ("amount", "number", "Amount in dollars", (10.0, 25.5, 100.0, 250.0, 1200.0), " of {value} dollars"),
+    "amount": (
+        "amount",
+        "number",
+        "Amount in dollars",
+        (10.0, 25.5, 100.0, 250.0, 1200.0),
+        " of {value} dollars",
+    ),
     "nights": ("nights", "integer", "Number of nights", (1, 2, 3, 4), " for {value} nights"),
     "days": ("days", "integer", "Number of days", (1, 2, 3, 5, 7), " for {value} days"),
     "minutes": ("minutes", "integer", "Length in minutes", (15, 30, 45, 90), " lasting {value} minutes"),
@@ -80,22 +86,48 @@ _KINDS: dict[str, tuple[str, str, str, tuple, str]] = {
     "topic": ("topic", "string", "Subject", tuple(TOPICS), " about {value}"),
     "room": ("room", "string", "Room", ("kitchen", "bedroom", "office", "hall"), " in the {value}"),
     "level": ("level", "integer", "Level from 0 to 100", (10, 30, 55, 80), " at level {value}"),
-    "title": ("title", "string", "Title", ("Blue Train", "So What", "Clair de Lune", "Take Five"), " called {value}"),
+    "title": (
+        "title",
+        "string",
+        "Title",
+        ("Blue Train", "So What", "Clair de Lune", "Take Five"),
+        " called {value}",
+    ),
     "team": ("team", "string", "Team name", ("Falcons", "Rovers", "Comets", "Tigers"), " of the {value}"),
     "dish": ("dish", "string", "Dish", ("pancakes", "curry", "lasagna", "falafel"), " for {value}"),
-    "text": ("text", "string", "Free text", ("on my way", "pay rent", "water plants", "see you soon"), " saying {value}"),
+    "text": (
+        "text",
+        "string",
+        "Free text",
+        ("on my way", "pay rent", "water plants", "see you soon"),
+        " saying {value}",
+    ),
     "temperature": ("temperature", "number", "Degrees", (19.5, 21.0, 22.5), " at {value} degrees"),
 }
 # Optional parameter kinds: (name, JSON type, description, values, clause, default).
 _OPTIONAL: dict[str, tuple[str, str, str, tuple, str, Any]] = {
     "unit": ("unit", "string", "celsius or fahrenheit", ("celsius", "fahrenheit"), " in {value}", "celsius"),
-    "cabin": ("cabin", "string", "economy, business or first", ("business", "first"), " in {value} class", "economy"),
+    "cabin": (
+        "cabin",
+        "string",
+        "economy, business or first",
+        ("business", "first"),
+        " in {value} class",
+        "economy",
+    ),
     "guests": ("guests", "integer", "Number of guests", (2, 3, 4), " with {value} guests", 1),
     "quantity": ("quantity", "integer", "How many", (2, 3, 4), " times {value}", 1),
     "urgent": ("urgent", "boolean", "Mark as urgent", (True,), ", marked urgent", False),
     "vegetarian": ("vegetarian", "boolean", "Vegetarian only", (True,), ", vegetarian", False),
     "shuffle": ("shuffle", "boolean", "Shuffle afterwards", (True,), " and shuffle after it", False),
-    "max_price": ("max_price", "number", "Highest price", (50.0, 100.0, 300.0), " under {value} dollars", None),
+    "max_price": (
+        "max_price",
+        "number",
+        "Highest price",
+        (50.0, 100.0, 300.0),
+        " under {value} dollars",
+        None,
+    ),
 }
 # Objects: (noun, domain, required parameter kinds, optional kinds, verbs that apply). A function is one
 # verb applied to one noun, named ``<verb>_<noun>``; its requests contain both words.
@@ -136,7 +168,11 @@ _OBJECTS: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...], tuple[str, ...
     ("note", "work", ("text",), (), ("create", "delete", "save", "show")),
 )
 # Request phrasings: every one contains the verb and the noun, then the parameters' clauses.
-_PHRASES = ("Please {verb} the {noun}{clauses}.", "Can you {verb} a {noun}{clauses}?", "{Verb} my {noun}{clauses}.")
+_PHRASES = (
+    "Please {verb} the {noun}{clauses}.",
+    "Can you {verb} a {noun}{clauses}?",
+    "{Verb} my {noun}{clauses}.",
+)
 
 
 def _function(noun: str, domain: str, required: tuple, optional: tuple, verb: str) -> Function:
@@ -146,7 +182,10 @@ def _function(noun: str, domain: str, required: tuple, optional: tuple, verb: st
         params.append(Param(name, type_, description, values, clause, required=False, default=default))
     clauses = "".join(_KINDS[k][4].replace("{value}", "{" + _KINDS[k][0] + "}") for k in required)
     templates = tuple(
-        p.replace("{clauses}", clauses).replace("{verb}", verb).replace("{Verb}", verb.capitalize()).replace("{noun}", noun)
+        p.replace("{clauses}", clauses)
+        .replace("{verb}", verb)
+        .replace("{Verb}", verb.capitalize())
+        .replace("{noun}", noun)
         for p in _PHRASES
     )
     return Function(f"{verb}_{noun}", domain, f"{verb.capitalize()} a {noun}.", tuple(params), templates)
@@ -224,7 +263,9 @@ def _answer(calls: list[dict]) -> str:
     )
 
 
-def _distractors(rng: random.Random, called: list[Function], functions: list[Function], k: int) -> list[Function]:
+def _distractors(
+    rng: random.Random, called: list[Function], functions: list[Function], k: int
+) -> list[Function]:
     """``k`` other tools, each sharing the verb or the noun of a called one when possible (hard negatives)."""
     others = [f for f in functions if f not in called]
     words = {w for f in called for w in f.name.split("_", 1)}
