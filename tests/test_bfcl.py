@@ -89,6 +89,22 @@ def test_known_verdicts():
 
 
 @needs_checker
+def test_worker_registry_entry_matches_bfcls_own():
+    """The worker skips BFCL's model registry (vendor SDK imports) and stands in our model's one entry; here the
+    real registry, imported in BFCL's environment, must give that model the same setting."""
+    import subprocess
+
+    from eval.bfcl_worker import MODEL_NAME
+
+    code = (
+        "from bfcl_eval.constants.model_config import MODEL_CONFIG_MAPPING as m; "
+        f"print(m[{MODEL_NAME!r}].underscore_to_dot)"
+    )
+    out = subprocess.run([str(BFCL_PYTHON), "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+@needs_checker
 def test_ground_truth_answers_score_close_to_100_percent():
     simple = load_category("simple")
     others = {c: load_category(c, limit=40) for c in AST_CATEGORIES if c != "simple"}
