@@ -165,7 +165,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--side", choices=["ours", "trl", "both"], default="both")
-    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=12, help="steps per side; the first is warm-up")
     args = parser.parse_args()
     if args.side != "both":
         import torch
