@@ -38,7 +38,7 @@ class Param:
     type: str  # "string", "integer", "number", "boolean"
     description: str
     values: tuple  # candidate values
-    clause: str  # how an optional parameter is mentioned, with {value}
+    clause: str  # how a request mentions the parameter, with {value}
     required: bool = True
     default: Any = None
 
@@ -51,6 +51,12 @@ class Function:
     params: tuple[Param, ...]
     templates: tuple[str, ...]  # requests naming every required parameter as {param_name}
 
+    @property
+    def words(self) -> tuple[str, str]:
+        """The verb and the noun the name is made of: ``book_hotel`` -> ``("book", "hotel")``."""
+        verb, noun = self.name.split("_", 1)
+        return verb, noun
+
     def schema(self) -> dict:
         """The tool as listed in the prompt: name, description, parameters {name: {description, type, default}}."""
         params = {}
@@ -62,71 +68,98 @@ class Function:
         return {"name": self.name, "description": self.description, "parameters": params}
 
 
-# Parameter kinds: (name, JSON type, description, candidate values, clause naming the value in a request).
-# The clause of a required parameter is part of the request; an optional one is appended with prob. 0.4.
-_KINDS: dict[str, tuple[str, str, str, tuple, str]] = {
-    "city": ("city", "string", "City name", tuple(CITIES), " in {value}"),
-    "origin": ("origin", "string", "Departure city", tuple(CITIES), " from {value}"),
-    "destination": ("destination", "string", "Arrival city", tuple(CITIES), " to {value}"),
-    "date": ("date", "string", "Date (YYYY-MM-DD)", tuple(DATES), " on {value}"),
-    "person": ("name", "string", "Contact name", tuple(PEOPLE), " for {value}"),
-    "recipient": ("recipient", "string", "Who receives it", tuple(PEOPLE), " to {value}"),
-    "amount": (
+# Required parameter kinds: the clause of each is part of the request.
+_KINDS: dict[str, Param] = {
+    "city": Param("city", "string", "City name", tuple(CITIES), " in {value}"),
+    "origin": Param("origin", "string", "Departure city", tuple(CITIES), " from {value}"),
+    "destination": Param("destination", "string", "Arrival city", tuple(CITIES), " to {value}"),
+    "date": Param("date", "string", "Date (YYYY-MM-DD)", tuple(DATES), " on {value}"),
+    "person": Param("name", "string", "Contact name", tuple(PEOPLE), " for {value}"),
+    "recipient": Param("recipient", "string", "Who receives it", tuple(PEOPLE), " to {value}"),
+    "amount": Param(
         "amount",
         "number",
         "Amount in dollars",
         (10.0, 25.5, 100.0, 250.0, 1200.0),
         " of {value} dollars",
     ),
-    "nights": ("nights", "integer", "Number of nights", (1, 2, 3, 4), " for {value} nights"),
-    "days": ("days", "integer", "Number of days", (1, 2, 3, 5, 7), " for {value} days"),
-    "minutes": ("minutes", "integer", "Length in minutes", (15, 30, 45, 90), " lasting {value} minutes"),
-    "order_id": ("order_id", "integer", "Order number", (1042, 2219, 3870, 5531), " number {value}"),
-    "item": ("item", "string", "Item name", tuple(ITEMS), " with a {value}"),
-    "topic": ("topic", "string", "Subject", tuple(TOPICS), " about {value}"),
-    "room": ("room", "string", "Room", ("kitchen", "bedroom", "office", "hall"), " in the {value}"),
-    "level": ("level", "integer", "Level from 0 to 100", (10, 30, 55, 80), " at level {value}"),
-    "title": (
+    "nights": Param("nights", "integer", "Number of nights", (1, 2, 3, 4), " for {value} nights"),
+    "days": Param("days", "integer", "Number of days", (1, 2, 3, 5, 7), " for {value} days"),
+    "minutes": Param("minutes", "integer", "Length in minutes", (15, 30, 45, 90), " lasting {value} minutes"),
+    "order_id": Param("order_id", "integer", "Order number", (1042, 2219, 3870, 5531), " number {value}"),
+    "item": Param("item", "string", "Item name", tuple(ITEMS), " with a {value}"),
+    "topic": Param("topic", "string", "Subject", tuple(TOPICS), " about {value}"),
+    "room": Param("room", "string", "Room", ("kitchen", "bedroom", "office", "hall"), " in the {value}"),
+    "level": Param("level", "integer", "Level from 0 to 100", (10, 30, 55, 80), " at level {value}"),
+    "title": Param(
         "title",
         "string",
         "Title",
         ("Blue Train", "So What", "Clair de Lune", "Take Five"),
         " called {value}",
     ),
-    "team": ("team", "string", "Team name", ("Falcons", "Rovers", "Comets", "Tigers"), " of the {value}"),
-    "dish": ("dish", "string", "Dish", ("pancakes", "curry", "lasagna", "falafel"), " for {value}"),
-    "text": (
+    "team": Param(
+        "team", "string", "Team name", ("Falcons", "Rovers", "Comets", "Tigers"), " of the {value}"
+    ),
+    "dish": Param("dish", "string", "Dish", ("pancakes", "curry", "lasagna", "falafel"), " for {value}"),
+    "text": Param(
         "text",
         "string",
         "Free text",
         ("on my way", "pay rent", "water plants", "see you soon"),
         " saying {value}",
     ),
-    "temperature": ("temperature", "number", "Degrees", (19.5, 21.0, 22.5), " at {value} degrees"),
+    "temperature": Param("temperature", "number", "Degrees", (19.5, 21.0, 22.5), " at {value} degrees"),
 }
-# Optional parameter kinds: (name, JSON type, description, values, clause, default).
-_OPTIONAL: dict[str, tuple[str, str, str, tuple, str, Any]] = {
-    "unit": ("unit", "string", "celsius or fahrenheit", ("celsius", "fahrenheit"), " in {value}", "celsius"),
-    "cabin": (
+# Optional parameter kinds: the clause is appended to the request with prob. 0.4, else the default holds.
+_OPTIONAL: dict[str, Param] = {
+    "unit": Param(
+        "unit",
+        "string",
+        "celsius or fahrenheit",
+        ("celsius", "fahrenheit"),
+        " in {value}",
+        required=False,
+        default="celsius",
+    ),
+    "cabin": Param(
         "cabin",
         "string",
         "economy, business or first",
         ("business", "first"),
         " in {value} class",
-        "economy",
+        required=False,
+        default="economy",
     ),
-    "guests": ("guests", "integer", "Number of guests", (2, 3, 4), " with {value} guests", 1),
-    "quantity": ("quantity", "integer", "How many", (2, 3, 4), " times {value}", 1),
-    "urgent": ("urgent", "boolean", "Mark as urgent", (True,), ", marked urgent", False),
-    "vegetarian": ("vegetarian", "boolean", "Vegetarian only", (True,), ", vegetarian", False),
-    "shuffle": ("shuffle", "boolean", "Shuffle afterwards", (True,), " and shuffle after it", False),
-    "max_price": (
+    "guests": Param(
+        "guests", "integer", "Number of guests", (2, 3, 4), " with {value} guests", required=False, default=1
+    ),
+    "quantity": Param(
+        "quantity", "integer", "How many", (2, 3, 4), " times {value}", required=False, default=1
+    ),
+    "urgent": Param(
+        "urgent", "boolean", "Mark as urgent", (True,), ", marked urgent", required=False, default=False
+    ),
+    "vegetarian": Param(
+        "vegetarian", "boolean", "Vegetarian only", (True,), ", vegetarian", required=False, default=False
+    ),
+    "shuffle": Param(
+        "shuffle",
+        "boolean",
+        "Shuffle afterwards",
+        (True,),
+        " and shuffle after it",
+        required=False,
+        default=False,
+    ),
+    "max_price": Param(
         "max_price",
         "number",
         "Highest price",
         (50.0, 100.0, 300.0),
         " under {value} dollars",
-        None,
+        required=False,
+        default=None,
     ),
 }
 # Objects: (noun, domain, required parameter kinds, optional kinds, verbs that apply). A function is one
@@ -176,11 +209,8 @@ _PHRASES = (
 
 
 def _function(noun: str, domain: str, required: tuple, optional: tuple, verb: str) -> Function:
-    params = [Param(*_KINDS[k][:4], clause=_KINDS[k][4]) for k in required]
-    for k in optional:
-        name, type_, description, values, clause, default = _OPTIONAL[k]
-        params.append(Param(name, type_, description, values, clause, required=False, default=default))
-    clauses = "".join(_KINDS[k][4].replace("{value}", "{" + _KINDS[k][0] + "}") for k in required)
+    needed = [_KINDS[k] for k in required]
+    clauses = "".join(p.clause.replace("{value}", "{" + p.name + "}") for p in needed)
     templates = tuple(
         p.replace("{clauses}", clauses)
         .replace("{verb}", verb)
@@ -188,7 +218,8 @@ def _function(noun: str, domain: str, required: tuple, optional: tuple, verb: st
         .replace("{noun}", noun)
         for p in _PHRASES
     )
-    return Function(f"{verb}_{noun}", domain, f"{verb.capitalize()} a {noun}.", tuple(params), templates)
+    params = (*needed, *(_OPTIONAL[k] for k in optional))
+    return Function(f"{verb}_{noun}", domain, f"{verb.capitalize()} a {noun}.", params, templates)
 
 
 CATALOGUE: tuple[Function, ...] = tuple(
@@ -232,11 +263,11 @@ def split_functions(seed: int = 0, test_fraction: float = 0.25) -> tuple[list[Fu
     funcs = sorted(CATALOGUE, key=lambda f: f.name)
     random.Random(seed).shuffle(funcs)
     want = max(1, round(len(funcs) * test_fraction))
-    verbs = Counter(f.name.split("_", 1)[0] for f in funcs)
-    nouns = Counter(f.name.split("_", 1)[1] for f in funcs)
+    verbs = Counter(f.words[0] for f in funcs)
+    nouns = Counter(f.words[1] for f in funcs)
     test = []
     for f in funcs:
-        verb, noun = f.name.split("_", 1)
+        verb, noun = f.words
         if len(test) < want and verbs[verb] > 1 and nouns[noun] > 1:
             test.append(f)
             verbs[verb] -= 1
@@ -268,8 +299,8 @@ def _distractors(
 ) -> list[Function]:
     """``k`` other tools, each sharing the verb or the noun of a called one when possible (hard negatives)."""
     others = [f for f in functions if f not in called]
-    words = {w for f in called for w in f.name.split("_", 1)}
-    near = [f for f in others if set(f.name.split("_", 1)) & words]
+    words = {w for f in called for w in f.words}
+    near = [f for f in others if set(f.words) & words]
     picked: list[Function] = []
     for _ in range(min(k, len(others))):
         pool = [f for f in (near if near and rng.random() < 0.5 else others) if f not in picked]
@@ -306,8 +337,7 @@ def generate_split(
                 wanted = rng.choice(functions)
                 shown = _distractors(rng, [wanted], functions, 1 + distractors)
                 request = _render(rng, wanted)[0]
-                verb, noun = wanted.name.split("_", 1)
-                reply = f"Sorry, none of my tools can {verb} a {noun}."
+                reply = "Sorry, none of my tools can {} a {}.".format(*wanted.words)
             truth = f"<think>{NO_CALL_THOUGHT}</think>\n<response>{reply}</response>"
             samples.append(ToolSample([f.schema() for f in shown], request, truth))
             continue
