@@ -131,8 +131,8 @@ def test_tool_calling_notebook_on_known_logs(tmp_path):
 def test_warm_start_leaves_room_to_learn_both_rewards():
     """The tiny preset's starting point, as the paper's base model: on the function-disjoint test split it has
     a low but non-zero format ratio and correctness above the floor, and gets some unseen function names right.
-    (Measured: format 14 %, correctness -0.86, floor
-    -2.76, every name right in 27 of the 46 tool-call items.) Builds the 500-step warm start when not cached."""
+    Measured: format 14 %, correctness -0.86 (floor -2.76), every name right in 27 of the 46 tool-call items.
+    Builds the 500-step warm start when it is not cached."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from gdpo.config import TrainConfig, load_config
