@@ -4,7 +4,10 @@ Both sides train the embedded tiny model (random init, no warm start, so complet
 limit) on the toy task's prompts with its two rewards, at the tiny preset's shape: 8 prompts x 8 rollouts x
 64 new tokens, fp32, one policy update per generation batch, no reference model, no gradient checkpointing.
 TRL runs with ``multi_objective_aggregation="normalize_then_sum"`` (its GDPO). Each side runs in its own
-subprocess; the first step is warm-up and is left out of the medians.
+subprocess, the two sides alternating (``--repeats`` runs each, so a slow spell of this shared machine does not
+fall on one side only); the first step of every run is warm-up and is left out of the medians. A further run of
+each side profiles steps 3-5 (``gdpo.profiling``) for their matrix-multiplication time: the arithmetic a step
+cannot avoid at fp32, which bounds how far engineering can bring the ratio down.
 
     python bench/bench_trainer.py            # both sides, prints the table and the ratio
     make bench                               # the same, plus the advantage benchmark
@@ -27,9 +30,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 PROMPTS, ROLLOUTS, NEW_TOKENS, LR = 8, 8, 64, 1e-5
+PROFILED_STEPS = [3, 4, 5]  # after two warm-up steps
 
 
-def _config(steps: int, run_dir: str):
+def _config(steps: int, run_dir: str, profile_steps: tuple[int, ...] = ()):
     from gdpo.config import TrainConfig, load_config
 
     return load_config(
@@ -48,15 +52,19 @@ def _config(steps: int, run_dir: str):
             "logging.checkpoint_every=0",
             "logging.sample_every=0",
             f"logging.run_dir={run_dir}",
+            f"logging.profile_steps={list(profile_steps)}",
         ],
     )
 
 
-def run_ours(steps: int) -> dict:
+def run_ours(steps: int, profile: bool = False) -> dict:
     from gdpo.runlog import read_jsonl
     from gdpo.trainer import train
 
     with tempfile.TemporaryDirectory() as tmp:
+        if profile:
+            run_dir = train(_config(max(PROFILED_STEPS), f"{tmp}/run", profile_steps=PROFILED_STEPS))
+            return [json.loads((run_dir / "profile" / f"step{k}.json").read_text()) for k in PROFILED_STEPS]
         run_dir = train(_config(steps, f"{tmp}/run"))
         rows = read_jsonl(run_dir / "metrics.jsonl")
     return {
@@ -66,12 +74,13 @@ def run_ours(steps: int) -> dict:
     }
 
 
-def run_trl(steps: int) -> dict:
+def run_trl(steps: int, profile: bool = False) -> dict:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
+    from gdpo.profiling import op_summary
     from gdpo.tasks import build_task
     from gdpo.tasks.toy import correct_reward, format_reward
     from gdpo.trainer import prepare_model
@@ -90,13 +99,23 @@ def run_trl(steps: int) -> dict:
         return reward
 
     timings = {"step_s": [], "generate_s": [], "completion_tokens": []}
+    profiled = []
 
     class StepTimer(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
+            self.profiler = None
+            if profile and state.global_step + 1 in PROFILED_STEPS:
+                self.profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+                self.profiler.__enter__()
             self.start = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kw):
             timings["step_s"].append(time.perf_counter() - self.start)
+            if self.profiler is not None:  # TRL counts the step before this call
+                self.profiler.__exit__(None, None, None)
+                profiled.append(
+                    {"step": state.global_step, "step_s": timings["step_s"][-1], **op_summary(self.profiler)}
+                )
 
     with tempfile.TemporaryDirectory() as tmp:
         args = GRPOConfig(
@@ -106,7 +125,7 @@ def run_trl(steps: int) -> dict:
             max_completion_length=NEW_TOKENS,
             multi_objective_aggregation="normalize_then_sum",
             learning_rate=LR,
-            max_steps=steps,
+            max_steps=max(PROFILED_STEPS) if profile else steps,
             beta=0.0,
             num_iterations=1,
             gradient_checkpointing=False,
@@ -129,28 +148,32 @@ def run_trl(steps: int) -> dict:
 
         def timed_generate(prompts):
             start = time.perf_counter()
-            out = generate(prompts)
+            with torch.profiler.record_function("generate"):  # the phase gdpo.profiling splits out
+                out = generate(prompts)
             timings["generate_s"].append(time.perf_counter() - start)
             return out
 
         trainer._generate = timed_generate
         trainer.train()
-    return timings
+    return profiled if profile else timings
 
 
-def _side(side: str, steps: int) -> dict:
+def _side(side: str, steps: int, profile: bool = False):
     """Run one side in a fresh subprocess (each initialises its own distributed/accelerate state)."""
     env = dict(os.environ, PYTHONPATH=str(REPO), TOKENIZERS_PARALLELISM="false")
-    cmd = [sys.executable, __file__, "--side", side, "--steps", str(steps)]
+    cmd = [sys.executable, __file__, "--side", side, "--steps", str(steps)] + (
+        ["--profile"] if profile else []
+    )
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"{side} side failed:\n{out.stderr[-4000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _summary(t: dict) -> dict:
-    steps = t["step_s"][1:]  # the first step is warm-up
-    gens = t["generate_s"][1 : len(t["step_s"])]
+def _summary(runs: list[dict]) -> dict:
+    """Medians over every run's steps but its first (warm-up)."""
+    steps = [s for t in runs for s in t["step_s"][1:]]
+    gens = [g for t in runs for g in t["generate_s"][1 : len(t["step_s"])]]
     step, gen = statistics.median(steps), statistics.median(gens)
     return {
         "median_step_s": step,
@@ -160,30 +183,55 @@ def _summary(t: dict) -> dict:
     }
 
 
+def _profile_summary(steps: list[dict]) -> dict:
+    """Medians over the profiled steps (each step's own summary is kept too)."""
+    return {
+        "median_step_s": statistics.median(p["step_s"] for p in steps),
+        "median_matmul_s": statistics.median(p["matmul_s"] for p in steps),
+        "median_generate_matmul_s": statistics.median(p["matmul_s_by_phase"]["generate"] for p in steps),
+        "steps": steps,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--side", choices=["ours", "trl", "both"], default="both")
-    parser.add_argument("--steps", type=int, default=12, help="steps per side; the first is warm-up")
+    parser.add_argument("--steps", type=int, default=12, help="steps per run; the first is warm-up")
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs per side, alternating")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help=f"with --side: profile steps {PROFILED_STEPS} instead of timing",
+    )
     args = parser.parse_args()
     if args.side != "both":
         import torch
 
         torch.manual_seed(0)
-        print(json.dumps(run_ours(args.steps) if args.side == "ours" else run_trl(args.steps)))
+        run = run_ours if args.side == "ours" else run_trl
+        print(json.dumps(run(args.steps, profile=args.profile)))
         return
 
     sys.path.insert(0, str(REPO))
     from bench.bench_advantages import device_name  # same machine description as the other bench
 
-    ours, trl = _summary(_side("ours", args.steps)), _summary(_side("trl", args.steps))
+    runs = {"ours": [], "trl": []}
+    for _ in range(args.repeats):
+        for side in runs:
+            runs[side].append(_side(side, args.steps))
+    ours, trl = _summary(runs["ours"]), _summary(runs["trl"])
+    profiled = {side: _profile_summary(_side(side, args.steps, profile=True)) for side in runs}
     ratio = ours["median_step_s"] / trl["median_step_s"]
+    floor = profiled["ours"]["median_matmul_s"] / trl["median_step_s"]
     result = {
         "device": device_name("cpu"),
         "shape": {"prompts": PROMPTS, "rollouts": ROLLOUTS, "max_new_tokens": NEW_TOKENS},
         "ours": ours,
         "trl": trl,
+        "profiled": profiled,
+        "ours_matmul_over_trl_step_time": floor,
         "ours_over_trl_step_time": ratio,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -193,8 +241,17 @@ def main() -> None:
     )
     for name, s in (("ours", ours), ("trl", trl)):
         print(
-            f"  {name:<5} median step {s['median_step_s']:.3f} s, generation {s['median_generate_s']:.3f} s ({s['generation_share']:.0%} of the step)"
+            f"  {name:<5} median step {s['median_step_s']:.3f} s, generation {s['median_generate_s']:.3f} s ({s['generation_share']:.0%} of the step), {s['steps_timed']} steps"
         )
+    print(f"  matrix multiplications, median of profiled steps {PROFILED_STEPS} (the profiler slows a step):")
+    for name, p in profiled.items():
+        gen = p["median_generate_matmul_s"]
+        print(
+            f"  {name:<5} {p['median_matmul_s']:.3f} s of {p['median_step_s']:.3f} s (in generation {gen:.3f} s)"
+        )
+    print(
+        f"  our matrix multiplications alone take {floor:.3f} x trl's median step: the ratio's floor at fp32"
+    )
     print(f"ours/trl step-time ratio: {ratio:.3f}")
 
 

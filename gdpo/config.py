@@ -327,6 +327,10 @@ class LoggingConfig:
         False, help="write every rollout's rewards, advantage and length to rollouts.jsonl"
     )
     progress: bool = field_(True, help="progress bar with live metrics on the console")
+    profile_steps: list[int] = field_(
+        default_factory=list,
+        help="steps to profile with the torch profiler, into <run>/profile/ (gdpo.profiling)",
+    )
     tensorboard: bool = field_(False, help="also write TensorBoard scalars")
     wandb: bool = field_(False, help="also log to Weights & Biases (offline mode)")
 

@@ -33,6 +33,7 @@ from gdpo.config import TrainConfig, to_dict
 from gdpo.diagnostics import advantage_diagnostics
 from gdpo.distributed import all_gather_cat, all_reduce_sum, barrier, init_distributed
 from gdpo.losses import aggregate, entropy_from_logits, kl_penalty, policy_loss
+from gdpo.profiling import profile_step
 from gdpo.rewards import ScoredBatch
 from gdpo.rollout import Rollouts, encode_prompt, forbidden_token, make_rollout_backend, pack_rollouts
 from gdpo.runlog import RunLog
@@ -553,34 +554,38 @@ def train(cfg: TrainConfig, *, resume: bool = False, task: Task | None = None) -
 
     progress = _progress(cfg, start, rank)
     for step in range(start + 1, cfg.steps + 1):
-        t0 = time.perf_counter()
-        backend.sync_weights(engine.module)  # vLLM: push the current policy (also right after a resume)
-        first = rank * layout.prompts_per_rank
-        ro, groups, scored, sampling = sample_groups(
-            cfg, step, backend, tokenizer, prompts, task, rewards, first, layout
-        )
-        backend.release()  # vLLM on GPU: sleep during scoring and the update
-        t1 = time.perf_counter()
-        g = cfg.rollout.num_rollouts
-        all_rewards = all_gather_cat(scored.rewards.to(device)).cpu()
-        all_lengths = all_gather_cat(ro.num_tokens.view(-1, g).to(device)).cpu()
-        a = cfg.algorithm
-        adv = compute_advantages(
-            all_rewards,
-            a.method,
-            weights=scored.weights,
-            eps=a.eps,
-            unbiased=a.unbiased,
-            batch_norm=a.batch_norm,
-            lengths=all_lengths,
-        )
-        local_adv = adv[first : first + layout.prompts_per_rank].reshape(-1).to(device)
-        t2 = time.perf_counter()
+        profiled = rank == 0 and step in cfg.logging.profile_steps
+        with profile_step(run.dir / "profile" if profiled else None, step, device):
+            t0 = time.perf_counter()
+            backend.sync_weights(engine.module)  # vLLM: push the current policy (also right after a resume)
+            first = rank * layout.prompts_per_rank
+            with torch.profiler.record_function("generate"):
+                ro, groups, scored, sampling = sample_groups(
+                    cfg, step, backend, tokenizer, prompts, task, rewards, first, layout
+                )
+            backend.release()  # vLLM on GPU: sleep during scoring and the update
+            t1 = time.perf_counter()
+            g = cfg.rollout.num_rollouts
+            all_rewards = all_gather_cat(scored.rewards.to(device)).cpu()
+            all_lengths = all_gather_cat(ro.num_tokens.view(-1, g).to(device)).cpu()
+            a = cfg.algorithm
+            adv = compute_advantages(
+                all_rewards,
+                a.method,
+                weights=scored.weights,
+                eps=a.eps,
+                unbiased=a.unbiased,
+                batch_norm=a.batch_norm,
+                lengths=all_lengths,
+            )
+            local_adv = adv[first : first + layout.prompts_per_rank].reshape(-1).to(device)
+            t2 = time.perf_counter()
 
-        stats, train_tokens = policy_update(
-            engine, ref_model, ro, local_adv, cfg, layout, forbidden_token(tokenizer)
-        )
-        t3 = time.perf_counter()
+            with torch.profiler.record_function("update"):
+                stats, train_tokens = policy_update(
+                    engine, ref_model, ro, local_adv, cfg, layout, forbidden_token(tokenizer)
+                )
+            t3 = time.perf_counter()
 
         all_truncated = all_gather_cat(ro.truncated.to(device)).cpu()
         metrics = {

@@ -99,7 +99,7 @@ def full_run(tmp_path_factory, toy_model_dir):
 
     env = dict(os.environ, PYTHONPATH=str(REPO))
     run_dir = tmp_path_factory.mktemp("runs") / "full"
-    result = _run([], env, run_dir)
+    result = _run(["logging.profile_steps=[2]"], env, run_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
 
@@ -143,6 +143,11 @@ def test_run_folder_contents(full_run):
     assert (
         len(rollouts) == 6 and len(rollouts[0]["advantages"]) == 8 and len(rollouts[0]["advantages"][0]) == 8
     )
+    profile = json.loads((full_run / "profile/step2.json").read_text())  # logging.profile_steps=[2]
+    assert profile["step"] == 2 and (full_run / "profile/step2.trace.json").exists()
+    phases = profile["matmul_s_by_phase"]
+    assert phases["generate"] > 0 and phases["update"] > 0
+    assert phases["generate"] + phases["update"] <= profile["matmul_s"] < profile["step_s"]
     assert (full_run / "checkpoints/latest").read_text() == "step_000006"
     assert sorted(p.name for p in (full_run / "checkpoints").glob("step_*")) == ["step_000004", "step_000006"]
     from transformers import AutoModelForCausalLM
