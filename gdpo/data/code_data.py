@@ -39,9 +39,8 @@ Sources and what we decide where the data's documentation is silent (offline-ass
 APPS and TACO wrap some function-call outputs in a one-element list; the comparison in ``gdpo.tasks.coding``
 accepts either. Stdin inputs given as a list of lines are joined with newlines.
 
-Local sources are a JSON file (a list of rows), a JSONL file, a parquet file, or a folder holding
-``<split>.jsonl`` / ``<split>.json`` / ``<split>.parquet``; anything else is a hub name read with
-``datasets.load_dataset(name, split=split)``. Malformed rows raise ``ValueError`` naming the file, the row and
+Sources are read by ``gdpo.data.records.read_records``: a local JSON, JSONL or parquet file, a folder holding
+``<split>.jsonl`` / ``<split>.json`` / ``<split>.parquet``, or a hub dataset ``owner/name[:config]``. Malformed rows raise ``ValueError`` naming the file, the row and
 the field; nothing is dropped silently except the skips stated above.
 """
 
@@ -54,6 +53,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from gdpo.data.records import read_records
 
 __all__ = [
     "CODE_TEMPLATES",
@@ -68,7 +69,6 @@ __all__ = [
     "load_humaneval",
     "load_taco",
     "padded_program",
-    "read_records",
     "split_templates",
     "tests_from_input_output",
     "wrong_program",
@@ -263,57 +263,8 @@ def padded_program(rng: random.Random, template: CodeTemplate, extra_lines: int 
 
 
 # --------------------------------------------------------------------------------------------------
-# Reading files and hub datasets
+# Fields of rows (read by gdpo.data.records)
 # --------------------------------------------------------------------------------------------------
-
-
-def read_records(source: str | Path, split: str = "train") -> tuple[list[dict[str, Any]], str]:
-    """Rows of a local JSON/JSONL/parquet file or folder, or of a hub dataset; also a name for errors."""
-    path = Path(source)
-    if path.is_dir():
-        found = [path / f"{split}{ext}" for ext in (".jsonl", ".json", ".parquet")]
-        found = [p for p in found if p.exists()]
-        if not found:
-            raise FileNotFoundError(f"{path} holds none of {split}.jsonl, {split}.json, {split}.parquet")
-        path = found[0]
-    if path.is_file():
-        return _read_file(path), str(path)
-    if path.suffix in (".json", ".jsonl", ".parquet") or str(source).startswith((".", "/")):
-        raise FileNotFoundError(f"no data file at {path}")
-    from datasets import load_dataset  # hub access: never reached in tests
-
-    return [dict(row) for row in load_dataset(str(source), split=split)], f"{source}[{split}]"
-
-
-def _read_file(path: Path) -> list[dict[str, Any]]:
-    if path.suffix == ".parquet":
-        import pandas as pd
-
-        return [_plain(row) for row in pd.read_parquet(path).to_dict("records")]
-    if path.suffix == ".jsonl":
-        rows = []
-        for i, line in enumerate(path.read_text().splitlines()):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path} line {i + 1}: not JSON ({exc})") from None
-        return rows
-    data = json.loads(path.read_text())
-    if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of rows, got {type(data).__name__}")
-    return data
-
-
-def _plain(value):
-    """numpy arrays and scalars from parquet -> lists and Python scalars (recursively)."""
-    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
-        value = value.tolist()
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def _field(row: Any, name: str, where: str, types: type | tuple = str, required: bool = True):

@@ -26,9 +26,9 @@ load_deepscaler     a local file or the hub dataset ``agentica-org/DeepScaleR-Pr
                     answer, solution).
 ==================  =========================================================================================
 
-A hub source is written ``owner/name`` or ``owner/name:config``; anything that exists on disk, or ends in
-``.json``/``.jsonl``/``.parquet``, is a local file. Hub loading goes through ``datasets.load_dataset`` (split
-``train``) and is never exercised offline: the field lists of the unavailable datasets are the expected ones and
+Sources are read by ``gdpo.data.records.read_records``: a local JSON, JSONL or parquet file (or a folder of
+per-split files), or a hub dataset ``owner/name`` / ``owner/name:config``. Hub loading goes through
+``datasets.load_dataset`` (split ``train``) and is never exercised offline: the field lists of the unavailable datasets are the expected ones and
 must be confirmed when online.
 
 Synthetic problems (``synthetic_problems``): two- and three-operand integer arithmetic (+, -, *) and linear
@@ -42,7 +42,6 @@ are drawn.
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import re
 import warnings
@@ -50,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from gdpo.assets import package_file
+from gdpo.data.records import read_file, read_records
 
 __all__ = [
     "BENCHMARK_LOADERS",
@@ -63,7 +63,6 @@ __all__ = [
     "load_math_train",
     "load_minerva",
     "load_olympiad",
-    "load_records",
     "render_synthetic_solution",
     "synthetic_problems",
 ]
@@ -240,51 +239,8 @@ def synthetic_problems(n: int, split: str = "train", seed: int = 0) -> list[dict
 
 
 # --------------------------------------------------------------------------------------------------
-# Reading records
+# Fields of rows (read by gdpo.data.records)
 # --------------------------------------------------------------------------------------------------
-
-
-def _is_local(source: str) -> bool:
-    return Path(source).exists() or source.endswith((".json", ".jsonl", ".parquet"))
-
-
-def _read_file(path: Path) -> list[dict]:
-    if not path.exists():
-        raise FileNotFoundError(f"no data file at {path}")
-    if path.suffix == ".parquet":
-        import pandas as pd
-
-        return pd.read_parquet(path).to_dict("records")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".jsonl":
-        rows = []
-        for i, line in enumerate(text.splitlines()):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path} line {i + 1}: not JSON ({exc})") from None
-        return rows
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not JSON ({exc})") from None
-    if isinstance(data, dict) and isinstance(data.get("data"), list):
-        data = data["data"]
-    if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of records (or {{'data': [...]}})")
-    return data
-
-
-def load_records(source: str | Path, split: str = "train") -> list[dict]:
-    """Raw records of a local JSON/JSONL/parquet file, or of a hub dataset ``owner/name[:config]``."""
-    source = str(source)
-    if _is_local(source):
-        return _read_file(Path(source))
-    from datasets import load_dataset
-
-    name, _, config = source.partition(":")
-    return [dict(row) for row in load_dataset(name, config or None, split=split)]
 
 
 def _answer_text(value: Any, where: str) -> str:
@@ -313,7 +269,7 @@ def _problem_text(row: Any, fields: tuple[str, ...], where: str) -> str:
 
 def _jsonl_package(package: tuple[str, str], member: str) -> tuple[Path, list[dict]]:
     path = package_file(package[0], package[1], member)
-    return path, _read_file(path)
+    return path, read_file(path)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -426,7 +382,7 @@ def _load_problem_answer(
     source: str | Path, name: str, problem_fields: tuple[str, ...], answer_fields: tuple[str, ...]
 ) -> list[dict[str, Any]]:
     out = []
-    for i, row in enumerate(load_records(source)):
+    for i, row in enumerate(read_records(source)[0]):
         where = f"{source} row {i}"
         problem = _problem_text(row, problem_fields, where)
         present = [f for f in answer_fields if row.get(f) is not None]

@@ -1,0 +1,42 @@
+"""gdpo.data.records: one reader for every task's data files."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from gdpo.data.records import read_records
+
+
+def test_every_format_gives_the_same_plain_rows(tmp_path):
+    rows = [{"id": 1, "tests": [1, 2]}, {"id": 2, "tests": [3]}]
+    (tmp_path / "rows.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    (tmp_path / "rows.json").write_text(json.dumps(rows))
+    (tmp_path / "wrapped.json").write_text(json.dumps({"data": rows}))
+    pd.DataFrame(rows).to_parquet(tmp_path / "rows.parquet")
+    for name in ("rows.jsonl", "rows.json", "wrapped.json", "rows.parquet"):
+        got, where = read_records(tmp_path / name)
+        assert got == rows and where == str(tmp_path / name), name
+    assert type(read_records(tmp_path / "rows.parquet")[0][0]["tests"]) is list  # not a numpy array
+
+
+def test_a_folder_is_read_by_split(tmp_path):
+    (tmp_path / "test.jsonl").write_text('{"q": "a"}\n')
+    (tmp_path / "train.json").write_text('[{"q": "b"}]')
+    assert read_records(tmp_path, "test") == ([{"q": "a"}], str(tmp_path / "test.jsonl"))
+    assert read_records(tmp_path, "train")[0] == [{"q": "b"}]
+    with pytest.raises(FileNotFoundError, match="holds none of valid.jsonl, valid.json, valid.parquet"):
+        read_records(tmp_path, "valid")
+
+
+def test_bad_files_are_errors_naming_them(tmp_path):
+    (tmp_path / "object.json").write_text('{"q": "a"}')
+    with pytest.raises(ValueError, match=r"object\.json: expected a JSON list of rows .* got dict"):
+        read_records(tmp_path / "object.json")
+    (tmp_path / "broken.json").write_text("[{")
+    with pytest.raises(ValueError, match=r"broken\.json: not JSON"):
+        read_records(tmp_path / "broken.json")
+    with pytest.raises(FileNotFoundError, match="no data file at"):
+        read_records(tmp_path / "missing.parquet")
+    with pytest.raises(FileNotFoundError, match="no data file at"):
+        read_records("./nowhere")  # a relative path, not a hub name
