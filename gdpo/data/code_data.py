@@ -342,51 +342,41 @@ def _limit(rows: list, limit: int | None) -> list:
 def load_apps(
     source: str | Path = HUB_NAMES["apps"], split: str = "test", limit: int | None = None
 ) -> list[dict]:
-    """APPS problems with tests (rows without tests skipped)."""
-    rows, name = read_records(source, split)
-    out = []
-    for i, row in enumerate(rows):
-        where = f"{name} row {i}"
-        question = _field(row, "question", where)
-        spec = _field(row, "input_output", where, (str, dict), required=False)
-        if not spec:
-            continue  # APPS has rows without tests; they cannot be scored
-        starter = _field(row, "starter_code", where, required=False)
-        out.append(
-            {
-                "id": f"apps/{row.get('problem_id', i)}",
-                "source": "apps",
-                "question": _with_starter(question, starter),
-                "starter_code": starter or "",
-                "tests": tests_from_input_output(spec, f"{where} field 'input_output'"),
-                "difficulty": row.get("difficulty"),
-            }
-        )
-    return _limit(out, limit)
+    """APPS problems with tests (APPS has rows without tests; they cannot be scored and are skipped)."""
+    return _limit(_apps_layout(source, split, "apps", "problem_id", tests_required=False), limit)
 
 
 def load_taco(
     source: str | Path = HUB_NAMES["taco"], split: str = "test", limit: int | None = None
 ) -> list[dict]:
-    """TACO problems (same test layout as APPS)."""
+    """TACO problems (same layout as APPS; every row must have tests)."""
+    return _limit(_apps_layout(source, split, "taco", "id", tests_required=True), limit)
+
+
+def _apps_layout(
+    source: str | Path, split: str, dataset: str, id_field: str, tests_required: bool
+) -> list[dict]:
+    """Rows with ``question``, ``input_output`` (tests) and an optional ``starter_code``."""
     rows, name = read_records(source, split)
     out = []
     for i, row in enumerate(rows):
         where = f"{name} row {i}"
         question = _field(row, "question", where)
-        spec = _field(row, "input_output", where, (str, dict))
+        spec = _field(row, "input_output", where, (str, dict), required=tests_required)
+        if not spec and not tests_required:
+            continue  # skipped by design (APPS); an empty spec elsewhere is an error below
         starter = _field(row, "starter_code", where, required=False)
         out.append(
             {
-                "id": f"taco/{row.get('id', i)}",
-                "source": "taco",
+                "id": f"{dataset}/{row.get(id_field, i)}",
+                "source": dataset,
                 "question": _with_starter(question, starter),
                 "starter_code": starter or "",
                 "tests": tests_from_input_output(spec, f"{where} field 'input_output'"),
                 "difficulty": row.get("difficulty"),
             }
         )
-    return _limit(out, limit)
+    return out
 
 
 CODE_CONTESTS_SETS = ("public_tests", "private_tests", "generated_tests")
