@@ -6,8 +6,8 @@ limit) on the toy task's prompts with its two rewards, at the tiny preset's shap
 TRL runs with ``multi_objective_aggregation="normalize_then_sum"`` (its GDPO). Each side runs in its own
 subprocess, the two sides alternating (``--repeats`` runs each, so a slow spell of this shared machine does not
 fall on one side only); the first step of every run is warm-up and is left out of the medians. A further run of
-each side profiles steps 3-5 (``gdpo.profiling``) for their matrix-multiplication time: the arithmetic a step
-cannot avoid at fp32, which bounds how far engineering can bring the ratio down.
+each side profiles steps 3-5 (``gdpo.profiling``) for their matrix-multiplication time: close to the arithmetic a
+step cannot avoid at fp32, which bounds how far engineering can bring the ratio down.
 
     python bench/bench_trainer.py            # both sides, prints the table and the ratio
     make bench                               # the same, plus the advantage benchmark

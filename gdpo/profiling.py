@@ -7,9 +7,10 @@
                                  generation and update phases), the top operators
 
 The matrix-multiplication time is the self time of ``aten::mm``/``addmm``/``bmm``/``baddbmm``: the linear layers
-of the model in generation, the forward and the backward. On a CPU it is the arithmetic a step cannot avoid at
-its dtype, so ``step_s - matmul_s`` is what any engineering could still remove. The benchmark
-(``bench/bench_trainer.py``) reads the same summary for our trainer and TRL's.
+of the model in generation, the forward and the backward (products inside fused attention kernels are not
+counted). On a CPU it is close to the arithmetic a step cannot avoid at its dtype (fusing small products into
+larger ones changes it a little), so ``step_s - matmul_s`` is about what engineering could still remove. The
+benchmark (``bench/bench_trainer.py``) reads the same summary for our trainer and TRL's.
 """
 
 from __future__ import annotations
