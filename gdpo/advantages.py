@@ -9,7 +9,11 @@ Conventions (the paper leaves these open; see gdpo-paper.md §1.4 and §11):
 * ``unbiased=True`` uses the sample std (divide by N-1) in every std, as the paper's worked numbers
   (±0.7071 for two rollouts with rewards 0 and 1) and all three official codes do.
 * ``eps`` is added to the std, ``(x - mean) / (std + eps)``, in the group step and the batch step.
-  Default 1e-6 as verl-GDPO and NeMo-RL (TRL uses 1e-4).
+  Default 1e-6, the group step's eps of verl-GDPO and NeMo-RL (TRL uses 1e-4 in both steps; in the batch
+  step verl uses ``(var + 1e-8)^-1/2`` and NeMo-RL no eps).
+* GDPO gives exactly 0 to a group whose components cancel exactly (two equally weighted rewards with a
+  constant sum, gdpo-paper.md §1.6). The test runs on eps-free z-scores, so that neither float rounding nor
+  the eps residue of components with different spreads reaches the batch step, which would scale it up.
 * A group in which a quantity is constant gets exactly 0 for it. The test is exact equality of the
   group's values (max == min), not ``std < threshold``: this avoids the float residue that
   ``(x - mean) / (std + eps)`` leaves for constant non-representable rewards (gdpo-paper.md §4.2).
@@ -115,20 +119,25 @@ def is_constant(x: torch.Tensor, valid: torch.Tensor, dim: int) -> torch.Tensor:
 SIGNAL_TESTS = ("any_component", "weighted_sum")
 
 
-def groups_with_signal(rewards: torch.Tensor, weights: Sequence[float], test: str) -> torch.Tensor:
+def groups_with_signal(
+    rewards: torch.Tensor, weights: Sequence[float], test: str, *, unbiased: bool = True
+) -> torch.Tensor:
     """``[B]`` True where a group of ``rewards [B, G, K]`` can teach something (DAPO's dynamic sampling).
 
-    ``any_component``: some component varies within the group (GDPO's view: a component that varies gives a
-    non-zero normalised advantage even when the sums tie). ``weighted_sum``: the weighted sum varies (DAPO's
-    ``seq_reward`` filter, GRPO's view). NaN ("does not apply") entries are left out of the comparison.
+    ``any_component`` (GDPO's view): GDPO's group step gives the group a non-zero advantage, i.e. some component
+    with a non-zero weight varies and the weighted per-component z-scores do not cancel. Sums may tie: with three
+    rewards (1,0,0), (0,1,0), (0,0,1), (1,0,0) carry signal (gdpo-paper.md §1.6). With two equally weighted rewards
+    a tied sum always cancels: (1,0) vs (0,1) carries none. ``weighted_sum`` (GRPO's view, DAPO's ``seq_reward``
+    filter): the weighted sum varies. NaN ("does not apply") entries are left out of the comparison.
     """
     if test not in SIGNAL_TESTS:
         raise ValueError(f"unknown signal test {test!r}; known: {SIGNAL_TESTS}")
-    valid = ~torch.isnan(rewards)
+    w = torch.tensor(weights, dtype=torch.float64)
     if test == "weighted_sum":
-        summed = (torch.nan_to_num(rewards) * torch.tensor(weights, dtype=rewards.dtype)).sum(-1)
-        return ~is_constant(summed, valid.any(-1), dim=1).squeeze(1)
-    return ~is_constant(rewards, valid, dim=1).squeeze(1).all(-1)
+        summed = (torch.nan_to_num(rewards.double()) * w).sum(-1)
+        return ~is_constant(summed, (~torch.isnan(rewards)).any(-1), dim=1).squeeze(1)
+    exact = _weighted_z_sum(rewards.double(), w, eps=0.0, unbiased=unbiased)
+    return ~_cancelled(exact, w).squeeze(1)
 
 
 def group_normalize(x: torch.Tensor, *, eps: float, unbiased: bool, scale: bool = True) -> torch.Tensor:
@@ -164,20 +173,36 @@ def _batch_normalize(
     return out.reshape(a.shape)
 
 
-# A group's weighted sum of z-scores whose spread is below this fraction of sum(|w|) is float rounding
-# of components that cancel exactly (e.g. (1,0) vs (0,1)); z-scores are O(1), so real signal is far above.
+# A group's weighted sum of eps-free z-scores whose spread is below this fraction of sum(|w|) is float
+# rounding of components that cancel exactly (e.g. (1,0) vs (0,1)); z-scores are O(1), so real signal is far
+# above.
 _CANCELLED = 1e-9
 
 
-def _snap_cancelled_groups(summed: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Set to exactly 0 the groups of ``summed [B, G]`` whose components cancel up to float rounding.
+def _weighted_z_sum(rewards: torch.Tensor, weights: torch.Tensor, *, eps: float, unbiased: bool) -> torch.Tensor:
+    """GDPO's group step: per-component group z-scores, weighted and summed, ``[B, G, K] -> [B, G]``."""
+    return (group_normalize(rewards, eps=eps, unbiased=unbiased) * weights).sum(-1)
 
-    Without this, (1,0) vs (0,1) gives residue of order 1e-17 that the batch step (with small eps)
-    would scale up to O(1) advantages when every group of a batch cancels.
+
+def _cancelled(exact: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``[B, 1]`` True where the eps-free weighted z-sums ``exact [B, G]`` of a group are equal up to rounding."""
+    spread = exact.amax(1, keepdim=True) - exact.amin(1, keepdim=True)
+    return spread <= _CANCELLED * weights.abs().sum()
+
+
+def _gdpo_group_step(rewards: torch.Tensor, weights: torch.Tensor, *, eps: float, unbiased: bool) -> torch.Tensor:
+    """The weighted z-sum, with exactly 0 for groups whose components cancel.
+
+    The cancellation test runs on eps-free z-scores: with ``std + eps``, two components that cancel exactly but
+    spread differently (format 0/1 against correctness -3/+3) leave a residue of order eps, and the batch step
+    would scale it up to O(1) advantages in a batch with no other signal.
     """
-    spread = summed.amax(1, keepdim=True) - summed.amin(1, keepdim=True)
-    cancelled = spread <= _CANCELLED * weights.abs().sum()
-    return torch.where(cancelled, torch.zeros_like(summed), summed)
+    summed = _weighted_z_sum(rewards, weights, eps=eps, unbiased=unbiased)
+    if eps == 0:
+        exact = summed
+    else:
+        exact = _weighted_z_sum(rewards, weights, eps=0.0, unbiased=unbiased)
+    return torch.where(_cancelled(exact, weights), torch.zeros_like(summed), summed)
 
 
 def _weighted_sum(rewards: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -208,8 +233,7 @@ def grpo_no_std_advantages(rewards, weights, *, eps, unbiased, batch_norm, lengt
 @register_advantage_estimator("gdpo")
 def gdpo_advantages(rewards, weights, *, eps, unbiased, batch_norm, lengths):
     """GDPO (paper Eq. 4-7): per-component group z-score, weighted sum, then the batch step."""
-    per_component = group_normalize(rewards, eps=eps, unbiased=unbiased)
-    summed = _snap_cancelled_groups((per_component * weights).sum(-1), weights)
+    summed = _gdpo_group_step(rewards, weights, eps=eps, unbiased=unbiased)
     if batch_norm == "none":
         return summed
     scorable = (~torch.isnan(rewards)).any(-1).to(rewards.dtype)

@@ -478,7 +478,7 @@ def sample_groups(
         scored = rewards.score(groups)
         score_s += time.perf_counter() - t0
         # Logged in every mode; used to filter only with dynamic sampling.
-        signal = groups_with_signal(scored.rewards, scored.weights, test)
+        signal = groups_with_signal(scored.rewards, scored.weights, test, unbiased=a.unbiased)
         with_signal += int(signal.sum())
         for i in range(per_rank):
             keep = bool(signal[i]) or a.dynamic_sampling == "off"

@@ -452,15 +452,44 @@ def test_groups_with_signal_per_component_and_on_the_sum():
     nan = float("nan")
     rewards = torch.tensor(
         [
-            [[1.0, 0.0], [0.0, 1.0]],  # both components vary, the sums tie: signal only per component
+            [[1.0, 0.0], [0.0, 1.0]],  # both components vary, the sums tie: they cancel, no signal either way
             [[1.0, 1.0], [1.0, 1.0]],  # nothing varies
             [[1.0, 0.0], [0.0, 0.0]],  # the first component varies and so does the sum
             [[1.0, nan], [1.0, 0.0]],  # NaN is left out: the second component has one value, no signal
         ]
     )
-    assert groups_with_signal(rewards, [1.0, 1.0], "any_component").tolist() == [True, False, True, False]
+    assert groups_with_signal(rewards, [1.0, 1.0], "any_component").tolist() == [False, False, True, False]
     assert groups_with_signal(rewards, [1.0, 1.0], "weighted_sum").tolist() == [False, False, True, False]
-    # With weights (1, 2) the first group's sums differ (1 vs 2).
+    # With weights (1, 2) the first group's sums differ (1 vs 2) and its z-scores no longer cancel.
     assert groups_with_signal(rewards, [1.0, 2.0], "weighted_sum").tolist() == [True, False, True, False]
+    assert groups_with_signal(rewards, [1.0, 2.0], "any_component").tolist() == [True, False, True, False]
+    # A component with weight 0 teaches nothing, however it varies.
+    assert groups_with_signal(rewards, [0.0, 1.0], "any_component").tolist() == [True, False, False, False]
+    # Three rewards with a tied sum (gdpo-paper.md §1.6): GDPO's view has signal, GRPO's has none.
+    three = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]])
+    assert groups_with_signal(three, [1.0, 1.0, 1.0], "any_component").tolist() == [True]
+    assert groups_with_signal(three, [1.0, 1.0, 1.0], "weighted_sum").tolist() == [False]
     with pytest.raises(ValueError, match="unknown signal test 'sum'"):
         groups_with_signal(rewards, [1.0, 1.0], "sum")
+
+
+def test_gdpo_components_that_cancel_with_different_spreads_give_zero():
+    """Format 1/0 against correctness -3/+3, equal weights: the z-scores cancel exactly (gdpo-paper.md §1.6), but
+    with std + eps they differ by about 1e-6. The batch step must not scale that residue up when the batch has no
+    other signal (it gave +-0.64 while the cancellation test used the eps z-scores)."""
+    from gdpo.advantages import groups_with_signal
+
+    rewards = torch.tensor(
+        [
+            [[1.0, -3.0], [1.0, -3.0], [0.0, 3.0], [0.0, 3.0]],
+            [[1.0, 3.0]] * 4,
+        ]
+    )
+    for batch_norm in ("none", "sequence"):
+        adv = compute_advantages(rewards, "gdpo", weights=[1.0, 1.0], batch_norm=batch_norm)
+        assert adv.tolist() == [[0.0] * 4] * 2, batch_norm
+    assert groups_with_signal(rewards, [1.0, 1.0], "any_component").tolist() == [False, False]
+    # Unequal weights do not cancel: z = +-0.866 per component, 0.866 * (1 - 0.5) = 0.433 before the batch step.
+    adv = compute_advantages(rewards, "gdpo", weights=[1.0, 0.5], batch_norm="none")
+    assert adv[0].tolist() == pytest.approx([0.433013, 0.433013, -0.433013, -0.433013], abs=1e-5)
+    assert groups_with_signal(rewards, [1.0, 0.5], "any_component").tolist() == [True, False]

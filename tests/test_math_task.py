@@ -62,6 +62,8 @@ PATHOLOGICAL = "\\boxed{9^{9^{9^{9}}}}"  # sympy tries to evaluate a number with
         ("\\boxed{42", "42", 0.0),  # truncated box
         ("\\boxed{}", "42", 0.0),
         ("so $\\boxed 5$.", "5", 1.0),
+        ("so \\boxed {5}.", "5", 1.0),  # a space before the brace is still a box
+        ("\\fbox {12}", "12", 1.0),
         ("\\fbox{12}", "12", 1.0),
         ("", "42", 0.0),
         ("\\boxed{42}", "", 0.0),

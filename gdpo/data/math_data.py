@@ -79,7 +79,7 @@ HUB_DEFAULTS = {
 # Boxed answers
 # --------------------------------------------------------------------------------------------------
 
-_BOX_OPENER = re.compile(r"\\(?:boxed|fbox)\{|\\boxed +(?=[^\s${}])")
+_BOX_OPENER = re.compile(r"\\(?:boxed|fbox)\s*\{|\\boxed +(?=[^\s${}])")
 _SPACE_BOX_TOKEN = re.compile(r"[^\s${}]+")
 _BRACE = re.compile(r"[{}]")
 
