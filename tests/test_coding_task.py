@@ -30,6 +30,7 @@ from gdpo.tasks.coding import (
 )
 
 FIXTURES = Path(__file__).parent / "fixtures" / "code"
+REPO = Path(__file__).resolve().parent.parent
 SUM_TESTS = [{"input": "3 5\n", "output": "8\n"}, {"input": "10 -4", "output": "6"}]
 SUM = "a, b = map(int, input().split())\nprint(a + b)"
 
@@ -334,6 +335,20 @@ def test_task_factory_options():
     for messages, completion in task.demonstrations:
         row = next(r for r in task.train if r["messages"] == messages)
         assert extract_program(completion) == row["reference"]
+
+
+def test_evaluation_scores_with_the_task_limits():
+    """The reproduction's evaluation reads the task's own limits (it had a second default: 4000 tokens, 5 s)."""
+    from gdpo.config import TrainConfig, load_config
+    from gdpo.tasks.coding import scoring_limits
+
+    tiny = load_config(TrainConfig, REPO / "experiments/coding/configs/tiny.yaml")
+    assert scoring_limits(dict(tiny.data.options)) == {"length_limit": 44, "timeout_s": 2.0, "memory_mb": 512}
+    paper = load_config(TrainConfig, REPO / "experiments/coding/configs/paper-r1-7b.yaml")
+    assert scoring_limits(dict(paper.data.options))["length_limit"] == 4000
+    assert scoring_limits({"source": "eurus", "timeout_s": 3})["timeout_s"] == 3.0
+    task = build({"num_train": 4, "num_test": 4, "num_demonstrations": 2, "length_limit": 50, "memory_mb": 256})
+    assert task.test[0]["length_limit"] == 50 and task.rewards.executor.memory_mb == 256
 
 
 @pytest.mark.parametrize(

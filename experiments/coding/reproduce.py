@@ -45,13 +45,13 @@ def evaluate_model(
 
     from eval import code_bench
     from gdpo.tasks import build_task
+    from gdpo.tasks.coding import scoring_limits
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     options = dict(cfg.data.options)
-    length_limit = int(options.get("length_limit", 4000))
-    timeout_s = float(options.get("timeout_s", 5.0))
+    limits = scoring_limits(options)  # the task's own: Exceed and Bug measure what training rewarded
     summary: dict = {}
     for name in benchmarks:
         if name == "synthetic":
@@ -62,7 +62,7 @@ def evaluate_model(
         else:
             items = code_bench.load_benchmark(name, sources.get(name), limit)
         responses = code_bench.generate(model, tokenizer, items, cfg.rollout, samples=k, seed=0)
-        records = code_bench.score(name, items, responses, length_limit=length_limit, timeout_s=timeout_s)
+        records = code_bench.score(name, items, responses, **limits)
         summary[name] = code_bench.summarise(records)
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))

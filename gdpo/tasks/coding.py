@@ -772,6 +772,22 @@ SOURCE_DEFAULTS = {  # length limit (tokens), timeout per test (s), train / test
 }
 
 
+def scoring_limits(options: dict) -> dict:
+    """``length_limit`` (tokens), ``timeout_s`` and ``memory_mb`` the task scores with, given its ``data.options``.
+
+    The evaluation reads them here too, so that Exceed and Bug measure what training rewarded.
+    """
+    source = options.get("source", "synthetic")
+    if source not in SOURCE_DEFAULTS:
+        raise ValueError(f"task 'coding': unknown source {source!r}; known: {sorted(SOURCE_DEFAULTS)}")
+    defaults = SOURCE_DEFAULTS[source]
+    return {
+        "length_limit": int(options.get("length_limit", defaults["length_limit"])),
+        "timeout_s": float(options.get("timeout_s", defaults["timeout_s"])),
+        "memory_mb": int(options.get("memory_mb", 512)),
+    }
+
+
 def _rows(records: list[dict], length_limit: int) -> list[dict]:
     rows = []
     for record in records:
@@ -814,15 +830,14 @@ def build_coding_task(options: dict, seed: int) -> Task:
 
     from gdpo.data.code_data import HUB_NAMES
 
+    limits = scoring_limits(options)
+    length_limit, timeout_s, memory_mb = limits["length_limit"], limits["timeout_s"], limits["memory_mb"]
+    for key in limits:
+        options.pop(key, None)
     source = options.pop("source", "synthetic")
-    if source not in SOURCE_DEFAULTS:
-        raise ValueError(f"task 'coding': unknown source {source!r}; known: {sorted(SOURCE_DEFAULTS)}")
     defaults = SOURCE_DEFAULTS[source]
     path = options.pop("path", None)
     objectives = int(options.pop("objectives", 2))
-    length_limit = int(options.pop("length_limit", defaults["length_limit"]))
-    timeout_s = float(options.pop("timeout_s", defaults["timeout_s"]))
-    memory_mb = int(options.pop("memory_mb", 512))
     workers = options.pop("workers", None)
     num_train = options.pop("num_train", defaults["num_train"])
     num_test = options.pop("num_test", defaults["num_test"])
