@@ -179,7 +179,9 @@ def _batch_normalize(
 _CANCELLED = 1e-9
 
 
-def _weighted_z_sum(rewards: torch.Tensor, weights: torch.Tensor, *, eps: float, unbiased: bool) -> torch.Tensor:
+def _weighted_z_sum(
+    rewards: torch.Tensor, weights: torch.Tensor, *, eps: float, unbiased: bool
+) -> torch.Tensor:
     """GDPO's group step: per-component group z-scores, weighted and summed, ``[B, G, K] -> [B, G]``."""
     return (group_normalize(rewards, eps=eps, unbiased=unbiased) * weights).sum(-1)
 
@@ -190,7 +192,9 @@ def _cancelled(exact: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return spread <= _CANCELLED * weights.abs().sum()
 
 
-def _gdpo_group_step(rewards: torch.Tensor, weights: torch.Tensor, *, eps: float, unbiased: bool) -> torch.Tensor:
+def _gdpo_group_step(
+    rewards: torch.Tensor, weights: torch.Tensor, *, eps: float, unbiased: bool
+) -> torch.Tensor:
     """The weighted z-sum, with exactly 0 for groups whose components cancel.
 
     The cancellation test runs on eps-free z-scores: with ``std + eps``, two components that cancel exactly but
@@ -198,10 +202,7 @@ def _gdpo_group_step(rewards: torch.Tensor, weights: torch.Tensor, *, eps: float
     would scale it up to O(1) advantages in a batch with no other signal.
     """
     summed = _weighted_z_sum(rewards, weights, eps=eps, unbiased=unbiased)
-    if eps == 0:
-        exact = summed
-    else:
-        exact = _weighted_z_sum(rewards, weights, eps=0.0, unbiased=unbiased)
+    exact = summed if eps == 0 else _weighted_z_sum(rewards, weights, eps=0.0, unbiased=unbiased)
     return torch.where(_cancelled(exact, weights), torch.zeros_like(summed), summed)
 
 

@@ -72,8 +72,16 @@ def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
 
 
 def all_reduce_sum(value: float | int, device: torch.device | None = None) -> float:
+    """Sum of a number over ranks (a float64 tensor on ``device``, by default where the backend needs it)."""
     if world_size() == 1:
         return float(value)
-    t = torch.tensor(float(value), dtype=torch.float64, device=device)
+    t = torch.tensor(float(value), dtype=torch.float64, device=device or collective_device())
     dist.all_reduce(t)
     return t.item()
+
+
+def collective_device() -> torch.device:
+    """Where a collective's tensors must live: NCCL takes CUDA tensors only, gloo CPU ones."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")

@@ -8,7 +8,9 @@ Where this departs from the paper and the official codes (each is a config optio
 * The advantage is computed on the raw reward components only; a KL term, when on, is a loss term applied
   identically to every method (``algorithm.kl_coef``). verl-GDPO put an in-reward KL into GRPO but not GDPO.
 * Rollouts use one seeded random stream per completion, keyed by (seed, step, prompt position), so a run is
-  independent of the number of processes and of where it was resumed.
+  independent of the number of processes and of where it was resumed. Exception: with dynamic sampling each
+  rank fills its own share of the batch from its own prompts, so which groups are kept depends on the number
+  of processes.
 * Zero-variance, singleton and NaN handling follow ``gdpo.advantages`` (exact zeros, decided per component).
 * Data parallelism: each rank takes a contiguous block of whole prompts (all G rollouts of a prompt on one
   rank); rewards are all-gathered so GDPO's batch statistics cover the global batch.
@@ -124,6 +126,27 @@ class Layout:
     @property
     def grad_accumulation(self) -> int:
         return self.sequences_per_mini_batch // self.micro_batch_size
+
+
+def check_training_settings(cfg: TrainConfig) -> None:
+    """Values a training run cannot use, as errors naming the field (checked before anything is loaded)."""
+    r = cfg.rollout
+    problems = [
+        (r.temperature > 0, f"rollout.temperature must be > 0 for training (got {r.temperature}): the loss needs "
+         "the sampling distribution's log-probs, and greedy completions give them no gradient"),
+        (0 < r.top_p <= 1, f"rollout.top_p must be in (0, 1] (got {r.top_p})"),
+        (r.max_new_tokens >= 1, f"rollout.max_new_tokens must be >= 1 (got {r.max_new_tokens})"),
+        (r.num_rollouts >= 1, f"rollout.num_rollouts must be >= 1 (got {r.num_rollouts})"),
+        (cfg.data.prompts_per_step >= 1, f"data.prompts_per_step must be >= 1 (got {cfg.data.prompts_per_step})"),
+        (cfg.algorithm.num_iterations >= 1, f"algorithm.num_iterations must be >= 1 (got {cfg.algorithm.num_iterations})"),
+        (cfg.optim.mini_batches >= 1, f"optim.mini_batches must be >= 1 (got {cfg.optim.mini_batches})"),
+        (cfg.optim.micro_batch_size >= 1, f"optim.micro_batch_size must be >= 1 (got {cfg.optim.micro_batch_size})"),
+        (cfg.logging.keep_checkpoints >= 1, f"logging.keep_checkpoints must be >= 1 (got "
+         f"{cfg.logging.keep_checkpoints}): the checkpoint just written would be deleted"),
+    ]  # fmt: skip
+    for ok, message in problems:
+        if not ok:
+            raise ValueError(message)
 
 
 def plan_layout(cfg: TrainConfig, world: int) -> Layout:
@@ -319,8 +342,12 @@ def policy_update(
         return [slice(i, i + layout.micro_batch_size) for i in range(start, stop, layout.micro_batch_size)]
 
     old_logprobs = ref_logprobs = None
+    updates = a.num_iterations * (n // layout.sequences_per_mini_batch)
+    lr = engine.get_lr()[0]  # the rate of this step's first update (DeepSpeed steps the scheduler after it)
     with torch.no_grad():
-        if a.num_iterations > 1:
+        # After the first update the policy has moved: later mini-batches and passes need the behaviour
+        # policy's log-probs for the ratio (with one update, the detached current log-probs are the same).
+        if updates > 1:
             old_logprobs = torch.cat(
                 [
                     completion_logprobs(engine, ro, s, temp, forbidden, False, share)[0]
@@ -393,14 +420,14 @@ def policy_update(
                 ):
                     sums[key] += (value.detach().float() * m).sum().item()
                 tokens_seen += m.sum().item()
-    passes = a.num_iterations * (n // layout.sequences_per_mini_batch)
+    passes = updates
     # Each rank's loss is normalised by global counts, so the global loss is the sum over ranks.
     stats = {key: all_reduce_sum(sums[key]) / passes for key in ("loss", "pg_loss")}
     for key in ("kl", "entropy", "clip_frac/low", "clip_frac/high"):
         stats[key] = all_reduce_sum(sums[key]) / max(all_reduce_sum(tokens_seen), 1.0)
     grad_norms = [g for g in grad_norms if g is not None]
     stats["grad_norm"] = float(np.mean(grad_norms)) if grad_norms else float("nan")
-    stats["lr"] = engine.get_lr()[0]
+    stats["lr"] = lr
     return stats, all_reduce_sum(tokens_seen) / a.num_iterations
 
 
@@ -510,6 +537,7 @@ def sample_groups(
 
 def train(cfg: TrainConfig, *, resume: bool = False, task: Task | None = None) -> Path:
     """Run (or resume) an RL run; returns the run folder."""
+    check_training_settings(cfg)
     device = pick_device(cfg.device)
     rank, world = init_distributed(device)
     seed_everything(cfg.seed)

@@ -223,6 +223,12 @@ OPTION_RUNS = {
     ],
     "zero2-offload": ["optim.zero_stage=2", "optim.offload_optimizer=true"],
     "dynamic-sampling": ["algorithm.dynamic_sampling=any_component", "algorithm.max_sampling_rounds=2"],
+    "mini-batches-warmup": [
+        "optim.mini_batches=2",
+        "optim.lr=2e-2",
+        "optim.warmup_steps=4",
+        "optim.lr_schedule=constant",
+    ],
 }
 SLOW_RUNS = {"zero2-offload"}  # DeepSpeedCPUAdam is JIT-compiled on first use (about a minute)
 
@@ -256,6 +262,30 @@ def test_option_combinations_train(name, tmp_path, subprocess_env, toy_model_dir
         assert 0 < metrics[0]["completion/truncated_frac"] < 1
     else:
         assert all(m["kl"] == 0 for m in metrics)
+    if name == "mini-batches-warmup":
+        # Two updates per step: the logged rate is the step's first update's (warmup 1/4, then 3/4 of 2e-2) ...
+        assert [m["lr"] for m in metrics] == pytest.approx([5e-3, 1.5e-2])
+        # ... and the second mini-batch is scored against the behaviour policy, so the clip can act.
+        assert any(m["clip_frac/low"] + m["clip_frac/high"] > 0 for m in metrics)
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("rollout.temperature=0", "rollout.temperature must be > 0"),
+        ("rollout.top_p=0", r"rollout.top_p must be in \(0, 1\]"),
+        ("rollout.max_new_tokens=0", "rollout.max_new_tokens must be >= 1"),
+        ("logging.keep_checkpoints=0", "logging.keep_checkpoints must be >= 1"),
+        ("optim.mini_batches=0", "optim.mini_batches must be >= 1"),
+    ],
+)
+def test_unusable_training_settings_are_errors_naming_the_field(override, field):
+    from gdpo.config import TrainConfig, load_config
+    from gdpo.trainer import check_training_settings
+
+    check_training_settings(load_config(TrainConfig, CONFIG))  # the toy preset itself is fine
+    with pytest.raises(ValueError, match=field):
+        check_training_settings(load_config(TrainConfig, CONFIG, [override]))
 
 
 def test_chat_template_comes_from_the_config(tmp_path, toy_model_dir, toy_task):
