@@ -347,7 +347,9 @@ def test_evaluation_scores_with_the_task_limits():
     paper = load_config(TrainConfig, REPO / "experiments/coding/configs/paper-r1-7b.yaml")
     assert scoring_limits(dict(paper.data.options))["length_limit"] == 4000
     assert scoring_limits({"source": "eurus", "timeout_s": 3})["timeout_s"] == 3.0
-    task = build({"num_train": 4, "num_test": 4, "num_demonstrations": 2, "length_limit": 50, "memory_mb": 256})
+    task = build(
+        {"num_train": 4, "num_test": 4, "num_demonstrations": 2, "length_limit": 50, "memory_mb": 256}
+    )
     assert task.test[0]["length_limit"] == 50 and task.rewards.executor.memory_mb == 256
 
 
