@@ -247,7 +247,9 @@ class HFRollout:
         so_far, live = torch.stack(tokens, 1), torch.stack(alive, 1)
         for row in (~finished).nonzero().flatten().tolist():
             text = self.tokenizer.decode(so_far[row][live[row]], skip_special_tokens=True)
-            hit[row] = any(text.endswith(s) for s in self.cfg.stop)
+            # Anywhere in the text, not only at its end: the token that completes a stop string may carry
+            # more characters ("." inside ".)"). Checked every step, so the first occurrence stops the row.
+            hit[row] = any(s in text for s in self.cfg.stop)
         return hit
 
     def _package(self, rows, tokens, logps, alive, finished) -> Rollouts:

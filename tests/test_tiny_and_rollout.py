@@ -154,6 +154,22 @@ def test_stop_strings_end_a_completion(toy_policy, toy_task):
     assert all(c == "<answer>" for c in started)
 
 
+def test_a_stop_string_inside_the_last_token_stops_the_row(toy_policy):
+    _, tokenizer = toy_policy
+    backend = HFRollout(None, tokenizer, RolloutConfig(stop=["x"]))
+    # a token whose text has a first character that does not end it (e.g. "<a" for stop "<")
+    token, text = next(
+        (i, t)
+        for i in range(len(tokenizer))
+        if i not in tokenizer.all_special_ids and len(t := tokenizer.decode([i])) >= 2 and t[0] not in t[1:]
+    )
+    backend.cfg.stop = [text[0]]
+    hit = backend._hit_stop(
+        [torch.tensor([token, token])], [torch.tensor([True, True])], torch.tensor([False, True])
+    )
+    assert hit.tolist() == [True, False]  # the finished row is not looked at
+
+
 def test_top_p_filter_keeps_the_smallest_prefix():
     probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
     assert _top_p_filter(probs, 0.7).tolist()[0] == pytest.approx([0.625, 0.375, 0.0, 0.0])
