@@ -364,6 +364,9 @@ class VLLMRollout:
         if self.sleep:
             self.llm.wake_up()
         rows, seeds = expand_rows(prompt_ids, prompt_seeds, num_rollouts)
+        # The padding token is never a completion token (as in the hf backend and the trainer's log-probs). A
+        # model may list it among its end tokens (Qwen2.5: <|endoftext|>), and vLLM would stop on it and keep it.
+        forbidden = forbidden_token(self.tokenizer)
         params = [
             SamplingParams(
                 n=1,
@@ -373,6 +376,7 @@ class VLLMRollout:
                 stop=self.cfg.stop or None,
                 seed=seed,
                 logprobs=0,
+                logit_bias=None if forbidden is None else {forbidden: -100.0},  # vLLM's largest ban
             )
             for seed in seeds
         ]

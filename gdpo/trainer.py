@@ -465,6 +465,18 @@ def take_groups(tokenizer, parts: list[tuple[Rollouts, int]], g: int) -> Rollout
     return pack_rollouts(tokenizer, prompts, completions, logprobs, truncated)
 
 
+def check_no_forbidden_token(ro: Rollouts, forbidden: int | None) -> None:
+    """The update gives the padding token log-prob -inf: a completion holding it would make the loss NaN."""
+    if forbidden is None:
+        return
+    rows = ((ro.input_ids[:, ro.prompt_width :] == forbidden) & ro.completion_mask).any(-1).nonzero()
+    if len(rows):
+        raise ValueError(
+            f"completion {rows[0].item()} of this step contains the padding token {forbidden}, which the trainer "
+            "forbids (gdpo.rollout.forbidden_token); the rollout backend must never emit it"
+        )
+
+
 def sample_groups(
     cfg: TrainConfig, step: int, backend, tokenizer, prompts, task: Task, rewards, first: int, layout: Layout
 ):
@@ -490,6 +502,7 @@ def sample_groups(
             [prompt_seed(cfg.seed, virtual_step, p) for p in mine],
             g,
         )
+        check_no_forbidden_token(ro, forbidden_token(tokenizer))
         groups = [
             [
                 dict(

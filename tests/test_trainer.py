@@ -387,3 +387,19 @@ def test_dynamic_sampling_keeps_groups_with_signal(toy_policy, toy_task):
                     )
                 ]
             )
+
+
+def test_a_completion_holding_the_padding_token_is_an_error(toy_policy):
+    from gdpo.rollout import forbidden_token, pack_rollouts
+    from gdpo.trainer import check_no_forbidden_token
+
+    _, tokenizer = toy_policy
+    pad, eos = forbidden_token(tokenizer), tokenizer.eos_token_id
+    assert pad is not None and pad != eos
+    ok = pack_rollouts(tokenizer, [[5, 6], [7]], [[8, eos], [9]], [[0.0, 0.0], [0.0]], [False, True])
+    check_no_forbidden_token(ok, pad)  # padding after a short completion is not a completion token
+    bad = pack_rollouts(
+        tokenizer, [[5, 6], [7]], [[8, eos], [9, pad]], [[0.0, 0.0], [0.0, 0.0]], [False, False]
+    )
+    with pytest.raises(ValueError, match=f"completion 1 of this step contains the padding token {pad}"):
+        check_no_forbidden_token(bad, pad)
