@@ -302,7 +302,13 @@ class OptimConfig:
     share_prompt_forward: bool = field_(
         True,
         help="run each prompt's forward pass once per group and feed its KV cache to the G completions "
-        "(same log-probs and gradients up to float rounding, fewer FLOPs); needs a model with use_cache",
+        "(same log-probs and gradients up to float rounding, fewer FLOPs); needs a model with use_cache. Off "
+        "under ZeRO-3 on several processes, where every forward is a collective and ranks must run as many",
+    )
+    deepspeed_config: dict[str, typing.Any] = field_(
+        default_factory=dict,
+        help="extra DeepSpeed config keys, merged over the generated config (nested mappings merge key by key), "
+        "e.g. {zero_optimization: {stage3_param_persistence_threshold: 0}}",
     )
 
 

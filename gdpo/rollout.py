@@ -148,10 +148,14 @@ def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
 
 
 class HFRollout:
-    """Sample from a transformers causal LM with a KV cache, one seeded random stream per completion."""
+    """Sample from a transformers causal LM with a KV cache, one seeded random stream per completion.
 
-    def __init__(self, model, tokenizer, cfg: RolloutConfig):
-        self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
+    ``synced``: every rank decodes until the rows of all ranks are finished. Needed where the forward is a
+    collective (ZeRO-3 gathers partitioned parameters in it); elsewhere each rank stops on its own.
+    """
+
+    def __init__(self, model, tokenizer, cfg: RolloutConfig, *, synced: bool = False):
+        self.model, self.tokenizer, self.cfg, self.synced = model, tokenizer, cfg, synced
         if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer needs a pad token and an EOS token for generation")
 
@@ -207,7 +211,7 @@ class HFRollout:
             tokens.append(token)
             logps.append(torch.where(finished, torch.zeros_like(logp), logp))
             finished = finished | token.eq(tok.eos_token_id) | self._hit_stop(tokens, alive, finished)
-            if finished.all():
+            if self._all_done(finished):
                 break
             mask = torch.cat([mask, alive[-1].long()[:, None]], dim=1)
             out = self.model(
@@ -221,6 +225,14 @@ class HFRollout:
             next_pos = next_pos + 1
         self.model.train(was_training)
         return self._package(rows, tokens, logps, alive, finished)
+
+    def _all_done(self, finished: torch.Tensor) -> bool:
+        done = bool(finished.all())
+        if not self.synced:
+            return done
+        from gdpo.distributed import all_reduce_sum
+
+        return all_reduce_sum(0 if done else 1) == 0
 
     def _sample(self, logits: torch.Tensor, generators, greedy: bool) -> tuple[torch.Tensor, torch.Tensor]:
         forbidden = forbidden_token(self.tokenizer)
@@ -392,10 +404,11 @@ class VLLMRollout:
 
 
 def make_rollout_backend(
-    cfg: RolloutConfig, model, tokenizer, *, model_path: str, dtype: str, seed: int
+    cfg: RolloutConfig, model, tokenizer, *, model_path: str, dtype: str, seed: int, synced: bool = False
 ) -> RolloutBackend:
-    """The configured backend; ``vllm`` needs the vLLM environment (``make setup-vllm``)."""
+    """The configured backend; ``vllm`` needs the vLLM environment (``make setup-vllm``). ``synced``: see
+    :class:`HFRollout`."""
     if cfg.backend == "hf":
-        return HFRollout(model, tokenizer, cfg)
+        return HFRollout(model, tokenizer, cfg, synced=synced)
     device = next(model.parameters()).device
     return VLLMRollout(model_path, tokenizer, cfg, dtype=dtype, seed=seed, device=device)

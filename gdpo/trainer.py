@@ -182,6 +182,15 @@ def lr_lambda(cfg: TrainConfig, total_updates: int):
     return factor
 
 
+def merge_config(base: dict, extra: dict) -> dict:
+    """``base`` updated with ``extra``; where both hold a mapping under a key, they merge recursively."""
+    out = dict(base)
+    for key, value in extra.items():
+        both = isinstance(out.get(key), dict) and isinstance(value, dict)
+        out[key] = merge_config(out[key], value) if both else value
+    return out
+
+
 def build_engine(cfg: TrainConfig, model, layout: Layout, world: int):
     import deepspeed
 
@@ -210,6 +219,7 @@ def build_engine(cfg: TrainConfig, model, layout: Layout, world: int):
         optimizer = torch.optim.AdamW(
             model.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay
         )
+    ds_config = merge_config(ds_config, o.deepspeed_config)
     model.train()
     engine, _, _, _ = deepspeed.initialize(
         model=model,
@@ -321,6 +331,15 @@ def completion_logprobs(
     return logp, entropy
 
 
+def shares_prompt_forward(cfg: TrainConfig, world: int) -> bool:
+    """``optim.share_prompt_forward``, except under ZeRO-3 on several processes.
+
+    There every forward gathers the partitioned parameters (a collective), so every rank must run as many
+    forwards; the shared path runs one or two per micro-batch depending on the rank's completion lengths.
+    """
+    return cfg.optim.share_prompt_forward and not (cfg.optim.zero_stage == 3 and world > 1)
+
+
 def policy_update(
     engine,
     ref_model,
@@ -335,7 +354,7 @@ def policy_update(
     loss_mask = ro.completion_mask
     if cfg.rollout.mask_truncated:
         loss_mask = loss_mask & ~ro.truncated[:, None]
-    temp, share = cfg.rollout.temperature, cfg.optim.share_prompt_forward
+    temp, share = cfg.rollout.temperature, shares_prompt_forward(cfg, world)
     n = advantages.shape[0]
 
     def micro_slices(start: int, stop: int) -> list[slice]:
@@ -572,7 +591,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, task: Task | None = None) -
     engine = build_engine(cfg, model, layout, world)
     rewards = task.rewards.with_weights(cfg.algorithm.reward_weights)
     backend = make_rollout_backend(
-        cfg.rollout, engine.module, tokenizer, model_path=model_path, dtype=cfg.model.dtype, seed=cfg.seed
+        cfg.rollout,
+        engine.module,
+        tokenizer,
+        model_path=model_path,
+        dtype=cfg.model.dtype,
+        seed=cfg.seed,
+        synced=cfg.optim.zero_stage == 3 and world > 1,  # ZeRO-3's forward is a collective
     )
     prompts = [encode_prompt(tokenizer, row["messages"]) for row in task.train]
     too_long = [i for i, p in enumerate(prompts) if len(p) > cfg.rollout.max_prompt_tokens]
@@ -662,11 +687,23 @@ def train(cfg: TrainConfig, *, resume: bool = False, task: Task | None = None) -
     if progress is not None:
         progress.close()
     run.close()
-    if rank == 0:
-        engine.module.save_pretrained(run.dir / "final_model")
-        tokenizer.save_pretrained(run.dir / "final_model")
+    save_final_model(engine, tokenizer, run.dir / "final_model", rank)
     barrier()
     return run.dir
+
+
+def save_final_model(engine, tokenizer, out: Path, rank: int) -> None:
+    """The trained policy as a Hugging Face folder, written by rank 0.
+
+    Under ZeRO-3 the parameters are partitioned over ranks (a rank holds empty placeholders): every rank takes
+    part in gathering them, layer by layer, into rank 0's full state dict.
+    """
+    state_dict = None
+    if engine.zero_optimization_partition_weights():
+        state_dict = engine._zero3_consolidated_16bit_state_dict()  # collective; None on ranks > 0
+    if rank == 0:
+        engine.module.save_pretrained(out, state_dict=state_dict)
+        tokenizer.save_pretrained(out)
 
 
 def _progress(cfg: TrainConfig, start: int, rank: int):

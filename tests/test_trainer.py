@@ -198,6 +198,34 @@ def test_two_processes_give_the_same_advantages(full_run, tmp_path, subprocess_e
     assert json.loads((run_dir / "metadata.json").read_text())["world_size"] == 2
 
 
+# The tiny model's matrices are below ZeRO-3's default persistence threshold (1e5 elements): without this
+# override nothing would be partitioned and the gathering code paths would go untested.
+ZERO3_PARTITION_ALL = "optim.deepspeed_config={zero_optimization: {stage3_param_persistence_threshold: 0}}"
+
+
+def _assert_full_weights(final_model: Path, reference: Path) -> None:
+    """Every tensor of the saved model has the reference model's shape (a ZeRO-3 placeholder has shape (0,))."""
+    import torch
+    from safetensors.torch import load_file
+
+    saved, expected = load_file(final_model / "model.safetensors"), load_file(reference / "model.safetensors")
+    assert {k: tuple(v.shape) for k, v in saved.items()} == {k: tuple(v.shape) for k, v in expected.items()}
+    assert all(torch.isfinite(v.float()).all() for v in saved.values())
+
+
+def test_two_processes_under_zero3_finish_and_save_full_weights(tmp_path, subprocess_env, toy_model_dir):
+    """ZeRO-3 over 2 ranks: every forward gathers parameters (a collective), so the ranks decode in step until
+    all rows of both are done, and the final model is gathered from the partitions."""
+    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "2"]
+    run_dir = tmp_path / "zero3-ddp"
+    result = _run(
+        ["steps=2", "optim.zero_stage=3", ZERO3_PARTITION_ALL], subprocess_env, run_dir, launcher=torchrun
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [m["step"] for m in read_jsonl(run_dir / "metrics.jsonl")] == [1, 2]
+    _assert_full_weights(run_dir / "final_model", toy_model_dir)
+
+
 OPTION_RUNS = {
     "zero2-mu2-kl-entropy-token": [
         "optim.zero_stage=2",
@@ -220,6 +248,7 @@ OPTION_RUNS = {
         "optim.precision=bf16",
         "algorithm.method=grpo_no_std",
         "model.gradient_checkpointing=true",
+        ZERO3_PARTITION_ALL,
     ],
     "zero2-offload": ["optim.zero_stage=2", "optim.offload_optimizer=true"],
     "dynamic-sampling": ["algorithm.dynamic_sampling=any_component", "algorithm.max_sampling_rounds=2"],
@@ -262,6 +291,8 @@ def test_option_combinations_train(name, tmp_path, subprocess_env, toy_model_dir
         assert 0 < metrics[0]["completion/truncated_frac"] < 1
     else:
         assert all(m["kl"] == 0 for m in metrics)
+    if name.startswith("zero3"):
+        _assert_full_weights(run_dir / "final_model", toy_model_dir)
     if name == "mini-batches-warmup":
         # Two updates per step: the logged rate is the step's first update's (warmup 1/4, then 3/4 of 2e-2) ...
         assert [m["lr"] for m in metrics] == pytest.approx([5e-3, 1.5e-2])
