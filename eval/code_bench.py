@@ -19,7 +19,8 @@ parallel pool). The paper defines none of its metrics (gdpo-paper.md §7.3); our
 Prompts: HumanEval asks to complete the function (the prompt shown in a python block) and the program is
 prompt + completion + test + ``check(entry_point)``; the other benchmarks show the problem statement followed by
 the task's answer instruction (``gdpo.tasks.coding.code_messages``). Items whose prompt exceeds
-``--max-prompt-tokens`` are not generated: their responses count as empty (no program). Sources other than
+``--max-prompt-tokens`` are not generated: they count as failed (Pass), not as bugs or exceeding, and the summary
+counts them (``skipped_prompt_too_long``). Sources other than
 HumanEval are not available offline: ``--source NAME=PATH`` gives a local file or folder, otherwise the hub name
 in ``gdpo.data.code_data.HUB_NAMES`` is read with ``datasets``.
 
@@ -129,6 +130,7 @@ def score(
     records = []
     for (item, j, r), result in zip(flat, results):
         statuses = Counter(c.status for c in result.cases)
+        generated = not r.get("skipped", False)  # a skipped item (prompt too long) is wrong, not buggy
         records.append(
             {
                 "benchmark": benchmark,
@@ -137,12 +139,11 @@ def score(
                 **r,
                 "passed": result.all_passed,
                 "pass_rate": result.pass_rate,
-                "bug": result.has_bug,
-                "compile_runtime_error": any(
-                    c.status in ("compile_error", "runtime_error", "memory") for c in result.cases
-                ),
-                "timeout": statuses["timeout"] > 0,
-                "no_code": result.program is None,
+                "bug": generated and result.has_bug,
+                "compile_runtime_error": generated
+                and any(c.status in ("compile_error", "runtime_error", "memory") for c in result.cases),
+                "timeout": generated and statuses["timeout"] > 0,
+                "no_code": generated and result.program is None,
                 "exceed": r["truncated"] or r["num_tokens"] > length_limit,
                 "statuses": dict(statuses),
                 "first_error": next((c.detail for c in result.cases if c.detail), ""),
@@ -166,6 +167,7 @@ def summarise(records: Sequence[dict]) -> dict[str, float]:
     return {
         "items": len(by_item),
         "responses": n,
+        "skipped_prompt_too_long": sum(all(r.get("skipped", False) for r in rs) for rs in by_item.values()),
         "pass": 100.0 * sum(sum(r["passed"] for r in rs) / len(rs) for rs in by_item.values()) / len(by_item),
         "exceed": share("exceed"),
         "bug": share("bug"),

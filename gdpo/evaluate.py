@@ -1,10 +1,12 @@
 """Score a model on a task's held-out prompts with the task's own reward components.
 
-    python -m gdpo.evaluate --model runs/.../final_model --task tool_calling --out eval.json data.options.compact_prompt=true
+    python -m gdpo.evaluate --model runs/.../final_model --config experiments/toy/configs/tiny.yaml \
+        --out eval.json --max format=1 data.options.demo_noise=0.2
 
-Generation goes through the same rollout backends as training (greedy by default). Writes per-item records
-(prompt index, completion, every reward) and a summary (mean of each component, and the share of items where a
-component reaches its maximum, e.g. the correct-format ratio).
+Generation goes through the same rollout backends as training (greedy by default). Writes per-response records
+(prompt index, completion, every reward) and a summary: ``items`` (responses: prompts x ``--samples``), the mean
+of each component and, for each ``--max NAME=VALUE``, the share of responses where the component reaches VALUE
+(e.g. ``format=1``: the correct-format ratio).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from gdpo.cli import named_values
 from gdpo.config import RolloutConfig, TrainConfig, load_config
 from gdpo.rollout import HFRollout, encode_prompt
 from gdpo.tasks import Task, build_task
@@ -99,8 +102,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--sample", action="store_true", help="sample at the config's temperature instead of greedy"
     )
+    parser.add_argument(
+        "--max",
+        nargs="*",
+        default=[],
+        help="NAME=VALUE: report the share of responses where NAME reaches VALUE",
+    )
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
+    maxima = {}
+    for name, value in named_values(args.max, "--max").items():
+        try:
+            maxima[name] = float(value)
+        except ValueError:
+            parser.error(f"--max {name}={value}: the value must be a number")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cfg = load_config(TrainConfig, args.config, args.overrides)
@@ -117,7 +132,12 @@ def main(argv: list[str] | None = None) -> None:
         samples=args.samples,
         greedy=not args.sample,
     )
-    summary = summarise(records)
+    unknown = sorted(set(maxima) - set(task.rewards.names))
+    if unknown:
+        parser.error(
+            f"--max names {unknown} are not reward components of task {cfg.task!r}: {task.rewards.names}"
+        )
+    summary = summarise(records, maxima)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"summary": summary, "records": records}, indent=1))
     print(json.dumps(summary, indent=2))

@@ -20,7 +20,15 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["REPO", "Job", "config_path", "reproduce_parser", "run_jobs", "write_tables_and_figures"]
+__all__ = [
+    "REPO",
+    "Job",
+    "available_benchmarks",
+    "config_path",
+    "reproduce_parser",
+    "run_jobs",
+    "write_tables_and_figures",
+]
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -108,6 +116,17 @@ def run_jobs(
                     other.cancel()
                 raise RuntimeError(f"job {job.name!r} failed: {error}") from error
             log(f"[{time.perf_counter() - started:6.0f}s] {name}: {what} ({seconds:.0f}s)")
+
+
+def available_benchmarks(
+    benchmarks: Sequence[str], sources: dict[str, str], needs_source: Sequence[str], flag: str
+) -> tuple[str, ...]:
+    """``benchmarks`` without those in ``needs_source`` that were given no ``flag NAME=...`` source (each skip
+    is printed). Evaluation and the tables both use the result, so a skipped benchmark has no empty column."""
+    for name in benchmarks:
+        if name in needs_source and name not in sources:
+            print(f"skipping {name}: no {flag} {name}=FILE_OR_HUB_NAME given", flush=True)
+    return tuple(b for b in benchmarks if b not in needs_source or b in sources)
 
 
 def config_path(task: str, preset: str) -> Path:

@@ -64,3 +64,24 @@ def test_final_table_and_markdown(root):
 def test_plot_bands_writes_a_png(root, tmp_path):
     path = plot_bands(load_runs(root), ["reward/format/mean", "loss"], tmp_path / "fig" / "bands.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_weight_sweep_averages_math_and_aime_as_the_paper_figure():
+    import pandas as pd
+
+    from analysis.math import sweep_table
+
+    evals = pd.DataFrame(
+        [
+            {"method": "gdpo-w0.5", "seed": s, "math500_acc": 80.0 + s, "aime24_acc": 20.0, "minerva_acc": 0.0,
+             "math500_exceed": 1.0, "aime24_exceed": 3.0, "minerva_exceed": 50.0}
+            for s in (0, 2)
+        ]
+        + [{"method": "base", "seed": 0, "math500_acc": 0.0, "aime24_acc": 0.0, "minerva_acc": 0.0,
+            "math500_exceed": 0.0, "aime24_exceed": 0.0, "minerva_exceed": 0.0}]
+    )  # fmt: skip
+    sweep = sweep_table(evals, ["math500", "aime24", "minerva"])
+    assert len(sweep) == 1 and sweep["weight"].iloc[0] == 0.5 and sweep["seeds"].iloc[0] == 2
+    assert sweep["acc"].iloc[0] == 50.5 and sweep["exceed"].iloc[0] == 2.0  # Minerva is left out
+    only = sweep_table(evals, ["minerva"])  # no MATH/AIME (the tiny preset's case): all given benchmarks
+    assert only["acc"].iloc[0] == 0.0 and only["exceed"].iloc[0] == 50.0

@@ -304,5 +304,8 @@ def test_run_generates_scores_and_writes_files(tmp_path, toy_policy):
         summary["apps"]["items"] == 2 and summary["apps"]["pass"] == 0.0
     )  # the toy model writes no programs
     he = [json.loads(line) for line in (tmp_path / "humaneval.jsonl").read_text().splitlines()]
-    assert all(r["skipped"] and r["no_code"] for r in he)  # HumanEval prompts exceed 300 toy tokens
+    # HumanEval prompts exceed 300 toy tokens: not generated, so failed but neither buggy nor over the limit
+    assert all(r["skipped"] and not r["passed"] and not r["bug"] and not r["no_code"] for r in he)
+    assert summary["humaneval"]["skipped_prompt_too_long"] == 2 and summary["humaneval"]["bug"] == 0.0
+    assert summary["humaneval"]["pass"] == 0.0 and summary["apps"]["skipped_prompt_too_long"] == 0
     assert json.loads((tmp_path / "summary.json").read_text())["apps"] == summary["apps"]

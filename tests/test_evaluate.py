@@ -53,8 +53,12 @@ def test_command_line_writes_records_and_summary(tmp_path, toy_model_dir):
             str(out),
             "--limit",
             "6",
+            "--max",
+            "format=1",
         ]
     )
     data = json.loads(out.read_text())
     assert data["summary"]["items"] == 6 and len(data["records"]) == 6
+    formats = [r["rewards"]["format"] for r in data["records"]]
+    assert data["summary"]["format/at_max"] == sum(f >= 1 for f in formats) / 6
     assert set(data["records"][0]["rewards"]) == {"correct", "format"}

@@ -310,6 +310,16 @@ def test_options_and_string_booleans():
     assert len(task.train) == 20 and len(task.test) == 5
 
 
+def test_evaluation_reads_the_task_length_limit():
+    from gdpo.tasks.math import task_length_limit
+
+    assert task_length_limit({}) == 40 == _small().test[0]["length_limit"]  # synthetic default
+    assert task_length_limit({"source": "deepscaler"}) == 4000
+    assert task_length_limit({"source": "deepscaler", "length_limit": 123}) == 123
+    with pytest.raises(ValueError, match="length_limit must be a positive integer"):
+        task_length_limit({"length_limit": 0})
+
+
 def test_demonstrations_leave_room_to_learn():
     task = build_task("math", {"num_demonstrations": 1000, "demo_noise": 0.5}, 0)
     answers = {r["messages"][0]["content"]: r["answer"] for r in task.train}

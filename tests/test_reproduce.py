@@ -65,3 +65,14 @@ def test_a_failed_job_is_named(tmp_path, toy_model_dir):
         run_jobs(CONFIG, jobs * 2, parallel=1)
     with pytest.raises(ValueError, match="needs model_dir and eval_dir"):
         Job("orphan")
+
+
+def test_benchmarks_without_a_source_are_left_out_of_evaluation_and_tables(capsys):
+    from gdpo.reproduce import available_benchmarks
+
+    benchmarks = ("math500", "aime24", "amc", "minerva", "olympiad")
+    kept = available_benchmarks(
+        benchmarks, {"olympiad": "data/olympiad.jsonl"}, ("amc", "olympiad"), "--data"
+    )
+    assert kept == ("math500", "aime24", "minerva", "olympiad")
+    assert "skipping amc: no --data amc=FILE_OR_HUB_NAME given" in capsys.readouterr().out

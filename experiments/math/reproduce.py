@@ -29,7 +29,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from gdpo.cli import named_values  # noqa: E402
-from gdpo.reproduce import REPO, Job, config_path, reproduce_parser, run_jobs, write_tables_and_figures  # noqa: E402
+from gdpo.reproduce import (  # noqa: E402
+    REPO,
+    Job,
+    available_benchmarks,
+    config_path,
+    reproduce_parser,
+    run_jobs,
+    write_tables_and_figures,
+)
 
 # variant -> (method, conditioned length reward)
 VARIANTS = {
@@ -69,6 +77,7 @@ def evaluate_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from eval.math_bench import paper_rollout_config, run_benchmark
+    from gdpo.tasks.math import task_length_limit
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
@@ -77,12 +86,9 @@ def evaluate_model(
         rollout = paper_rollout_config()
     else:
         rollout = paper_rollout_config(max_new_tokens, cfg.rollout.max_prompt_tokens)
-    limit_tokens = int(cfg.data.options.get("length_limit", 4000))
+    limit_tokens = task_length_limit(dict(cfg.data.options))  # Exceed measures what training rewarded
     out = {}
     for name in benchmarks:
-        if name in ("amc", "olympiad") and name not in sources:
-            print(f"skipping {name}: no --data {name}=FILE_OR_HUB_NAME given", flush=True)
-            continue
         out[name] = run_benchmark(
             model,
             tokenizer,
@@ -109,6 +115,7 @@ def main() -> None:
     config = config_path("math", args.preset)
     benchmarks, k, limit, max_new = EVAL_SETTINGS.get(args.preset, DEFAULT_EVAL)
     sources = named_values(args.data, "--data", PAPER_BENCHMARKS)
+    benchmarks = available_benchmarks(benchmarks, sources, ("amc", "olympiad"), "--data")
     started = time.perf_counter()
 
     from gdpo.config import TrainConfig, load_config

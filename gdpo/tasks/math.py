@@ -588,6 +588,13 @@ def _load_items(source: str, path: str | None, num_train, num_test) -> tuple[lis
     return train[:num_train], test[:num_test]
 
 
+def task_length_limit(options: dict) -> int:
+    """The length limit (tokens) the task rewards with, given its ``data.options``: 40 for the synthetic
+    source, 4000 otherwise, unless ``length_limit`` is set. The evaluation's Exceed reads it here too."""
+    default = 40 if options.get("source", "synthetic") == "synthetic" else 4000
+    return _positive_int(options.get("length_limit", default), "length_limit")
+
+
 @register_task("math")
 def build_math_task(options: dict, seed: int) -> Task:
     """The ``math`` task (see the module docstring for the options)."""
@@ -605,9 +612,8 @@ def build_math_task(options: dict, seed: int) -> Task:
         raise ValueError(f"data.options {sorted(length_only)} apply only to recipe 'boxed'")
     conditioned = _as_bool(length_only.get("conditioned_length", False), "conditioned_length")
     length_weight = _number(length_only.get("length_weight", 1.0), "length_weight")
-    length_limit = _positive_int(
-        options.pop("length_limit", 40 if source == "synthetic" else 4000), "length_limit"
-    )
+    length_limit = task_length_limit({"source": source, **options})
+    options.pop("length_limit", None)
     num_train = _positive_int(options.pop("num_train", None), "num_train", allow_none=True)
     num_test = _positive_int(options.pop("num_test", None), "num_test", allow_none=True)
     noise = _number(options.pop("demo_noise", 0.5), "demo_noise")
