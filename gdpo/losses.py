@@ -108,7 +108,9 @@ def aggregate(
     """Aggregate per-token ``values [N, T]`` over ``mask``, normalised by the whole mini-batch's counts.
 
     ``num_tokens`` and ``num_sequences`` count the mini-batch (all micro-batches, all ranks), so summing this
-    over the micro-batches of every rank gives the mini-batch loss.
+    over the micro-batches of every rank gives the mini-batch loss. A sequence whose tokens are all masked
+    (``rollout.mask_truncated``) still counts in ``num_sequences``: it adds 0 to the sum and dilutes the
+    others, as in TRL's ``mask_truncated_completions`` (verl's ``seq-mean-token-mean`` leaves it out).
     """
     if mode not in LOSS_AGGREGATIONS:
         raise ValueError(f"unknown loss_agg {mode!r}; known: {sorted(LOSS_AGGREGATIONS)}")
