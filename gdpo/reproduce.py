@@ -78,9 +78,11 @@ def _run_job(config: Path, job: Job, evaluate: Evaluate | None) -> tuple[str, fl
     cfg = load_config(TrainConfig, config, overrides)
     done = []
     if job.run_dir is not None and not (job.run_dir / "final_model" / "config.json").exists():
-        resume = (job.run_dir / "checkpoints" / "latest").exists()
-        train(cfg, resume=resume)
-        done.append("resumed" if resume else "trained")
+        # Resuming with no checkpoint starts the run over (log lines of a run killed before its first
+        # checkpoint are moved aside), so an interrupted run always continues.
+        resumed = (job.run_dir / "checkpoints" / "latest").exists()
+        train(cfg, resume=True)
+        done.append("resumed" if resumed else "trained")
     model_dir = job.model_dir or job.run_dir / "final_model"
     eval_dir = job.eval_dir or job.run_dir / "eval"
     if evaluate is not None and not (eval_dir / "summary.json").exists():

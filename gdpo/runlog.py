@@ -29,7 +29,7 @@ import yaml
 
 from gdpo.config import to_dict
 
-__all__ = ["RunLog", "git_state", "read_jsonl"]
+__all__ = ["RunLog", "atomic_write_text", "git_state", "read_jsonl"]
 
 PACKAGES = (
     "torch",
@@ -135,11 +135,12 @@ class RunLog:
         return self.dir / "rollouts.jsonl"
 
     def has_progress(self) -> bool:
-        return bool(read_jsonl(self.metrics_path))
+        """Anything written to metrics.jsonl, even a line torn by a crash (``--resume`` moves it aside)."""
+        return self.metrics_path.exists() and self.metrics_path.stat().st_size > 0
 
     def write_config(self, cfg) -> None:
         if self.is_main:
-            _atomic_write(self.dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+            atomic_write_text(self.dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
     def write_metadata(self, **extra: Any) -> None:
         if not self.is_main:
@@ -159,7 +160,7 @@ class RunLog:
             if not (self.dir / "metadata.json").exists()
             else f"metadata.resume-{meta['started'][:19].replace(':', '')}.json"
         )
-        _atomic_write(self.dir / name, json.dumps(meta, indent=2, default=str))
+        atomic_write_text(self.dir / name, json.dumps(meta, indent=2, default=str))
 
     def log_metrics(self, step: int, metrics: dict[str, Any]) -> None:
         self._append(self.metrics_path, {"step": step, **{k: _clean(v) for k, v in metrics.items()}})
@@ -198,7 +199,7 @@ class RunLog:
             if drop:
                 with path.with_suffix(".discarded.jsonl").open("a") as f:
                     f.writelines(json.dumps(r) + "\n" for r in drop)
-            _atomic_write(path, "".join(json.dumps(r) + "\n" for r in rows if r["step"] <= step))
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows if r["step"] <= step))
             moved += len(drop)
         return moved
 
@@ -235,7 +236,18 @@ class _WandB:
         self.run.finish()
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a unique temporary file and a rename: readers see all or nothing."""
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -71,6 +71,15 @@ def test_errors_name_the_file(tmp_path):
     (tmp_path / "list.yaml").write_text("- 1\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_config(TrainConfig, tmp_path / "list.yaml")
+    # A repeated section would silently replace the first one: an error naming the key and its line.
+    (tmp_path / "twice.yaml").write_text("algorithm:\n  method: grpo\nsteps: 3\nalgorithm:\n  kl_coef: 0.1\n")
+    with pytest.raises(
+        ConfigError, match=r"(?s)twice.yaml: not valid YAML .*duplicate key 'algorithm'.*line 4"
+    ):
+        load_config(TrainConfig, tmp_path / "twice.yaml")
+    (tmp_path / "broken.yaml").write_text("rollout: [1,\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml: not valid YAML"):
+        load_config(TrainConfig, tmp_path / "broken.yaml")
 
 
 def test_overrides_do_not_mutate_their_input():

@@ -41,6 +41,9 @@ def _jobs(tmp_path: Path, base: Path) -> list[Job]:
 def test_jobs_train_evaluate_and_are_not_redone(tmp_path, toy_model_dir):
     lines: list[str] = []
     jobs = _jobs(tmp_path, toy_model_dir)
+    killed = tmp_path / "gdpo" / "seed1"  # killed during its first log line, before any checkpoint
+    killed.mkdir(parents=True)
+    (killed / "metrics.jsonl").write_text('{"step": 1, "reward/correct/me')
     run_jobs(CONFIG, jobs, evaluate=count_reward_means, parallel=2, log=lines.append)
     assert [line.split("] ")[1].split(":")[0] for line in lines] == ["base", "grpo/seed0", "gdpo/seed1"]
     assert "base: evaluated" in lines[0] and "grpo/seed0: trained + evaluated" in lines[1]

@@ -36,6 +36,15 @@ def test_torn_last_line_is_ignored_and_dropped_on_rewind(tmp_path):
     assert path.read_text() == '{"step": 1}\n'
 
 
+def test_a_torn_first_line_is_progress_that_a_resume_moves_aside(tmp_path):
+    """A crash during the very first write: a fresh start must not append after the fragment."""
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "lo')
+    run = RunLog(tmp_path)
+    assert run.has_progress()  # so the trainer asks for --resume instead of appending
+    run.rewind_to(0)
+    assert (tmp_path / "metrics.jsonl").read_text() == "" and not run.has_progress()
+
+
 def test_corrupt_line_in_the_middle_is_an_error(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1}\nnot json\n{"step": 3}\n')

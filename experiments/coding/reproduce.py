@@ -34,6 +34,7 @@ from gdpo.reproduce import (  # noqa: E402
     run_jobs,
     write_tables_and_figures,
 )
+from gdpo.runlog import atomic_write_text  # noqa: E402
 
 # variant -> (method, objectives)
 VARIANTS = {"grpo": ("grpo", 2), "gdpo": ("gdpo", 2), "grpo-3obj": ("grpo", 3), "gdpo-3obj": ("gdpo", 3)}
@@ -72,7 +73,9 @@ def evaluate_model(
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(
+        out_dir / "summary.json", json.dumps(summary, indent=2)
+    )  # its presence marks "evaluated"
     return summary
 
 

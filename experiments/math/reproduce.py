@@ -38,6 +38,7 @@ from gdpo.reproduce import (  # noqa: E402
     run_jobs,
     write_tables_and_figures,
 )
+from gdpo.runlog import atomic_write_text  # noqa: E402
 
 # variant -> (method, conditioned length reward)
 VARIANTS = {
@@ -101,7 +102,7 @@ def evaluate_model(
             source=sources.get(name),
         )
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "summary.json").write_text(json.dumps(out, indent=2))
+    atomic_write_text(out_dir / "summary.json", json.dumps(out, indent=2))  # its presence marks "evaluated"
     return out
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from gdpo.reproduce import REPO, Job, config_path, reproduce_parser, run_jobs, write_tables_and_figures  # noqa: E402
+from gdpo.runlog import atomic_write_text  # noqa: E402
 
 METHODS = ("grpo", "grpo_no_std", "gdpo")
 # Evaluation sizes per preset (BFCL items per category, test-split prompts); None = everything. The tiny model's
@@ -68,7 +69,7 @@ def evaluate_model(
     for name, rows in (("synthetic", records), ("synthetic_sampled", sampled_records)):
         out[name] = summarise(rows, maxima)
         (out_dir / f"{name}_records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (out_dir / "summary.json").write_text(json.dumps(out, indent=2))
+    atomic_write_text(out_dir / "summary.json", json.dumps(out, indent=2))  # its presence marks "evaluated"
     return out
 
 
