@@ -55,7 +55,7 @@ The path is chosen once per process: ``GDPO_SANDBOX_ISOLATION=auto`` (default) u
 a probe run succeeds, else the fallback, with a logged warning; ``namespace`` or ``fallback`` forces one.
 
 **namespace** (Linux with user namespaces and util-linux ``unshare``). The launcher runs through ``unshare
---user --map-root-user --net --pid --mount --fork --kill-child`` (as the run's private uid when the caller is
+--user --map-root-user --net --pid --mount --ipc --fork --kill-child`` (as the run's private uid when the caller is
 root) and is PID 1 of a new PID namespace. It builds a minimal root on a tmpfs and ``pivot_root``s into it:
 read-only binds of ``/usr``, ``/bin``, ``/sbin``, ``/lib*``, ``/etc`` (and the interpreter's prefix when it
 lies elsewhere), ``/dev/{null,zero,full,random,urandom}``, a private ``/proc``, a private ``/dev/shm``
@@ -72,7 +72,9 @@ cannot be made read-only makes the probe fail, so this path is then not used. Gu
 - the program is uid 0 of the namespace without any capability (bounding set emptied, securebits locked,
   ``no_new_privs``); seccomp also refuses ``ptrace``, ``mount`` and the new mount API, namespace creation
   (``unshare``, ``clone`` with namespace flags, ``setns``), ``bpf``, ``perf_event_open``, ``userfaultfd``,
-  keyrings and io_uring, and makes ``clone3`` ENOSYS so libc falls back to ``clone``.
+  keyrings and io_uring, SysV shared memory, semaphores and message queues, POSIX message queues and
+  ``memfd_create`` (memory that the address-space limit does not count, or that would outlive the run), and
+  makes ``clone3`` ENOSYS so libc falls back to ``clone``.
 
 **fallback, caller is root** (no usable user namespaces). The launcher runs as root, as a child subreaper
 (orphans stay its children); the program runs as the run's private uid (``setuid`` after ``fork``) in its
@@ -91,7 +93,9 @@ read the caller's environment through ``/proc``, and kill the launcher to escape
 
 On every path: wall time, CPU time, address space per process, process count, size of each file written
 and captured output are limited. Memory is limited per process, so the total is bounded by
-``max_processes`` times ``memory_mb``; files written are bounded in total only in the namespace path. On a
+``max_processes`` times ``memory_mb``, plus the files written to tmpfs (in the namespace path the work dir
+and ``/dev/shm``, ``disk_mb`` each); files written are bounded in total only in the namespace path. The files
+in ``/dev/shm`` (and, in the fallback, ``/tmp``) persist between the inputs of one ``run_tests`` call. On a
 machine other than x86-64/aarch64 there is no seccomp filter: the fallback then blocks the network only
 with a patched ``socket.socket`` in the program's interpreter.
 """
@@ -187,6 +191,12 @@ _SYSCALLS = {
     "fsmount": (432, 432),
     "fspick": (433, 433),
     "mount_setattr": (442, 442),
+    # Memory outside the address-space limit, which would outlive the run (SysV IPC) or escape RLIMIT_AS
+    "shmget": (29, 194),
+    "semget": (64, 190),
+    "msgget": (68, 186),
+    "mq_open": (240, 180),
+    "memfd_create": (319, 279),
 }
 _REFUSED_SYSCALLS = (
     "socket",
@@ -212,6 +222,11 @@ _REFUSED_SYSCALLS = (
     "fsmount",
     "fspick",
     "mount_setattr",
+    "shmget",
+    "semget",
+    "msgget",
+    "mq_open",
+    "memfd_create",
 )
 
 # Started as `python -I -S -B -c _BOOT <block-net> solution.py`: behaves like `python solution.py` (script
@@ -1195,7 +1210,7 @@ def _command(runtime: _Runtime, uid: int | None) -> tuple[list[str], dict[str, o
     command = [runtime.python, "-I", "-S", "-c", _LAUNCHER_BOOT]
     if runtime.isolation != "namespace":
         return command, {}  # the launcher stays the caller's uid; the program's uid is set after fork
-    flags = ["--user", "--map-root-user", "--net", "--pid", "--mount", "--fork"]
+    flags = ["--user", "--map-root-user", "--net", "--pid", "--mount", "--ipc", "--fork"]
     command = [runtime.unshare, *flags, *(["--kill-child"] if runtime.kill_child else []), *command]
     if uid is None:
         return command, {}

@@ -283,6 +283,11 @@ def test_cannot_tamper_with_the_launcher_or_the_kernel(isolation):
             "ptrace": lambda: syscall(libc.ptrace(16, launcher, 0, 0)),
             "new-user-namespace": lambda: syscall(libc.unshare(0x10000000)),
             "mount": lambda: syscall(libc.mount(b"none", b"/tmp", b"tmpfs", 0, None)),
+            # memory outside RLIMIT_AS: SysV shared memory would even outlive the run
+            "sysv-shm": lambda: syscall(0 if libc.shmget(0, 1 << 20, 0o1666) >= 0 else -1),
+            "sysv-semaphore": lambda: syscall(0 if libc.semget(0, 1, 0o1666) >= 0 else -1),
+            "sysv-queue": lambda: syscall(0 if libc.msgget(0, 0o1666) >= 0 else -1),
+            "memfd": lambda: os.memfd_create("x"),
         }
         for name, attempt in attempts.items():
             try:
@@ -297,7 +302,7 @@ def test_cannot_tamper_with_the_launcher_or_the_kernel(isolation):
     result = run_python(code)
     assert result.status == "ok", result.stderr
     lines = result.stdout.splitlines()
-    assert [line.split()[1] for line in lines[:-1]] == ["refused"] * 6, result.stdout
+    assert [line.split()[1] for line in lines[:-1]] == ["refused"] * 10, result.stdout
     assert lines[-1] == "['0000000000000000', '1']"  # no capabilities, no_new_privs
 
 
