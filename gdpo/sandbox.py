@@ -161,6 +161,7 @@ _CAPABILITY_VERSION_3 = 0x20080522
 _CLONE_NAMESPACE_FLAGS = 0x7E020000
 _SANDBOX_DIR = "/sandbox"  # the work dir as the program sees it in the namespace path
 _DRAIN_S = 1.0  # how long to wait for the pipes to close once every process of a run is dead
+MAX_TIMEOUT_S = 3600  # the longest wall-time limit a run may ask for
 _TAIL_BYTES = 4096  # end of stderr kept apart from the capped capture, to classify MemoryError
 
 # What the seccomp filter needs per machine: the audit architecture and syscall numbers (x86_64, aarch64).
@@ -962,8 +963,8 @@ class _Limits:
     disk_mb: int = 64
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.timeout_s, (int, float)) and 0 < self.timeout_s <= 3600):
-            raise ValueError(f"timeout_s must be in (0, 3600] seconds, got {self.timeout_s!r}")
+        if not (isinstance(self.timeout_s, (int, float)) and 0 < self.timeout_s <= MAX_TIMEOUT_S):
+            raise ValueError(f"timeout_s must be in (0, {MAX_TIMEOUT_S}] seconds, got {self.timeout_s!r}")
         if not (isinstance(self.memory_mb, int) and self.memory_mb >= 32):
             raise ValueError(
                 f"memory_mb must be an int >= 32 (the interpreter needs ~20 MB), got {self.memory_mb!r}"

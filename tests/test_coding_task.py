@@ -234,6 +234,13 @@ def test_mixed_test_forms_keep_their_order():
     assert [c.status for c in run_tests(program, tests).cases] == ["pass", "pass", "pass"]
 
 
+def test_hundreds_of_call_tests_fit_the_sandbox_time_limit():
+    """800 cases x 5 s asked the sandbox for 4001 s, over its 3600 s maximum: the whole batch failed."""
+    tests = [{"fn_name": "double", "args": [i], "output": 2 * i} for i in range(800)]
+    result = run_tests("def double(x):\n    return 2 * x\n", tests, timeout_s=5.0)
+    assert result.pass_rate == 1.0 and len(result.cases) == 800
+
+
 def test_malformed_tests_are_errors_naming_the_test():
     with pytest.raises(ValueError, match="test 1: stdin/stdout test needs"):
         run_tests("print(1)", [SUM_TESTS[0], {"input": 3, "output": "1"}])

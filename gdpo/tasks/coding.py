@@ -477,11 +477,14 @@ def _plan_stdio(program: str, tests: list[dict], timeout_s: float) -> tuple[list
 
 
 def _plan_call(program: str, tests: list[dict], timeout_s: float) -> tuple[list[_Run], Callable]:
+    from gdpo.sandbox import MAX_TIMEOUT_S
+
     token = secrets.token_hex(16)
     fn_name = tests[0]["fn_name"]
     code = _call_harness(program, fn_name, [t["args"] for t in tests], timeout_s, token)
-    # The per-case alarm bounds each call; the run's limit also covers loading and every case.
-    run = _Run(code, ("",), timeout_s * len(tests) + 1.0)
+    # The per-case alarm bounds each call; the run's limit also covers loading and every case (capped at the
+    # sandbox's maximum: hundreds of cases would otherwise ask for more and fail the whole batch).
+    run = _Run(code, ("",), min(timeout_s * len(tests) + 1.0, MAX_TIMEOUT_S))
 
     def finish(results: list[list[Any]]) -> list[CaseResult]:
         ((result,),) = results
