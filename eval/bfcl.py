@@ -6,8 +6,10 @@ What is scored, and how (the paper does not say; gdpo-paper.md §7.1):
   ``live_simple``, ``live_multiple``, ``live_parallel``, ``live_parallel_multiple``. Python only (no java/javascript).
 * Irrelevance (``irrelevance``, ``live_irrelevance``): correct when the output contains no parseable tool call.
 * Multi-turn: **not scored** (its checker executes stateful API simulations turn by turn); reported as None.
-* Non-Live / Live: unweighted mean of their categories' accuracies (irrelevance included in each). BFCL's own
-  leaderboard weights differently, so these are not its official summary numbers.
+* Non-Live / Live, as BFCL 2025.6.8 computes its overall accuracies: Non-Live is the unweighted mean of the
+  non-live categories' accuracies (irrelevance included; BFCL's ``simple`` also averages java and javascript,
+  not scored here), Live the mean over all live items, i.e. the categories weighted by their item counts
+  (irrelevance included; BFCL also counts ``live_relevance``, not scored here).
 * Avg: the plain mean of Live, Non-Live and Multi-turn, as the paper; None while multi-turn is not scored, and
   ``avg_live_non_live`` gives the mean of the two scored ones.
 * Correct format: share of outputs with exactly the expected layout (``format_reward``): think + one tool-call
@@ -214,10 +216,10 @@ def summarise(records: list[dict]) -> dict[str, Any]:
         by_category.setdefault(r["category"], []).append(r)
     acc = {c: 100 * sum(r["correct"] for r in rs) / len(rs) for c, rs in by_category.items()}
     non_live = [acc[c] for c in NON_LIVE + ("irrelevance",) if c in acc]
-    live = [acc[c] for c in LIVE + ("live_irrelevance",) if c in acc]
+    live = [r for c in LIVE + ("live_irrelevance",) for r in by_category.get(c, [])]
     summary: dict[str, Any] = {"categories": acc, "items": {c: len(rs) for c, rs in by_category.items()}}
     summary["non_live"] = sum(non_live) / len(non_live) if non_live else None
-    summary["live"] = sum(live) / len(live) if live else None
+    summary["live"] = 100 * sum(r["correct"] for r in live) / len(live) if live else None  # item-weighted
     summary["multi_turn"] = None  # not scored: see the module docstring
     summary["avg"] = None
     scored = [v for v in (summary["live"], summary["non_live"]) if v is not None]

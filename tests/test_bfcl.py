@@ -145,6 +145,9 @@ def test_summary_arithmetic():
     assert s["multi_turn"] is None and s["avg"] is None
     assert s["avg_live_non_live"] == pytest.approx((250 / 3 + 50) / 2)
     assert s["correct_format"] == pytest.approx(500 / 6)
+    # Live weights its categories by item count, as BFCL's overall live accuracy: 2 of 3 items, not (50 + 100) / 2.
+    s = summarise([*records, rec("live_irrelevance", True)])
+    assert s["live"] == pytest.approx(200 / 3) and s["non_live"] == pytest.approx(250 / 3)
 
 
 @needs_checker
