@@ -77,6 +77,15 @@ def _run_job(config: Path, job: Job, evaluate: Evaluate | None) -> tuple[str, fl
         overrides += [f"logging.run_dir={job.run_dir}", "logging.progress=false"]
     cfg = load_config(TrainConfig, config, overrides)
     done = []
+    if job.run_dir is not None and (job.run_dir / "final_model" / "config.json").exists():
+        from gdpo.runlog import RunLog
+
+        changed = RunLog(job.run_dir).config_changes(cfg)
+        if changed:  # a finished run made with other settings must not stand in for this one
+            raise ValueError(
+                f"{job.run_dir} holds a finished run with other settings for {changed}; remove it or "
+                "choose another --runs folder"
+            )
     if job.run_dir is not None and not (job.run_dir / "final_model" / "config.json").exists():
         # Resuming with no checkpoint starts the run over (log lines of a run killed before its first
         # checkpoint are moved aside), so an interrupted run always continues.

@@ -138,6 +138,18 @@ class RunLog:
         """Anything written to metrics.jsonl, even a line torn by a crash (``--resume`` moves it aside)."""
         return self.metrics_path.exists() and self.metrics_path.stat().st_size > 0
 
+    def config_changes(self, cfg) -> list[str]:
+        """Dotted keys whose value in ``cfg`` differs from the run's saved config.yaml (``logging.*`` aside:
+        where and how a run logs does not change what it computes; keys only one side has, i.e. options added
+        or removed since the run was made, are not compared); [] when nothing was saved yet."""
+        path = self.dir / "config.yaml"
+        if not path.exists():
+            return []
+        saved = _flatten(yaml.safe_load(path.read_text()) or {})
+        current = _flatten(yaml.safe_load(yaml.safe_dump(to_dict(cfg), sort_keys=False)))
+        keys = sorted(k for k in set(saved) & set(current) if not k.startswith("logging."))
+        return [k for k in keys if saved[k] != current[k]]
+
     def write_config(self, cfg) -> None:
         if self.is_main:
             atomic_write_text(self.dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
@@ -234,6 +246,16 @@ class _WandB:
 
     def close(self) -> None:
         self.run.finish()
+
+
+def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -580,6 +580,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, task: Task | None = None) -
         raise FileExistsError(
             f"{run.dir} already holds a run; pass --resume to continue it or choose logging.run_dir"
         )
+    changed = run.config_changes(cfg) if resume else []
+    if changed:  # the resumed steps would not continue the run that was started
+        raise ValueError(
+            f"{run.dir} was started with other settings for {changed}; resume it with its config.yaml, "
+            "or choose logging.run_dir"
+        )
 
     model_path = prepare_model(cfg) if rank == 0 else None
     barrier()

@@ -58,6 +58,10 @@ def test_jobs_train_evaluate_and_are_not_redone(tmp_path, toy_model_dir):
     again: list[str] = []
     run_jobs(CONFIG, jobs, evaluate=count_reward_means, parallel=1, log=again.append)
     assert len(again) == 3 and all(": done before (" in line for line in again)
+    # A finished run made with other settings does not stand in for the job: the job fails, naming the keys.
+    longer = [Job(j.name, (*j.overrides, "steps=3"), run_dir=j.run_dir) for j in jobs[1:2]]
+    with pytest.raises(RuntimeError, match=r"(?s)grpo/seed0.*other settings for \['steps'\]"):
+        run_jobs(CONFIG, longer, evaluate=count_reward_means, parallel=1)
 
 
 def test_a_failed_job_is_named(tmp_path, toy_model_dir):

@@ -184,6 +184,12 @@ def test_resume_after_sigkill_gives_the_same_metrics(full_run, tmp_path, subproc
     assert read_jsonl(run_dir / "rollouts.jsonl") == read_jsonl(full_run / "rollouts.jsonl")
 
 
+def test_resuming_with_other_settings_is_an_error(full_run, subprocess_env):
+    result = _run(["algorithm.method=grpo", "optim.lr=1e-3", "--resume"], subprocess_env, full_run)
+    assert result.returncode != 0
+    assert "was started with other settings for ['algorithm.method', 'optim.lr']" in result.stderr
+
+
 def test_two_processes_give_the_same_advantages(full_run, tmp_path, subprocess_env):
     torchrun = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "2"]
     run_dir = tmp_path / "ddp"
