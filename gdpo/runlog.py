@@ -81,9 +81,13 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def _clean(value: Any) -> Any:
-    """JSON-safe value: non-finite floats become null."""
+    """JSON-safe value: non-finite floats become null, inside mappings and lists too."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
     return value
 
 
@@ -183,8 +187,8 @@ class RunLog:
             writer.log(step, scalars)
 
     def log_samples(self, step: int, samples: list[dict[str, Any]]) -> None:
-        for sample in samples:
-            self._append(self.samples_path, {"step": step, **sample})
+        for sample in samples:  # a reward that does not apply is NaN: written as null (strict JSON)
+            self._append(self.samples_path, {"step": step, **_clean(sample)})
 
     def log_rollouts(self, step: int, rewards, advantages, lengths) -> None:
         """One line per step with the global batch's rewards [B][G][K] (NaN as null), advantages and lengths."""
@@ -192,7 +196,7 @@ class RunLog:
             self.rollouts_path,
             {
                 "step": step,
-                "rewards": [[[_clean(x) for x in r] for r in group] for group in rewards.tolist()],
+                "rewards": _clean(rewards.tolist()),
                 "advantages": advantages.tolist(),
                 "num_tokens": lengths.tolist(),
             },

@@ -45,6 +45,14 @@ def test_a_torn_first_line_is_progress_that_a_resume_moves_aside(tmp_path):
     assert (tmp_path / "metrics.jsonl").read_text() == "" and not run.has_progress()
 
 
+def test_samples_with_a_reward_that_does_not_apply_are_strict_json(tmp_path):
+    run = RunLog(tmp_path)
+    run.log_samples(3, [{"completion": "x", "rewards": {"length": float("nan"), "pass_rate": 1.0}}])
+    line = (tmp_path / "samples.jsonl").read_text()
+    assert "NaN" not in line
+    assert json.loads(line) == {"step": 3, "completion": "x", "rewards": {"length": None, "pass_rate": 1.0}}
+
+
 def test_corrupt_line_in_the_middle_is_an_error(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1}\nnot json\n{"step": 3}\n')
