@@ -136,7 +136,7 @@ def groups_with_signal(
     if test == "weighted_sum":
         summed = (torch.nan_to_num(rewards.double()) * w).sum(-1)
         return ~is_constant(summed, (~torch.isnan(rewards)).any(-1), dim=1).squeeze(1)
-    exact = _weighted_z_sum(rewards.double(), w, eps=0.0, unbiased=unbiased)
+    _, exact = _weighted_z_sums(rewards.double(), w, eps=0.0, unbiased=unbiased)
     return ~_cancelled(exact, w).squeeze(1)
 
 
@@ -147,13 +147,19 @@ def group_normalize(x: torch.Tensor, *, eps: float, unbiased: bool, scale: bool 
     group (or has fewer than two valid entries there) maps to exactly 0. With ``scale=False`` only
     the group mean is subtracted (GRPO w/o std).
     """
+    centred, std, signal = _group_centre(x, unbiased=unbiased)
+    normalised = centred / (std + eps) if scale else centred
+    return torch.where(signal, normalised, torch.zeros_like(x))
+
+
+def _group_centre(x: torch.Tensor, *, unbiased: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per group and column of ``x [B, G, K]``: deviation from the mean, the std, and where there is signal
+    (a valid entry of a column that is not constant in its group). NaN entries are left out."""
     valid = ~torch.isnan(x)
     filled = torch.where(valid, x, torch.zeros_like(x))
     mean, std = _weighted_moments(filled, valid.to(x.dtype), dim=1, unbiased=unbiased)
-    centred = filled - mean
-    normalised = centred / (std + eps) if scale else centred
     signal = valid & ~is_constant(filled, valid, dim=1)
-    return torch.where(signal, normalised, torch.zeros_like(x))
+    return filled - mean, std, signal
 
 
 def _batch_normalize(
@@ -179,11 +185,17 @@ def _batch_normalize(
 _CANCELLED = 1e-9
 
 
-def _weighted_z_sum(
+def _weighted_z_sums(
     rewards: torch.Tensor, weights: torch.Tensor, *, eps: float, unbiased: bool
-) -> torch.Tensor:
-    """GDPO's group step: per-component group z-scores, weighted and summed, ``[B, G, K] -> [B, G]``."""
-    return (group_normalize(rewards, eps=eps, unbiased=unbiased) * weights).sum(-1)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GDPO's group step, ``[B, G, K] -> [B, G]``: per-component group z-scores, weighted and summed, with
+    ``std + eps`` and eps-free (for the cancellation test), from one computation of the group moments."""
+    centred, std, signal = _group_centre(rewards, unbiased=unbiased)
+
+    def weighted_sum(z: torch.Tensor) -> torch.Tensor:
+        return (torch.where(signal, z, torch.zeros_like(z)) * weights).sum(-1)
+
+    return weighted_sum(centred / (std + eps)), weighted_sum(centred / std)
 
 
 def _cancelled(exact: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -201,8 +213,7 @@ def _gdpo_group_step(
     spread differently (format 0/1 against correctness -3/+3) leave a residue of order eps, and the batch step
     would scale it up to O(1) advantages in a batch with no other signal.
     """
-    summed = _weighted_z_sum(rewards, weights, eps=eps, unbiased=unbiased)
-    exact = summed if eps == 0 else _weighted_z_sum(rewards, weights, eps=0.0, unbiased=unbiased)
+    summed, exact = _weighted_z_sums(rewards, weights, eps=eps, unbiased=unbiased)
     return torch.where(_cancelled(exact, weights), torch.zeros_like(summed), summed)
 
 
