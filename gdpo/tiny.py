@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from gdpo.assets import build_folder_once
 from gdpo.config import TinyModelConfig, WarmStartConfig
 from gdpo.rollout import encode_prompt
 
@@ -45,24 +43,6 @@ def _digest(*parts: object) -> str:
     return h.hexdigest()[:16]
 
 
-def _atomic_build(target: Path, build) -> Path:
-    """Run ``build(tmp_dir)`` and rename the result to ``target`` unless another process got there first."""
-    if (target / "config.json").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        build(tmp)
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if not (target / "config.json").exists():  # lost a race to a complete build: keep theirs
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
 def build_tiny_model(
     cfg: TinyModelConfig, corpus: Sequence[str], cache_root: str | Path, seed: int = 0
 ) -> Path:
@@ -70,7 +50,7 @@ def build_tiny_model(
     if not corpus:
         raise ValueError("build_tiny_model needs a non-empty text corpus to train the tokenizer")
     key = _digest(FORMAT_VERSION, asdict(cfg), _digest(list(corpus)), seed)
-    return _atomic_build(Path(cache_root) / f"tiny-{key}", lambda tmp: _build(tmp, cfg, corpus, seed))
+    return build_folder_once(Path(cache_root) / f"tiny-{key}", lambda tmp: _build(tmp, cfg, corpus, seed))
 
 
 def _build(out: Path, cfg: TinyModelConfig, corpus: Sequence[str], seed: int) -> None:
@@ -132,7 +112,7 @@ def warm_start(
         FORMAT_VERSION, str(Path(model_dir).resolve().name), asdict(cfg), _digest(list(demonstrations)), seed
     )
     target = Path(cache_root) / f"{Path(model_dir).name}-sft-{key}"
-    return _atomic_build(target, lambda tmp: _sft(Path(model_dir), tmp, demonstrations, cfg, seed))
+    return build_folder_once(target, lambda tmp: _sft(Path(model_dir), tmp, demonstrations, cfg, seed))
 
 
 def _sft(model_dir: Path, out: Path, demonstrations, cfg: WarmStartConfig, seed: int) -> None:
