@@ -86,7 +86,7 @@ def _run_job(config: Path, job: Job, evaluate: Evaluate | None) -> tuple[str, fl
                 f"{job.run_dir} holds a finished run with other settings for {changed}; remove it or "
                 "choose another --runs folder"
             )
-    if job.run_dir is not None and not (job.run_dir / "final_model" / "config.json").exists():
+    elif job.run_dir is not None:
         # Resuming with no checkpoint starts the run over (log lines of a run killed before its first
         # checkpoint are moved aside), so an interrupted run always continues.
         resumed = (job.run_dir / "checkpoints" / "latest").exists()

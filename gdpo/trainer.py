@@ -439,9 +439,8 @@ def policy_update(
                 ):
                     sums[key] += (value.detach().float() * m).sum().item()
                 tokens_seen += m.sum().item()
-    passes = updates
     # Each rank's loss is normalised by global counts, so the global loss is the sum over ranks.
-    stats = {key: all_reduce_sum(sums[key]) / passes for key in ("loss", "pg_loss")}
+    stats = {key: all_reduce_sum(sums[key]) / updates for key in ("loss", "pg_loss")}
     for key in ("kl", "entropy", "clip_frac/low", "clip_frac/high"):
         stats[key] = all_reduce_sum(sums[key]) / max(all_reduce_sum(tokens_seen), 1.0)
     grad_norms = [g for g in grad_norms if g is not None]

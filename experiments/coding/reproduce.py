@@ -73,9 +73,8 @@ def evaluate_model(
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(
-        out_dir / "summary.json", json.dumps(summary, indent=2)
-    )  # its presence marks "evaluated"
+    # Its presence marks the model as evaluated.
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 
