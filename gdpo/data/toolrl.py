@@ -13,10 +13,10 @@ errors that name the file and the row; nothing is dropped silently.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from gdpo.data.records import read_file
 from gdpo.tasks.tool_calling import parse_ground_truth_calls
 
 __all__ = ["load_toolrl"]
@@ -34,11 +34,9 @@ def load_toolrl(source: str | Path, split: str = "train") -> list[dict[str, Any]
             path = path / f"{split}.parquet"
         if not path.exists():
             raise FileNotFoundError(f"no ToolRL data at {path}")
+        records = read_file(path)
         if path.suffix == ".json":
-            return [_from_raw(row, i, path) for i, row in enumerate(json.loads(path.read_text()))]
-        import pandas as pd
-
-        records = pd.read_parquet(path).to_dict("records")
+            return [_from_raw(row, i, path) for i, row in enumerate(records)]
     return [_from_verl(row, i, source) for i, row in enumerate(records)]
 
 
