@@ -40,8 +40,9 @@ APPS and TACO wrap some function-call outputs in a one-element list; the compari
 accepts either. Stdin inputs given as a list of lines are joined with newlines.
 
 Sources are read by ``gdpo.data.records.read_records``: a local JSON, JSONL or parquet file, a folder holding
-``<split>.jsonl`` / ``<split>.json`` / ``<split>.parquet``, or a hub dataset ``owner/name[:config]``. Malformed rows raise ``ValueError`` naming the file, the row and
-the field; nothing is dropped silently except the skips stated above.
+``<split>.jsonl`` / ``<split>.json`` / ``<split>.parquet``, or a hub dataset ``owner/name[:config]``.
+Malformed rows raise ``ValueError`` naming the file, the row and the field; nothing is dropped silently except
+the skips stated above.
 """
 
 from __future__ import annotations

@@ -28,8 +28,8 @@ load_deepscaler     a local file or the hub dataset ``agentica-org/DeepScaleR-Pr
 
 Sources are read by ``gdpo.data.records.read_records``: a local JSON, JSONL or parquet file (or a folder of
 per-split files), or a hub dataset ``owner/name`` / ``owner/name:config``. Hub loading goes through
-``datasets.load_dataset`` (split ``train``) and is never exercised offline: the field lists of the unavailable datasets are the expected ones and
-must be confirmed when online.
+``datasets.load_dataset`` (split ``train``) and is never exercised offline: the field lists of the unavailable
+datasets are the expected ones and must be confirmed when online.
 
 Synthetic problems (``synthetic_problems``): two- and three-operand integer arithmetic (+, -, *) and linear
 equations ``a x + b = c`` with small integers (answers may be negative), each with a one- or two-line solution
