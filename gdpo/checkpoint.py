@@ -2,8 +2,8 @@
 
 ``<run>/checkpoints/step_000010/`` holds DeepSpeed's checkpoint (tag ``state``, every rank's ZeRO partition),
 ``rng_rank<r>.pt`` per rank and ``trainer_state.json``. A checkpoint is written into a hidden temporary folder
-and renamed into place only when every rank has finished, then ``latest`` is replaced atomically: a crash at
-any moment leaves the previous checkpoint intact. The data position needs no state of its own: the prompts of
+and renamed into place only when every rank has finished and its files are synced to disk, then ``latest`` is
+replaced atomically: a crash (or a power loss) at any moment leaves the previous checkpoint intact. The data position needs no state of its own: the prompts of
 step k are a function of (seed, k).
 """
 
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from gdpo.distributed import barrier, is_main, rank
+from gdpo.runlog import atomic_write_text, fsync_dir, fsync_tree
 
 __all__ = ["latest_checkpoint", "load_checkpoint", "save_checkpoint"]
 
@@ -54,11 +55,11 @@ def save_checkpoint(root: Path, step: int, engine, keep: int = 2) -> Path:
     barrier()
     if is_main():
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step}))
+        fsync_tree(tmp)  # all of it on disk before ``latest`` can name it
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        latest_tmp = root / ".latest.tmp"
-        latest_tmp.write_text(final.name)
-        os.replace(latest_tmp, root / "latest")
+        fsync_dir(root)
+        atomic_write_text(root / "latest", final.name)
         _prune(root, keep)
     barrier()
     return final

@@ -4,11 +4,18 @@
 
 Every field carries ``metadata={"help": ...}``; ``describe(TrainConfig)`` prints them all. Unknown keys and values
 of the wrong type fail at load time with an error naming the dotted key (and the file).
+
+Files are read with YAML 1.2's core schema, not PyYAML's YAML 1.1 one: ``010`` is ten (not octal eight), ``on``/``no``
+are strings, ``1e-6`` is a number, and ``1:30`` or ``2026-12-01`` are strings. A command-line value is text until its
+field's type is known: a ``str`` field takes it verbatim (``#``, ``{%``, ``on`` and ``010`` included) unless it is
+quoted as a YAML string (``"Q:\\n"``, with escapes); other types parse it as YAML 1.2.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -70,10 +77,19 @@ def _join(prefix: str, name: str) -> str:
 def _coerce(tp: Any, value: Any, key: str) -> Any:
     """Check ``value`` against annotation ``tp``; build nested dataclasses; int -> float is allowed."""
     origin = typing.get_origin(tp)
+    if isinstance(value, _CommandLineValue):
+        if tp is str and _quoted(value):
+            return _coerce(str, _parse_command_line(value, key), key)
+        if tp is str or (origin is typing.Literal and str(value) in typing.get_args(tp)):
+            return str(value)
+        if origin not in (typing.Union, types.UnionType):
+            return _coerce(tp, _parse_command_line(value, key), key)
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where=key)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(tp)
+        if isinstance(value, _CommandLineValue) and type(None) in options and value in _YAML_NULLS:
+            return None
         if value is None and type(None) in options:
             return None
         errors = []
@@ -101,13 +117,10 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if tp is Any:
         return value
     if tp is float:
-        if isinstance(value, str):  # PyYAML (YAML 1.1) reads 1e-6 as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {type(value).__name__} {value!r}")
+        if math.isnan(value):
+            raise ConfigError(f"{key}: expected a number, got NaN")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -120,8 +133,29 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported annotation {tp!r}")
 
 
+_YAML_NULLS = ("null", "Null", "NULL", "~")
+
+
+def _quoted(text: str) -> bool:
+    """A YAML quoted scalar: ``"a\\nb"`` (escapes apply) or ``'it''s'``."""
+    return len(text) >= 2 and text[0] == text[-1] and text[0] in "'\""
+
+
+class _CommandLineValue(str):
+    """The text after ``=`` in an override; ``_coerce`` parses it once the field's type is known."""
+
+
+def _parse_command_line(value: _CommandLineValue, key: str) -> Any:
+    if value == "":
+        return ""
+    try:
+        return yaml.load(str(value), Loader=_Yaml12Loader)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{key}: cannot parse {str(value)!r} ({exc})") from None
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b.c=value`` overrides to a nested dict (values parsed as YAML scalars/lists)."""
+    """Apply ``a.b.c=value`` overrides to a nested dict. The values stay text until ``from_dict`` knows their type."""
     out = _deep_copy(data)
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -130,10 +164,12 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         node = out
         parts = key.split(".")
         for part in parts[:-1]:
-            node = node.setdefault(part, {})
+            if node.get(part) is None:  # absent, or an empty section (``optim:`` with nothing under it)
+                node[part] = {}
+            node = node[part]
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {part!r} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+        node[parts[-1]] = _CommandLineValue(raw)
     return out
 
 
@@ -141,8 +177,38 @@ def _deep_copy(data: dict[str, Any]) -> dict[str, Any]:
     return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in data.items()}
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, except that a key repeated in one mapping is an error (PyYAML keeps the last one,
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's core schema for plain scalars (PyYAML implements YAML 1.1)."""
+
+    def construct_yaml_int(self, node):
+        text = self.construct_scalar(node)
+        sign = -1 if text.startswith("-") else 1
+        digits = text.lstrip("+-")
+        if digits.startswith(("0o", "0x")):
+            return sign * int(digits[2:], 8 if digits[1] == "o" else 16)
+        return sign * int(digits)
+
+
+_REPLACED_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("bool", "int", "float", "timestamp", "value")}
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in _REPLACED_TAGS]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+for _tag, _pattern, _first in (
+    ("bool", r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
+    ("int", r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$", "-+0123456789"),
+    (
+        "float",
+        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$",
+        "-+.0123456789",
+    ),
+):
+    _Yaml12Loader.add_implicit_resolver(f"tag:yaml.org,2002:{_tag}", re.compile(_pattern), list(_first))
+_Yaml12Loader.add_constructor("tag:yaml.org,2002:int", _Yaml12Loader.construct_yaml_int)
+
+
+class _UniqueKeyLoader(_Yaml12Loader):
+    """The YAML 1.2 loader, except that a key repeated in one mapping is an error (PyYAML keeps the last one,
     so a second ``algorithm:`` section would silently replace the first)."""
 
     def construct_mapping(self, node, deep=False):

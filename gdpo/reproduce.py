@@ -16,7 +16,7 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,7 +108,10 @@ def run_jobs(
     parallel: int = 2,
     log: Callable[[str], None] = print,
 ) -> None:
-    """Run ``jobs`` on ``parallel`` worker processes; ``log`` gets one line per finished job."""
+    """Run ``jobs`` on ``parallel`` worker processes; ``log`` gets one line per job as it finishes.
+
+    The first failure cancels the jobs not yet started and is raised once the running ones end (their runs
+    resume on the next call)."""
     names = [job.name for job in jobs]
     if len(set(names)) != len(names):
         raise ValueError(f"job names must be unique: {names}")
@@ -119,13 +122,14 @@ def run_jobs(
         parallel, mp_context=context, initializer=_init_worker, initargs=(threads,)
     ) as pool:
         futures = {pool.submit(_run_job, Path(config), job, evaluate): job for job in jobs}
-        for future, job in futures.items():
+        for future in as_completed(futures):
             try:
                 name, seconds, what = future.result()
             except Exception as error:
+                log(f"[{time.perf_counter() - started:6.0f}s] {futures[future].name}: FAILED: {error}")
                 for other in futures:
                     other.cancel()
-                raise RuntimeError(f"job {job.name!r} failed: {error}") from error
+                raise RuntimeError(f"job {futures[future].name!r} failed: {error}") from error
             log(f"[{time.perf_counter() - started:6.0f}s] {name}: {what} ({seconds:.0f}s)")
 
 

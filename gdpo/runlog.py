@@ -212,9 +212,11 @@ class RunLog:
                 continue
             rows = read_jsonl(path)  # also drops a torn last line
             drop = [r for r in rows if r["step"] > step]
-            if drop:
+            if drop:  # durable in the discarded file before they leave the log
                 with path.with_suffix(".discarded.jsonl").open("a") as f:
                     f.writelines(json.dumps(r) + "\n" for r in drop)
+                    f.flush()
+                    os.fsync(f.fileno())
             atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows if r["step"] <= step))
             moved += len(drop)
         return moved
@@ -263,7 +265,8 @@ def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a unique temporary file and a rename: readers see all or nothing."""
+    """Write ``text`` to ``path`` through a unique temporary file and a rename: readers see all or nothing, and
+    the new content survives a power loss once this returns (file and folder are synced)."""
     import tempfile
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -277,3 +280,25 @@ def atomic_write_text(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make the entries of ``folder`` (a rename into it, say) durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(folder: Path) -> None:
+    """Sync every file and folder under ``folder``, then ``folder`` itself."""
+    for dirpath, _, filenames in os.walk(folder):
+        for name in filenames:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(dirpath))

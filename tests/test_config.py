@@ -21,7 +21,7 @@ def test_defaults_overrides_and_yaml(tmp_path):
     )
     assert (cfg.task, cfg.steps, cfg.seed) == ("toy", 7, 3)
     assert cfg.algorithm.method == "gdpo" and cfg.algorithm.clip_high == 0.28
-    assert cfg.optim.lr == 1e-6  # YAML 1.1 reads 1e-6 as a string; float fields accept it
+    assert cfg.optim.lr == 1e-6  # a number in YAML 1.2 (PyYAML's YAML 1.1 reads it as a string)
     assert cfg.optim.betas == [0.9, 0.95]
     assert cfg.data.options == {"n": 2}
     assert cfg.rollout.num_rollouts == 8  # untouched default
@@ -49,6 +49,11 @@ def test_round_trip_through_dict():
         (["steps=2.5"], r"steps: expected an integer, got float 2.5"),
         (["optim.lr=true"], r"optim.lr: expected a number, got bool True"),
         (["optim.lr=fast"], r"optim.lr: expected a number, got str 'fast'"),
+        (["optim.lr='1e-6'"], r"optim.lr: expected a number, got str '1e-6'"),
+        (["optim.lr=.nan"], r"optim.lr: expected a number, got NaN"),
+        (["steps=1:30"], r"steps: expected an integer, got str '1:30'"),  # YAML 1.1: 90 (base 60)
+        (["seed=0x"], r"seed: expected an integer, got str '0x'"),
+        (["optim.betas=[0.9"], r"optim.betas: cannot parse '\[0.9'"),
         (["rollout.backend=sglang"], r"rollout.backend: 'sglang' is not one of \['hf', 'vllm'\]"),
         (["optim.betas=0.9"], r"optim.betas: expected a list"),
         (["algorithm.reward_weights={format: high}"], r"algorithm.reward_weights.format: expected a number"),
@@ -59,6 +64,55 @@ def test_round_trip_through_dict():
 def test_bad_keys_and_types_fail_naming_the_key(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(TrainConfig, None, overrides)
+
+
+def test_command_line_values_take_the_type_of_their_field():
+    cfg = load_config(
+        TrainConfig,
+        None,
+        [
+            "seed=010",  # ten: YAML 1.1 would read octal eight
+            "steps=0x10",
+            "preset=on",  # a string field takes the text verbatim (YAML 1.1: True)
+            "logging.run_dir=runs/a #b",  # not a comment
+            "model.chat_template={% for m in messages %}{{ m['content'] }}{% endfor %}",
+            "rollout.backend=vllm",
+            "optim.deepspeed_config={zero_optimization: {stage: 3, offload: no}}",
+            "logging.profile_steps=[3, 4]",
+            "algorithm.reward_weights={format: 1, correctness: 2.5}",
+        ],
+    )
+    assert (cfg.seed, cfg.steps, cfg.preset, cfg.logging.run_dir) == (10, 16, "on", "runs/a #b")
+    assert type(cfg.preset) is str  # a plain str, so the resolved config dumps to YAML
+    assert cfg.model.chat_template == "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    assert cfg.rollout.backend == "vllm"
+    assert cfg.optim.deepspeed_config == {"zero_optimization": {"stage": 3, "offload": "no"}}
+    assert cfg.logging.profile_steps == [3, 4]
+    assert cfg.algorithm.reward_weights == {"format": 1.0, "correctness": 2.5}
+    # An optional field reads null as None; an empty value is the empty string.
+    assert load_config(TrainConfig, None, ["logging.run_dir=null"]).logging.run_dir is None
+    assert load_config(TrainConfig, None, ["logging.run_dir="]).logging.run_dir == ""
+    # A YAML-quoted string is unquoted, with its escapes.
+    assert load_config(TrainConfig, None, ['task="a\\nb #c"']).task == "a\nb #c"
+    assert load_config(TrainConfig, None, ["task='it''s'"]).task == "it's"
+
+
+def test_files_are_read_as_yaml_1_2(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("seed: 010\npreset: on\ntask: 2026-12-01\noptim:\n  lr: 1e-6\n  betas: [0.9, 0.95]\n")
+    cfg = load_config(TrainConfig, path)
+    assert (cfg.seed, cfg.preset, cfg.task, cfg.optim.lr) == (10, "on", "2026-12-01", 1e-6)
+    path.write_text("steps: yes\n")
+    with pytest.raises(ConfigError, match=r"run.yaml: steps: expected an integer, got str 'yes'"):
+        load_config(TrainConfig, path)
+
+
+def test_an_empty_section_in_a_file_takes_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("optim:\nrollout:\n  num_rollouts: 4\n")
+    cfg = load_config(TrainConfig, path, ["optim.lr=0.5"])
+    assert (cfg.optim.lr, cfg.rollout.num_rollouts) == (0.5, 4)
+    assert load_config(TrainConfig, path).optim == TrainConfig().optim
 
 
 def test_errors_name_the_file(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from functools import partial
 from pathlib import Path
 
@@ -14,9 +15,18 @@ from tests.conftest import REPO, TEST_OVERRIDES
 CONFIG = REPO / "experiments/toy/configs/tiny.yaml"
 
 
-def count_reward_means(model_dir: Path, cfg, out_dir: Path, *, fail_on: str | None = None) -> dict:
-    """A small evaluation (module level, so worker processes can unpickle it)."""
+def count_reward_means(
+    model_dir: Path, cfg, out_dir: Path, *, fail_on: str | None = None, signal: Path | None = None
+) -> dict:
+    """A small evaluation (module level, so worker processes can unpickle it). With ``signal``, the failing job
+    touches that file and the others wait for it, then 2 s more, so that the failure is first to finish."""
+    if signal is not None and not (fail_on and fail_on in str(model_dir)):
+        while not signal.exists():
+            time.sleep(0.05)
+        time.sleep(2)
     if fail_on and fail_on in str(model_dir):
+        if signal is not None:
+            signal.touch()
         raise ValueError(f"cannot evaluate {model_dir}")
     out = {"model": str(model_dir), "method": cfg.algorithm.method, "seed": cfg.seed}
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -45,8 +55,9 @@ def test_jobs_train_evaluate_and_are_not_redone(tmp_path, toy_model_dir):
     killed.mkdir(parents=True)
     (killed / "metrics.jsonl").write_text('{"step": 1, "reward/correct/me')
     run_jobs(CONFIG, jobs, evaluate=count_reward_means, parallel=2, log=lines.append)
-    assert [line.split("] ")[1].split(":")[0] for line in lines] == ["base", "grpo/seed0", "gdpo/seed1"]
-    assert "base: evaluated" in lines[0] and "grpo/seed0: trained + evaluated" in lines[1]
+    assert sorted(line.split("] ")[1].split(":")[0] for line in lines) == ["base", "gdpo/seed1", "grpo/seed0"]
+    assert any("base: evaluated" in line for line in lines)
+    assert any("grpo/seed0: trained + evaluated" in line for line in lines)
     for method, seed in (("grpo", 0), ("gdpo", 1)):
         run = tmp_path / method / f"seed{seed}"
         steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -68,6 +79,16 @@ def test_a_failed_job_is_named(tmp_path, toy_model_dir):
     jobs = _jobs(tmp_path, toy_model_dir)[:1]
     with pytest.raises(RuntimeError, match=r"job 'base' failed: cannot evaluate"):
         run_jobs(CONFIG, jobs, evaluate=partial(count_reward_means, fail_on="models"), parallel=1)
+    # Reported when it happens, not after the jobs submitted before it.
+    two = [
+        jobs[0],
+        Job("second", jobs[0].overrides, model_dir=tmp_path / "second", eval_dir=tmp_path / "ev2"),
+    ]
+    lines: list[str] = []
+    slow_first = partial(count_reward_means, fail_on="second", signal=tmp_path / "failed")
+    with pytest.raises(RuntimeError, match=r"job 'second' failed: cannot evaluate"):
+        run_jobs(CONFIG, two, evaluate=slow_first, parallel=2, log=lines.append)
+    assert "second: FAILED: cannot evaluate" in lines[0]
     with pytest.raises(ValueError, match="job names must be unique"):
         run_jobs(CONFIG, jobs * 2, parallel=1)
     with pytest.raises(ValueError, match="needs model_dir and eval_dir"):
