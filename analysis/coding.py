@@ -51,6 +51,11 @@ def _row(summary: dict) -> dict:
     }
 
 
-def load_evals(runs_dir: str | Path, preset: str, base_eval: str | Path | None = None) -> pd.DataFrame:
+def load_evals(
+    runs_dir: str | Path,
+    preset: str,
+    base_eval: str | Path | None = None,
+    runs: Sequence[str] | None = None,
+) -> pd.DataFrame:
     """Rows (method = variant folder, seed, ``<bench>_pass``, ``_exceed``, ``_bug`` in %) of every evaluated run."""
-    return load_eval_summaries(runs_dir, "coding", preset, _row, base_eval)
+    return load_eval_summaries(runs_dir, "coding", preset, _row, base_eval, runs)

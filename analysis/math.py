@@ -55,9 +55,14 @@ def _row(summary: dict) -> dict:
     return out
 
 
-def load_evals(runs_dir: str | Path, preset: str, base_eval: str | Path | None = None) -> pd.DataFrame:
+def load_evals(
+    runs_dir: str | Path,
+    preset: str,
+    base_eval: str | Path | None = None,
+    runs: Sequence[str] | None = None,
+) -> pd.DataFrame:
     """Rows (method = variant folder, seed, ``<bench>_acc``, ``<bench>_exceed`` in %) of every evaluated run."""
-    return load_eval_summaries(runs_dir, "math", preset, _row, base_eval)
+    return load_eval_summaries(runs_dir, "math", preset, _row, base_eval, runs)
 
 
 FIGURE6_BENCHMARKS = ("math500", "aime24")  # the paper's Figure 6 plots averages over MATH and AIME

@@ -43,16 +43,23 @@ METHOD_LABELS = {
 METHOD_ORDER = list(METHOD_LABELS)
 
 
-def load_runs(root: str | Path, task: str | None = None, preset: str | None = None) -> pd.DataFrame:
+def load_runs(
+    root: str | Path,
+    task: str | None = None,
+    preset: str | None = None,
+    runs: Sequence[str] | None = None,
+) -> pd.DataFrame:
     """Every step of every run under ``root`` (optionally one task/preset), one row per (run, step).
 
+    ``runs``: only these ``"<method>/seed<k>"`` folders of the task and preset (a reproduction passes its jobs,
+    so runs left on disk from other experiments stay out of its tables); a missing one is an error.
     Columns: task, preset, method, seed, step, and every metric. A folder without metrics is skipped with a
     note in ``DataFrame.attrs["skipped"]``; a corrupt log is an error naming the file.
     """
     root = Path(root)
     frames, skipped = [], []
     pattern = f"{task or '*'}/{preset or '*'}/*/seed*/metrics.jsonl"
-    for path in sorted(root.glob(pattern)):
+    for path in _run_files(root, task, preset, runs, "metrics.jsonl"):
         run_task, run_preset, method, seed_dir = path.parts[-5:-1]
         rows = read_jsonl(path)
         if not rows:
@@ -71,17 +78,34 @@ def load_runs(root: str | Path, task: str | None = None, preset: str | None = No
     return out
 
 
+def _run_files(
+    root: Path, task: str | None, preset: str | None, runs: Sequence[str] | None, name: str
+) -> list[Path]:
+    """``<root>/<task>/<preset>/<method>/seed<k>/<name>`` for every run on disk, or for ``runs`` only."""
+    if runs is None:
+        return sorted(root.glob(f"{task or '*'}/{preset or '*'}/*/seed*/{name}"))
+    if task is None or preset is None:
+        raise ValueError("selecting runs by name needs the task and the preset")
+    paths = [root / task / preset / run / name for run in runs]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} of the requested runs have no {name}: {missing}")
+    return paths
+
+
 def load_eval_summaries(
     runs_dir: str | Path,
     task: str,
     preset: str,
     row: Callable[[dict], dict],
     base_eval: str | Path | None = None,
+    runs: Sequence[str] | None = None,
 ) -> pd.DataFrame:
-    """Rows (method, seed, ``row(summary)``) for every ``<runs>/<task>/<preset>/<method>/seed<k>/eval/summary.json``,
-    plus the base model's summary as method "base" (seed 0) when ``base_eval`` exists."""
+    """Rows (method, seed, ``row(summary)``) for every ``<runs>/<task>/<preset>/<method>/seed<k>/eval/summary.json``
+    (or for the ``"<method>/seed<k>"`` in ``runs`` only, see ``load_runs``), plus the base model's summary as method
+    "base" (seed 0) when ``base_eval`` exists."""
     rows = []
-    for path in sorted(Path(runs_dir).glob(f"{task}/{preset}/*/seed*/eval/summary.json")):
+    for path in _run_files(Path(runs_dir), task, preset, runs, "eval/summary.json"):
         method, seed = path.parts[-4], int(path.parts[-3].removeprefix("seed"))
         rows.append({"method": method, "seed": seed, **row(json.loads(path.read_text()))})
     if base_eval is not None and Path(base_eval).exists():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -53,6 +54,11 @@ def eval_row(summary: dict) -> dict:
     }
 
 
-def load_evals(runs_dir: str | Path, preset: str, base_eval: str | Path | None = None) -> pd.DataFrame:
+def load_evals(
+    runs_dir: str | Path,
+    preset: str,
+    base_eval: str | Path | None = None,
+    runs: Sequence[str] | None = None,
+) -> pd.DataFrame:
     """Rows (method, seed, table columns) for every evaluated run, plus the base model as method "base"."""
-    return load_eval_summaries(runs_dir, "tool_calling", preset, eval_row, base_eval)
+    return load_eval_summaries(runs_dir, "tool_calling", preset, eval_row, base_eval, runs)

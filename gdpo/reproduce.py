@@ -168,8 +168,12 @@ def reproduce_parser(description: str, seeds: Sequence[int] = (0, 1, 2, 3, 4)) -
     return parser
 
 
-def write_tables_and_figures(notebook: Path, results: Path, params: dict) -> None:
-    """Execute an analysis notebook headlessly; it writes its tables and figures under ``results``."""
+def write_tables_and_figures(notebook: Path, results: Path, params: dict, jobs: Sequence[Job]) -> None:
+    """Execute an analysis notebook headlessly; it writes its tables and figures under ``results``.
+
+    The notebook reads the runs of ``jobs`` only (``RUNS``): other runs of the preset left on disk (more seeds,
+    other variants) would otherwise enter the tables unannounced."""
     from analysis.run_notebook import run_notebook
 
-    run_notebook(notebook, results, params)
+    runs = [f"{job.run_dir.parent.name}/{job.run_dir.name}" for job in jobs if job.run_dir is not None]
+    run_notebook(notebook, results, {**params, "RUNS": runs})

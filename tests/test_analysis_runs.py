@@ -35,6 +35,29 @@ def test_load_runs(root):
         load_runs(root, task="math")
 
 
+def test_load_runs_and_summaries_of_named_runs_only(root):
+    import json
+
+    from analysis.runs import load_eval_summaries
+
+    runs = load_runs(root, task="tool_calling", preset="tiny", runs=["gdpo/seed1", "grpo/seed3"])
+    assert sorted(set(zip(runs["method"], runs["seed"]))) == [("gdpo", 1), ("grpo", 3)]
+    assert list(runs[runs["method"] == "grpo"]["reward/format/mean"]) == [0.0, 0.4, 0.8]
+    with pytest.raises(
+        FileNotFoundError, match=r"1 of the requested runs have no metrics.jsonl: .*gdpo/seed9"
+    ):
+        load_runs(root, task="tool_calling", preset="tiny", runs=["gdpo/seed0", "gdpo/seed9"])
+    with pytest.raises(ValueError, match="needs the task and the preset"):
+        load_runs(root, runs=["gdpo/seed0"])
+    for method, seed in (("gdpo", 0), ("grpo", 2)):
+        summary = root / "tool_calling" / "tiny" / method / f"seed{seed}" / "eval" / "summary.json"
+        summary.parent.mkdir()
+        summary.write_text(json.dumps({"acc": 10.0 * seed}))
+    rows = load_eval_summaries(root, "tool_calling", "tiny", lambda s: s, runs=["grpo/seed2"])
+    assert rows.to_dict("records") == [{"method": "grpo", "seed": 2, "acc": 20.0}]
+    assert len(load_eval_summaries(root, "tool_calling", "tiny", lambda s: s)) == 2
+
+
 def test_seed_bands_median_and_iqr(root):
     bands = seed_bands(load_runs(root), "reward/format/mean").set_index(["method", "step"])
     # GRPO step 3 over seeds: 0.2, 0.4, 0.6, 0.8 -> median 0.5, q25 0.35, q75 0.65 (linear interpolation)

@@ -132,6 +132,17 @@ def test_stdio_programs(program, pass_rate, bug_free, statuses):
     assert result.has_bug is (not bug_free)
 
 
+def test_a_long_correct_output_is_not_cut_into_a_wrong_one():
+    # 300k numbers: about 2 MB of expected output, beyond the sandbox's default 1 MiB per stream.
+    n = 300_000
+    tests = [{"input": f"{n}\n", "output": " ".join(str(i) for i in range(n)) + "\n"}]
+    program = "n = int(input())\nprint(' '.join(str(i) for i in range(n)))\n"
+    assert len(tests[0]["output"]) > 2 * (1 << 20) - 300_000
+    assert [c.status for c in run_tests(program, tests, timeout_s=5.0).cases] == ["pass"]
+    wrong = "n = int(input())\nprint(' '.join(str(i + 1) for i in range(n)))\n"
+    assert [c.status for c in run_tests(wrong, tests, timeout_s=5.0).cases] == ["fail"]
+
+
 def test_stdio_program_reads_stdin_and_main_block_runs():
     program = "import sys\n\ndef main():\n    print(sum(map(int, sys.stdin.read().split())))\n\n" + (
         "if __name__ == '__main__':\n    main()"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import pandas as pd
 import pytest
 
 from eval.bfcl import BFCL_PYTHON
+from gdpo.runlog import RunLog
 
 from .conftest import REPO
 
@@ -38,6 +40,11 @@ def test_pipeline_end_to_end(tmp_path, subprocess_env):
         "4",
         "steps=2",
     ]
+    # A run of another experiment left in the same folder stays out of this reproduction's tables.
+    stray = tmp_path / "runs/tool_calling/tiny/grpo/seed7"
+    RunLog(stray).log_metrics(1, {"reward/format/mean": 0.5})
+    (stray / "eval").mkdir()
+    (stray / "eval/summary.json").write_text(json.dumps(_summary(90.0, 90.0, 90.0, 0.9, 0.9)))
     result = subprocess.run(
         cmd, env=subprocess_env, capture_output=True, text=True, timeout=1200, check=False
     )
@@ -80,10 +87,7 @@ def _summary(live, non_live, fmt, test_format, test_correctness):
 
 def test_tool_calling_notebook_on_known_logs(tmp_path):
     """The notebook alone, on run logs and eval summaries with known values: tables and figures are exact."""
-    import json
-
     from analysis.run_notebook import run_notebook
-    from gdpo.runlog import RunLog
 
     runs = tmp_path / "runs"
     for method, base in (("grpo", 0.2), ("grpo_no_std", 0.0), ("gdpo", 0.4)):

@@ -118,6 +118,7 @@ def main() -> None:
         REPO / "analysis/notebooks/coding.ipynb",
         results,
         {"RUNS_DIR": str(args.runs), "PRESET": args.preset, "BENCHMARKS": list(benchmarks)},
+        jobs,
     )
     print(f"[{time.perf_counter() - started:6.0f}s] tables and figures in {results}", flush=True)
 

@@ -109,6 +109,7 @@ def main() -> None:
         REPO / "analysis/notebooks/tool_calling.ipynb",
         results,
         {"RUNS_DIR": str(args.runs), "PRESET": args.preset, "PAPER_STEPS": cfg.steps},
+        jobs,
     )
     print(f"[{time.perf_counter() - started:6.0f}s] tables and figures in {results}", flush=True)
 

@@ -413,6 +413,7 @@ class _Run:
     code: str
     inputs: tuple[str, ...]
     timeout_s: float
+    max_output_bytes: int = 1 << 20  # per input and stream; beyond it the output is cut (and cannot match)
 
 
 @dataclass
@@ -455,7 +456,11 @@ def _verdict_lines(stdout: str, token: str) -> list[list[str]]:
 
 def _plan_stdio(program: str, tests: list[dict], timeout_s: float) -> tuple[list[_Run], Callable]:
     token = secrets.token_hex(16)
-    run = _Run(_stdio_harness(program, token), tuple(t["input"] for t in tests), timeout_s)
+    # Room for a correct answer however long the expected one (its numbers may be printed longer: 0.5 vs
+    # 0.500000), so a long correct output is never cut into a wrong one.
+    longest = max(len(t["output"].encode()) for t in tests)
+    output_cap = max(1 << 20, 4 * longest)
+    run = _Run(_stdio_harness(program, token), tuple(t["input"] for t in tests), timeout_s, output_cap)
 
     def finish(results: list[list[Any]]) -> list[CaseResult]:
         out = []
@@ -588,7 +593,13 @@ def _execute_runs(runs: list[_Run], memory_mb: int, workers: int | None) -> list
     from gdpo.sandbox import run_tests as sandbox_run_tests
 
     def one(run: _Run):
-        return sandbox_run_tests(run.code, list(run.inputs), timeout_s=run.timeout_s, memory_mb=memory_mb)
+        return sandbox_run_tests(
+            run.code,
+            list(run.inputs),
+            timeout_s=run.timeout_s,
+            memory_mb=memory_mb,
+            max_output_bytes=run.max_output_bytes,
+        )
 
     workers = workers or _default_workers()
     if len(runs) <= 1 or workers == 1:
