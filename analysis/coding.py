@@ -7,11 +7,10 @@ R_pass + R~_length) and ``grpo-3obj``, ``gdpo-3obj`` (plus R_bug).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import pandas as pd
 
-from analysis.runs import load_eval_summaries
+from analysis.runs import eval_loader
 
 __all__ = ["METRICS", "PAPER_TABLE5_R1_7B", "load_evals", "table_columns"]
 
@@ -51,11 +50,8 @@ def _row(summary: dict) -> dict:
     }
 
 
-def load_evals(
-    runs_dir: str | Path,
-    preset: str,
-    base_eval: str | Path | None = None,
-    runs: Sequence[str] | None = None,
-) -> pd.DataFrame:
-    """Rows (method = variant folder, seed, ``<bench>_pass``, ``_exceed``, ``_bug`` in %) of every evaluated run."""
-    return load_eval_summaries(runs_dir, "coding", preset, _row, base_eval, runs)
+load_evals = eval_loader(
+    "coding",
+    _row,
+    "Rows (method = variant folder, seed, ``<bench>_pass``, ``_exceed``, ``_bug`` in %) of every evaluated run.",
+)

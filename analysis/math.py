@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.runs import load_eval_summaries, save_figure
+from analysis.runs import eval_loader, save_figure
 
 __all__ = ["PAPER_TABLE4_R1_7B", "load_evals", "parse_variant", "plot_sweep", "sweep_table", "table_columns"]
 
@@ -55,14 +55,11 @@ def _row(summary: dict) -> dict:
     return out
 
 
-def load_evals(
-    runs_dir: str | Path,
-    preset: str,
-    base_eval: str | Path | None = None,
-    runs: Sequence[str] | None = None,
-) -> pd.DataFrame:
-    """Rows (method = variant folder, seed, ``<bench>_acc``, ``<bench>_exceed`` in %) of every evaluated run."""
-    return load_eval_summaries(runs_dir, "math", preset, _row, base_eval, runs)
+load_evals = eval_loader(
+    "math",
+    _row,
+    "Rows (method = variant folder, seed, ``<bench>_acc``, ``<bench>_exceed`` in %) of every evaluated run.",
+)
 
 
 FIGURE6_BENCHMARKS = ("math500", "aime24")  # the paper's Figure 6 plots averages over MATH and AIME

@@ -20,6 +20,7 @@ from gdpo.runlog import read_jsonl
 
 __all__ = [
     "METHOD_LABELS",
+    "eval_loader",
     "final_steps",
     "load_eval_summaries",
     "load_runs",
@@ -113,6 +114,22 @@ def load_eval_summaries(
     if not rows:
         raise FileNotFoundError(f"no eval summaries under {runs_dir}/{task}/{preset}")
     return pd.DataFrame(rows)
+
+
+def eval_loader(task: str, row: Callable[[dict], dict], doc: str) -> Callable[..., pd.DataFrame]:
+    """A task's ``load_evals(runs_dir, preset, base_eval=None, runs=None)``: ``load_eval_summaries`` with the
+    task's folder and row function; ``doc`` says what its rows hold."""
+
+    def load_evals(
+        runs_dir: str | Path,
+        preset: str,
+        base_eval: str | Path | None = None,
+        runs: Sequence[str] | None = None,
+    ) -> pd.DataFrame:
+        return load_eval_summaries(runs_dir, task, preset, row, base_eval, runs)
+
+    load_evals.__doc__ = doc
+    return load_evals
 
 
 def seed_bands(runs: pd.DataFrame, metric: str) -> pd.DataFrame:

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
-
 import pandas as pd
 
-from analysis.runs import load_eval_summaries
+from analysis.runs import eval_loader
 
 __all__ = ["PAPER_TABLE1_1P5B", "TABLE_COLUMNS", "eval_row", "load_evals"]
 
@@ -54,11 +51,8 @@ def eval_row(summary: dict) -> dict:
     }
 
 
-def load_evals(
-    runs_dir: str | Path,
-    preset: str,
-    base_eval: str | Path | None = None,
-    runs: Sequence[str] | None = None,
-) -> pd.DataFrame:
-    """Rows (method, seed, table columns) for every evaluated run, plus the base model as method "base"."""
-    return load_eval_summaries(runs_dir, "tool_calling", preset, eval_row, base_eval, runs)
+load_evals = eval_loader(
+    "tool_calling",
+    eval_row,
+    "Rows (method, seed, table columns) for every evaluated run, plus the base model as method 'base'.",
+)
