@@ -75,11 +75,11 @@ test-slow: setup  ## only the slow tests
 test-all: setup  ## every test
 	$(PY) -m pytest -q
 
-lint: setup  ## ruff
+lint: setup  ## ruff check
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-format: setup
+format: setup  ## ruff format
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
