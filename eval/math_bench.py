@@ -14,7 +14,8 @@ the samples, then over the questions; Exceed = % of all responses longer than th
   limit" when it has more than ``length_limit`` tokens (the complement of the length reward).
 * Generation goes through the project's ``hf`` rollout backend (not vLLM, which the paper used); the paper's
   32k-token generation cap is the CLI default, lower it with ``--max-new-tokens`` on small machines. A truncated
-  response is scored as it is.
+  response is scored as it is for Acc and counts as exceeding whatever its length (it would have been longer; an
+  upper bound when ``--max-new-tokens`` is below the limit), as in ``eval.code_bench``.
 * Items whose prompt exceeds ``max_prompt_tokens`` are not generated: their samples count as wrong (and not as
   exceeding), and the summary says how many.
 * Benchmarks: math500 (MATH500, the subset the DLER numbers use), aime24 (2024 I + II), amc (AMC 2022 + 2023),
@@ -77,12 +78,13 @@ def score_samples(
     num_tokens_per_item: Sequence[Sequence[int]],
     length_limit: int = PAPER_LENGTH_LIMIT,
     skipped: Sequence[bool] | None = None,
+    truncated_per_item: Sequence[Sequence[bool]] | None = None,
 ) -> dict[str, Any]:
     """Score k samples per item: ``{"summary": {...}, "records": [...]}`` (Acc and Exceed in %).
 
     Acc = mean over items of the item's pass@1 (its share of correct samples); Exceed = share of all responses
-    with more than ``length_limit`` tokens. ``skipped[i]`` marks items that were not generated (counted wrong,
-    not exceeding).
+    with more than ``length_limit`` tokens or cut at the generation cap (``truncated_per_item``). ``skipped[i]``
+    marks items that were not generated (counted wrong, not exceeding).
     """
     if not (len(items) == len(completions_per_item) == len(num_tokens_per_item)):
         raise ValueError(
@@ -90,14 +92,22 @@ def score_samples(
             f"{len(num_tokens_per_item)} token-count lists: they must match"
         )
     skipped = list(skipped) if skipped is not None else [False] * len(items)
+    if truncated_per_item is None:
+        truncated_per_item = [[False] * len(c) for c in completions_per_item]
+    if len(truncated_per_item) != len(items):
+        raise ValueError(f"{len(items)} items but {len(truncated_per_item)} truncation lists")
     records, responses, exceeding = [], 0, 0
     for i, (item, completions, lengths) in enumerate(zip(items, completions_per_item, num_tokens_per_item)):
-        if len(completions) != len(lengths) or not completions:
+        if len(completions) != len(lengths) or not completions or len(truncated_per_item[i]) != len(lengths):
             raise ValueError(
-                f"item {i} ({item.get('id')}): {len(completions)} completions and {len(lengths)} token counts"
+                f"item {i} ({item.get('id')}): {len(completions)} completions, {len(lengths)} token counts and "
+                f"{len(truncated_per_item[i])} truncation flags"
             )
         correct = [0.0 if skipped[i] else correctness_reward(c, item["answer"]) for c in completions]
-        longer = [not skipped[i] and int(n) > length_limit for n in lengths]
+        longer = [
+            not skipped[i] and (int(n) > length_limit or bool(cut))
+            for n, cut in zip(lengths, truncated_per_item[i])
+        ]
         responses += len(completions)
         exceeding += sum(longer)
         records.append(
@@ -171,6 +181,7 @@ def run_benchmark(
     skipped = [len(p) > rollout_cfg.max_prompt_tokens for p in prompts]
     completions: list[list[str]] = [[""] * k for _ in items]
     lengths: list[list[int]] = [[0] * k for _ in items]
+    truncated: list[list[bool]] = [[False] * k for _ in items]
     backend = HFRollout(model, tokenizer, rollout_cfg)
     todo = [i for i in range(len(items)) if not skipped[i]]
     for start in range(0, len(todo), batch_prompts):
@@ -179,7 +190,8 @@ def run_benchmark(
         for row, i in enumerate(chunk):
             completions[i] = ro.completions[row * k : (row + 1) * k]
             lengths[i] = [int(n) for n in ro.num_tokens[row * k : (row + 1) * k]]
-    scored = score_samples(items, completions, lengths, length_limit, skipped)
+            truncated[i] = [bool(t) for t in ro.truncated[row * k : (row + 1) * k]]
+    scored = score_samples(items, completions, lengths, length_limit, skipped, truncated)
     scored["summary"].update(
         benchmark=benchmark_name,
         temperature=rollout_cfg.temperature,

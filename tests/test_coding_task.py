@@ -66,6 +66,12 @@ def build(options: dict, seed: int = 0):
             "print(6)",
         ),  # blank blocks ignored
         ("```python\n    return x\n```", "    return x"),  # indentation kept
+        # A block inside a list item: the fence's own indentation is removed, the program's kept.
+        (
+            "1. Code:\n   ```python\n   n = int(input())\n   if n:\n       print(n)\n   ```",
+            "n = int(input())\nif n:\n    print(n)",
+        ),
+        ("  ```python\n    return x\n  ```", "  return x"),
         ("```python\nx = '```'\nprint(x)\n```", "x = '```'\nprint(x)"),  # inline backticks do not close
     ],
 )
@@ -377,6 +383,13 @@ def test_evaluation_scores_with_the_task_limits():
         ({"bogus": 1, "other": 2}, r"unknown data.options for task 'coding': \['bogus', 'other'\]"),
         ({"source": "apps"}, "unknown source 'apps'"),
         ({"objectives": 1}, "objectives must be 2 or 3"),
+        ({"objectives": 3.9}, "objectives must be 2 or 3"),
+        ({"length_limit": True}, r"data.options.length_limit must be a positive integer, got True"),
+        ({"length_limit": 40.9}, r"data.options.length_limit must be a positive integer, got 40.9"),
+        ({"timeout_s": -1}, r"data.options.timeout_s must be positive, got -1"),
+        ({"memory_mb": 0.5}, r"data.options.memory_mb must be a positive integer"),
+        ({"demo_noise": 1.5}, r"data.options.demo_noise must be in \[0, 1\], got 1.5"),
+        ({"workers": 0}, r"data.options.workers must be a positive integer, got 0"),
         ({"path": "somewhere"}, "'path' applies to source 'eurus' only"),
         ({"source": "eurus", "path": str(FIXTURES / "apps.jsonl")}, "is a file; give a folder"),
     ],

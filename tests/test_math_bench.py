@@ -96,13 +96,21 @@ def test_exceed_counts_responses_over_the_limit():
     skipped = score_samples(items, completions, [[99] * 3, [99] * 3], 40, skipped=[True, False])
     assert skipped["summary"]["acc"] == 50.0 and skipped["summary"]["exceed"] == 50.0
     assert skipped["summary"]["skipped_prompt_too_long"] == 1
+    # Cut at a generation cap at or below the limit: it would have been longer, so it exceeds.
+    cut = score_samples(
+        items, completions, [[40] * 3, [5] * 3], 40, truncated_per_item=[[True, False, False]] * 2
+    )
+    assert [r["exceed"] for r in cut["records"]] == pytest.approx([1 / 3, 1 / 3])
+    assert cut["records"][0]["samples"][0]["exceeds"] is True
 
 
 def test_score_samples_rejects_mismatched_inputs():
     items = [{"id": "a", "answer": "1"}]
     with pytest.raises(ValueError, match="must match"):
         score_samples(items, [["x"], ["y"]], [[1], [1]], 40)
-    with pytest.raises(ValueError, match=r"item 0 \(a\): 2 completions and 1 token counts"):
+    with pytest.raises(
+        ValueError, match=r"item 0 \(a\): 2 completions, 1 token counts and 2 truncation flags"
+    ):
         score_samples(items, [["x", "y"]], [[1]], 40)
 
 
@@ -183,6 +191,20 @@ def test_bad_rows_name_the_file_row_and_field(tmp_path, rows, message):
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(rows))
     with pytest.raises(ValueError, match=message):
+        math_data.load_amc(path)
+
+
+def test_a_missing_number_in_a_parquet_answer_column_is_an_error(tmp_path):
+    path = tmp_path / "amc.parquet"
+    pd.DataFrame({"problem": ["p", "q"], "answer": [3.0, None]}).to_parquet(
+        path
+    )  # the None reads back as NaN
+    with pytest.raises(
+        ValueError, match=r"amc\.parquet row 1: field 'answer' is missing or not finite \(nan\)"
+    ):
+        math_data.load_amc(path)
+    pd.DataFrame({"problem": ["p"], "answer": [float("inf")]}).to_parquet(path)
+    with pytest.raises(ValueError, match=r"row 0: field 'answer' is missing or not finite \(inf\)"):
         math_data.load_amc(path)
 
 

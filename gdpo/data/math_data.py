@@ -42,6 +42,8 @@ are drawn.
 from __future__ import annotations
 
 import hashlib
+import math
+import numbers
 import random
 import re
 import warnings
@@ -247,6 +249,8 @@ def _answer_text(value: Any, where: str) -> str:
     """A reference answer as a non-empty string (integral floats lose their ``.0``)."""
     if isinstance(value, bool) or value is None:
         raise ValueError(f"{where}: field 'answer' is missing or not a string/number ({value!r})")
+    if isinstance(value, numbers.Real) and not math.isfinite(value):  # pandas reads a missing number as NaN
+        raise ValueError(f"{where}: field 'answer' is missing or not finite ({value!r})")
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, (list, tuple)) or type(value).__name__ == "ndarray":

@@ -12,7 +12,7 @@ from typing import Any
 
 from gdpo.rewards import RewardSet
 
-__all__ = ["TASKS", "Task", "build_task", "register_task"]
+__all__ = ["TASKS", "Task", "build_task", "number_option", "positive_int_option", "register_task"]
 
 
 @dataclass
@@ -50,6 +50,27 @@ class Task:
 
 
 TASKS: dict[str, Callable[[dict[str, Any], int], Task]] = {}
+
+
+def positive_int_option(value: Any, name: str, allow_none: bool = False) -> int | None:
+    """``data.options.<name>`` as a positive integer (not a bool, not a float), or an error naming it."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"data.options.{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def number_option(
+    value: Any, name: str, *, low: float | None = None, high: float | None = None, positive: bool = False
+) -> float:
+    """``data.options.<name>`` as a finite number in ``[low, high]`` (and > 0 if ``positive``), or an error."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise ValueError(f"data.options.{name} must be a number, got {value!r}")
+    if (low is not None and value < low) or (high is not None and value > high) or (positive and value <= 0):
+        bounds = f"in [{low:g}, {high:g}]" if low is not None and high is not None else "positive"
+        raise ValueError(f"data.options.{name} must be {bounds}, got {value!r}")
+    return float(value)
 
 
 def register_task(name: str):

@@ -70,7 +70,7 @@ from pathlib import Path
 from typing import Any
 
 from gdpo.rewards import RewardComponent, RewardSet
-from gdpo.tasks import Task, register_task
+from gdpo.tasks import Task, number_option, positive_int_option, register_task
 
 __all__ = [
     "BUG_STATUSES",
@@ -99,24 +99,28 @@ INSTRUCTION = "Answer with a Python program in a ```python block."
 # Program extraction
 # --------------------------------------------------------------------------------------------------
 
-_OPEN = re.compile(r"^[ \t]*```[ \t]*([^`\n]*)$")
+_OPEN = re.compile(r"^([ \t]*)```[ \t]*([^`\n]*)$")
 _CLOSE = re.compile(r"^[ \t]*```[ \t]*$")
 
 
 def _fenced_blocks(text: str) -> list[tuple[str, str]]:
-    """(tag, body) of every fenced block, in order; an unclosed last block runs to the end."""
-    blocks, tag, body = [], None, []
+    """(tag, body) of every fenced block, in order; an unclosed last block runs to the end.
+
+    As in CommonMark, a fence indented by n characters (a block inside a list item) removes up to n leading
+    whitespace characters from each line of its body; indentation beyond the fence's is the program's own."""
+    blocks, tag, body, indent = [], None, [], 0
     for line in text.split("\n"):
         if tag is None:
             opened = _OPEN.match(line)
             if opened:
-                words = opened.group(1).split()
-                tag, body = (words[0].lower() if words else ""), []
+                words = opened.group(2).split()
+                tag, body, indent = (words[0].lower() if words else ""), [], len(opened.group(1))
         elif _CLOSE.match(line):
             blocks.append((tag, "\n".join(body)))
             tag = None
         else:
-            body.append(line)
+            own = len(line) - len(line.lstrip(" \t"))
+            body.append(line[min(indent, own) :])
     if tag is not None:
         blocks.append((tag, "\n".join(body)))
     return blocks
@@ -796,9 +800,13 @@ def scoring_limits(options: dict) -> dict:
         raise ValueError(f"task 'coding': unknown source {source!r}; known: {sorted(SOURCE_DEFAULTS)}")
     defaults = SOURCE_DEFAULTS[source]
     return {
-        "length_limit": int(options.get("length_limit", defaults["length_limit"])),
-        "timeout_s": float(options.get("timeout_s", defaults["timeout_s"])),
-        "memory_mb": int(options.get("memory_mb", 512)),
+        "length_limit": positive_int_option(
+            options.get("length_limit", defaults["length_limit"]), "length_limit"
+        ),
+        "timeout_s": number_option(
+            options.get("timeout_s", defaults["timeout_s"]), "timeout_s", positive=True
+        ),
+        "memory_mb": positive_int_option(options.get("memory_mb", 512), "memory_mb"),
     }
 
 
@@ -851,12 +859,16 @@ def build_coding_task(options: dict, seed: int) -> Task:
     source = options.pop("source", "synthetic")
     defaults = SOURCE_DEFAULTS[source]
     path = options.pop("path", None)
-    objectives = int(options.pop("objectives", 2))
-    workers = options.pop("workers", None)
-    num_train = options.pop("num_train", defaults["num_train"])
-    num_test = options.pop("num_test", defaults["num_test"])
-    demo_noise = float(options.pop("demo_noise", 0.5))
-    num_demos = int(options.pop("num_demonstrations", 2000))
+    objectives = options.pop("objectives", 2)
+    if objectives not in (2, 3) or isinstance(objectives, bool):
+        raise ValueError(f"data.options.objectives must be 2 or 3, got {objectives!r}")
+    workers = positive_int_option(options.pop("workers", None), "workers", allow_none=True)
+    num_train = positive_int_option(
+        options.pop("num_train", defaults["num_train"]), "num_train", allow_none=True
+    )
+    num_test = positive_int_option(options.pop("num_test", defaults["num_test"]), "num_test", allow_none=True)
+    demo_noise = number_option(options.pop("demo_noise", 0.5), "demo_noise", low=0.0, high=1.0)
+    num_demos = positive_int_option(options.pop("num_demonstrations", 2000), "num_demonstrations")
     if options:
         raise ValueError(f"unknown data.options for task 'coding': {sorted(options)}")
     if source == "synthetic":
@@ -871,5 +883,5 @@ def build_coding_task(options: dict, seed: int) -> Task:
         for _ in range(num_demos):
             row = rng.choice(train)
             demos.append((row["messages"], _synthetic_demonstration(rng, row, demo_noise)))
-    executor = CodeExecutor(timeout_s, memory_mb, None if workers is None else int(workers))
+    executor = CodeExecutor(timeout_s, memory_mb, workers)
     return Task("coding", train, test, coding_rewards(objectives, executor), demos)

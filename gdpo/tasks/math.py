@@ -72,7 +72,7 @@ from typing import Any
 
 from gdpo.data.math_data import last_boxed, render_synthetic_solution
 from gdpo.rewards import RewardComponent, RewardSet
-from gdpo.tasks import Task, register_task
+from gdpo.tasks import Task, number_option, positive_int_option, register_task
 
 __all__ = [
     "GSM8K_SYSTEM_PROMPT",
@@ -553,20 +553,6 @@ def _as_bool(value: Any, name: str) -> bool:
     raise ValueError(f"data.options.{name} must be true or false, got {value!r}")
 
 
-def _positive_int(value: Any, name: str, allow_none: bool = False) -> int | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"data.options.{name} must be a positive integer, got {value!r}")
-    return value
-
-
-def _number(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"data.options.{name} must be a number, got {value!r}")
-    return float(value)
-
-
 SOURCES = ("synthetic", "gsm8k", "math", "deepscaler")
 
 
@@ -592,7 +578,7 @@ def task_length_limit(options: dict) -> int:
     """The length limit (tokens) the task rewards with, given its ``data.options``: 40 for the synthetic
     source, 4000 otherwise, unless ``length_limit`` is set. The evaluation's Exceed reads it here too."""
     default = 40 if options.get("source", "synthetic") == "synthetic" else 4000
-    return _positive_int(options.get("length_limit", default), "length_limit")
+    return positive_int_option(options.get("length_limit", default), "length_limit")
 
 
 @register_task("math")
@@ -611,17 +597,15 @@ def build_math_task(options: dict, seed: int) -> Task:
     if length_only and recipe != "boxed":
         raise ValueError(f"data.options {sorted(length_only)} apply only to recipe 'boxed'")
     conditioned = _as_bool(length_only.get("conditioned_length", False), "conditioned_length")
-    length_weight = _number(length_only.get("length_weight", 1.0), "length_weight")
+    length_weight = number_option(length_only.get("length_weight", 1.0), "length_weight")
     length_limit = task_length_limit({"source": source, **options})
     options.pop("length_limit", None)
-    num_train = _positive_int(options.pop("num_train", None), "num_train", allow_none=True)
-    num_test = _positive_int(options.pop("num_test", None), "num_test", allow_none=True)
-    noise = _number(options.pop("demo_noise", 0.5), "demo_noise")
-    if not 0.0 <= noise <= 1.0:
-        raise ValueError(f"data.options.demo_noise must be in [0, 1], got {noise}")
+    num_train = positive_int_option(options.pop("num_train", None), "num_train", allow_none=True)
+    num_test = positive_int_option(options.pop("num_test", None), "num_test", allow_none=True)
+    noise = number_option(options.pop("demo_noise", 0.5), "demo_noise", low=0.0, high=1.0)
     num_demos = options.pop("num_demonstrations", 2000)
     if num_demos != 0:
-        _positive_int(num_demos, "num_demonstrations")
+        positive_int_option(num_demos, "num_demonstrations")
     if options:
         raise ValueError(f"unknown data.options for task 'math': {sorted(options)}")
 

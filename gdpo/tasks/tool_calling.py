@@ -274,14 +274,21 @@ def demonstration(rng, truth: str, format_noise: float, content_noise: float) ->
 def _build_tool_calling_task(options: dict, seed: int):
     import random
 
-    from gdpo.tasks import Task
+    from gdpo.tasks import Task, number_option, positive_int_option
 
     source = options.pop("source", "synthetic")
-    compact = bool(options.pop("compact_prompt", False))
-    format_noise = float(options.pop("demo_format_noise", 0.6))
-    content_noise = float(options.pop("demo_content_noise", 0.3))
-    num_demos = int(options.pop("num_demonstrations", 2000))
-    train_size, test_size = int(options.pop("train_size", 2000)), int(options.pop("test_size", 200))
+    compact = options.pop("compact_prompt", False)
+    if not isinstance(compact, bool):
+        raise ValueError(f"data.options.compact_prompt must be true or false, got {compact!r}")
+    format_noise = number_option(
+        options.pop("demo_format_noise", 0.6), "demo_format_noise", low=0.0, high=1.0
+    )
+    content_noise = number_option(
+        options.pop("demo_content_noise", 0.3), "demo_content_noise", low=0.0, high=1.0
+    )
+    num_demos = positive_int_option(options.pop("num_demonstrations", 2000), "num_demonstrations")
+    train_size = positive_int_option(options.pop("train_size", 2000), "train_size")
+    test_size = positive_int_option(options.pop("test_size", 200), "test_size")
     if options:
         raise ValueError(f"unknown data.options for task 'tool_calling': {sorted(options)}")
     if source == "synthetic":
