@@ -46,6 +46,9 @@ PATHOLOGICAL = "\\boxed{9^{9^{9^{9}}}}"  # sympy tries to evaluate a number with
         ("\\boxed{2\\sqrt{3}}", "\\sqrt{12}", 1.0),
         ("\\boxed{(3, \\pi/2)}", "\\left( 3, \\frac{\\pi}{2} \\right)", 1.0),
         ("\\boxed{1,080}", "1080", 1.0),
+        ("\\boxed{1\\,000}", "1000", 1.0),  # a thin space groups the digits
+        ("\\boxed{1~000\\;000}", "1000000", 1.0),
+        ("\\boxed{1\\,001}", "1000", 0.0),
         ("\\boxed{-7}", "-7", 1.0),
         ("\\boxed{5.0}", "5", 1.0),
         ("\\boxed{-3}", "3", 0.0),

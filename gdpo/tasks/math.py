@@ -133,6 +133,7 @@ def extract_final_answer(completion: str) -> str | None:
 # "\text{a b}") it may, so it stays and such answers go to math-verify.
 _SPACE = re.compile(r"(?<=\W)\s+|\s+(?=\W)")
 _SIZING = re.compile(r"\\(?:left|right)(?![A-Za-z])")  # \left( but not \leftarrow
+_LATEX_SPACE = re.compile(r"\\[,;:! ]|~")  # typographic spaces: 1\,000 is 1000
 _DECIMAL = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)")
 _INTEGER = re.compile(r"[+-]?\d+")
 
@@ -142,6 +143,7 @@ def _canonical(text: str) -> str:
     text = text.strip().strip("$").strip()
     text = text.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
     text = _SIZING.sub("", text)
+    text = _LATEX_SPACE.sub("", text)
     text = _SPACE.sub("", text)
     return text[:-1] if text.endswith(".") else text
 
