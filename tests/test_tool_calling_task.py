@@ -218,6 +218,9 @@ def test_load_raw_json(tmp_path):
     )
     (row,) = load_toolrl(path)
     assert row["messages"][0] == {"role": "system", "content": "tools"} and row["ground_truth"] == REPLY_TRUTH
+    # One file, no split: it cannot also be the test set.
+    with pytest.raises(ValueError, match=r"rlla_rl.json: a raw ToolRL JSON file has no 'test' split"):
+        load_toolrl(path, "test")
 
 
 def test_malformed_rows_name_the_file_and_row(tmp_path):

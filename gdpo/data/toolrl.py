@@ -5,7 +5,8 @@ Forms read:
   user] messages, ``ability``, ``reward_model`` = {style, ground_truth}, ``extra_info``), from a local file, a
   folder holding ``<split>.parquet``, or a URL (read through ``datasets``);
 * the raw ``rlla_rl.json`` (a list of {instruction, input, output}): system = instruction, user = input,
-  ground truth = output; every row is returned (ToolRL's own 2% hold-out is not reproduced).
+  ground truth = output; every row is a training row (ToolRL's own 2% hold-out is not reproduced), and asking it
+  for another split is an error.
 
 Each row becomes ``{"messages": [...], "ground_truth": str, "source": str, "index": int}``. Malformed rows are
 errors that name the file and the row; nothing is dropped silently.
@@ -36,6 +37,11 @@ def load_toolrl(source: str | Path, split: str = "train") -> list[dict[str, Any]
             raise FileNotFoundError(f"no ToolRL data at {path}")
         records = read_file(path)
         if path.suffix == ".json":
+            if split != "train":  # one file, no split: as a test set it would be the training set again
+                raise ValueError(
+                    f"{path}: a raw ToolRL JSON file has no {split!r} split; give the folder of the verl parquet "
+                    "files (train.parquet, test.parquet) or a separate file for it"
+                )
             return [_from_raw(row, i, path) for i, row in enumerate(records)]
     return [_from_verl(row, i, source) for i, row in enumerate(records)]
 
