@@ -25,9 +25,10 @@ __all__ = [
     "Job",
     "available_benchmarks",
     "config_path",
+    "prepare_base",
     "reproduce_parser",
+    "run_and_tabulate",
     "run_jobs",
-    "write_tables_and_figures",
 ]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -168,12 +169,41 @@ def reproduce_parser(description: str, seeds: Sequence[int] = (0, 1, 2, 3, 4)) -
     return parser
 
 
-def write_tables_and_figures(notebook: Path, results: Path, params: dict, jobs: Sequence[Job]) -> None:
-    """Execute an analysis notebook headlessly; it writes its tables and figures under ``results``.
+def prepare_base(config: Path, overrides: Sequence[str], started: float):
+    """The preset's resolved config and its starting model (built and warm-started once, then cached)."""
+    from gdpo.config import TrainConfig, load_config
+    from gdpo.trainer import prepare_model
+
+    cfg = load_config(TrainConfig, config, list(overrides))
+    base = Path(prepare_model(cfg))
+    _progress(started, f"base model: {base}")
+    return cfg, base
+
+
+def run_and_tabulate(
+    config: Path,
+    jobs: Sequence[Job],
+    evaluate: Evaluate,
+    *,
+    parallel: int,
+    notebook: Path,
+    results: Path,
+    params: dict,
+    started: float,
+) -> None:
+    """Run ``jobs``, then execute the task's analysis notebook headlessly on their runs; it writes the tables and
+    figures under ``results``.
 
     The notebook reads the runs of ``jobs`` only (``RUNS``): other runs of the preset left on disk (more seeds,
     other variants) would otherwise enter the tables unannounced."""
     from analysis.run_notebook import run_notebook
 
+    run_jobs(config, jobs, evaluate=evaluate, parallel=parallel)
+    _progress(started, f"trained and evaluated {len(jobs)} jobs")
     runs = [f"{job.run_dir.parent.name}/{job.run_dir.name}" for job in jobs if job.run_dir is not None]
     run_notebook(notebook, results, {**params, "RUNS": runs})
+    _progress(started, f"tables and figures in {results}")
+
+
+def _progress(started: float, what: str) -> None:
+    print(f"[{time.perf_counter() - started:6.0f}s] {what}", flush=True)

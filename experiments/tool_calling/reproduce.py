@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from gdpo.reproduce import REPO, Job, config_path, reproduce_parser, run_jobs, write_tables_and_figures  # noqa: E402
+from gdpo.reproduce import REPO, Job, config_path, prepare_base, reproduce_parser, run_and_tabulate  # noqa: E402
 from gdpo.runlog import atomic_write_text  # noqa: E402
 
 METHODS = ("grpo", "grpo_no_std", "gdpo")
@@ -87,13 +87,7 @@ def main() -> None:
     test_limit = args.test_limit if args.test_limit is not None else test_default
     config = config_path("tool_calling", args.preset)
     started = time.perf_counter()
-
-    from gdpo.config import TrainConfig, load_config
-    from gdpo.trainer import prepare_model
-
-    cfg = load_config(TrainConfig, config, args.overrides)
-    base = Path(prepare_model(cfg))
-    print(f"[{time.perf_counter() - started:6.0f}s] base model: {base}", flush=True)
+    cfg, base = prepare_base(config, args.overrides, started)
 
     jobs = [Job("base", tuple(args.overrides), model_dir=base, eval_dir=results / "base_eval")]
     for seed in args.seeds:
@@ -102,16 +96,16 @@ def main() -> None:
             overrides = (*args.overrides, f"algorithm.method={method}", f"seed={seed}")
             jobs.append(Job(f"{method}/seed{seed}", overrides, run_dir=run_dir))
     evaluate = partial(evaluate_model, bfcl_limit=bfcl_limit, test_limit=test_limit)
-    run_jobs(config, jobs, evaluate=evaluate, parallel=args.parallel)
-    print(f"[{time.perf_counter() - started:6.0f}s] trained and evaluated {len(jobs)} jobs", flush=True)
-
-    write_tables_and_figures(
-        REPO / "analysis/notebooks/tool_calling.ipynb",
-        results,
-        {"RUNS_DIR": str(args.runs), "PRESET": args.preset, "PAPER_STEPS": cfg.steps},
+    run_and_tabulate(
+        config,
         jobs,
+        evaluate,
+        parallel=args.parallel,
+        notebook=REPO / "analysis/notebooks/tool_calling.ipynb",
+        results=results,
+        params={"RUNS_DIR": str(args.runs), "PRESET": args.preset, "PAPER_STEPS": cfg.steps},
+        started=started,
     )
-    print(f"[{time.perf_counter() - started:6.0f}s] tables and figures in {results}", flush=True)
 
 
 if __name__ == "__main__":
