@@ -202,6 +202,20 @@ def test_call_programs(program, statuses):
     assert [c.status for c in result.cases] == statuses
 
 
+def test_a_program_that_catches_its_alarm_is_still_stopped():
+    tests = [{"fn_name": "f", "args": [x], "output": x} for x in (0, 1, 2)]
+    # Catches every exception of the loop, the alarm's included: the harness stops at the repeated alarm and
+    # does not run the later cases (before, the run waited out the sandbox's whole limit).
+    stubborn = "def f(x):\n    while x == 0:\n        try:\n            while True:\n                pass\n        except BaseException:\n            pass\n    return x\n"
+    cases = run_tests(stubborn, tests, timeout_s=0.3).cases
+    assert [(c.status, c.detail) for c in cases] == [("timeout", "")] + [
+        ("timeout", "not run: case 0 did not stop at its time limit")
+    ] * 2
+    # Catches the alarm once and returns: over its limit, so a timeout; the later cases run.
+    late = "def f(x):\n    if x == 0:\n        try:\n            while True:\n                pass\n        except BaseException:\n            return 0\n    return x\n"
+    assert [c.status for c in run_tests(late, tests, timeout_s=0.3).cases] == ["timeout", "pass", "pass"]
+
+
 FORGERIES = {
     # prints every plausible verdict text to stdout, then returns a wrong value
     "plain_prints": "def add(a, b):\n    print('PASS')\n    print('0 V 3')\n    print('P')\n    return -1",

@@ -34,7 +34,9 @@ Test forms and how they are judged:
   exit is a runtime error even if the output is right.
 * function call ``{"fn_name", "args", "output"}``: one run per problem executes the program (with
   ``__name__ == "solution"``, so a ``__main__`` block does not read stdin) and calls ``fn_name(*args)`` for each
-  case (a ``class Solution`` method is found too), each case under its own ``timeout_s`` alarm. The harness
+  case (a ``class Solution`` method is found too), each case under its own ``timeout_s`` alarm, repeated every
+  0.1 s: a case that catches the alarm and returns late is a timeout, and one that keeps running stops the harness
+  (its later cases count as timeouts, not run) instead of holding the sandbox for its whole limit. The harness
   prints only the JSON of each return value, on a line tagged with a random per-run token; the comparison with
   the expected value happens **here**, so a program cannot forge a pass by printing verdicts (it would have to
   print the right values, which is solving the case). The program's own stdout goes to /dev/null; a case
@@ -285,7 +287,15 @@ class _CaseTimeout(BaseException):
     pass
 
 
+_CASE = [0, 0]  # the case running, and how often its alarm has fired
+
+
 def _alarm(signum, frame):
+    _CASE[1] += 1
+    if _CASE[1] > 1:  # the program caught the first alarm and went on: stop, the later cases are not run
+        _emit(str(_CASE[0]), "T")
+        _emit("H", str(_CASE[0]))
+        _os._exit(0)
     raise _CaseTimeout()
 
 
@@ -313,17 +323,22 @@ def _main():
         return
     signal.signal(signal.SIGALRM, _alarm)
     for i, args in enumerate(_json.loads(_ARGS)):
-        signal.setitimer(signal.ITIMER_REAL, _CASE_TIMEOUT)
+        _CASE[0], _CASE[1] = i, 0
+        # The alarm repeats (every 0.1 s after the first), so a program that catches it is still stopped.
+        signal.setitimer(signal.ITIMER_REAL, _CASE_TIMEOUT, 0.1)
         try:
             value = fn(*args)
-        except _CaseTimeout:
-            _emit(str(i), "T")
-            continue
         except BaseException as exc:
             signal.setitimer(signal.ITIMER_REAL, 0)
-            _emit(str(i), "E", _json.dumps(type(exc).__name__))
+            if _CASE[1]:
+                _emit(str(i), "T")
+            else:
+                _emit(str(i), "E", _json.dumps(type(exc).__name__))
             continue
         signal.setitimer(signal.ITIMER_REAL, 0)
+        if _CASE[1]:  # it returned, but after its time limit (it caught the alarm)
+            _emit(str(i), "T")
+            continue
         try:
             payload = _json.dumps(value)
         except BaseException:
@@ -508,6 +523,13 @@ def _plan_call(program: str, tests: list[dict], timeout_s: float) -> tuple[list[
         by_case: dict[str, list[list[str]]] = {}
         for parts in lines:
             by_case.setdefault(parts[0], []).append(parts[1:])
+        halted = [int(h[0]) for h in by_case.get("H", []) if h and h[0].isdigit()]
+        if halted:  # a case ignored its alarm: the harness stopped there
+            not_run = CaseResult("timeout", f"not run: case {halted[0]} did not stop at its time limit")
+            return [
+                _call_case(by_case[str(i)], test, result) if str(i) in by_case else not_run
+                for i, test in enumerate(tests)
+            ]
         return [_call_case(by_case.get(str(i), []), test, result) for i, test in enumerate(tests)]
 
     return [run], finish
