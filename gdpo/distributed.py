@@ -25,6 +25,8 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
         os.environ.update(
             MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0"
         )
+    if device.type == "cuda":  # before NCCL starts: its communicator binds to the current device
+        torch.cuda.set_device(device)
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), dist.get_world_size()

@@ -1,9 +1,10 @@
 """Score a model on a task's held-out prompts with the task's own reward components.
 
     python -m gdpo.evaluate --model runs/.../final_model --config experiments/toy/configs/tiny.yaml \
-        --out eval.json --max format=1 data.options.demo_noise=0.2
+        --out eval.json --max format=1 --max correct=1 rollout.max_new_tokens=32
 
-Generation goes through the same rollout backends as training (greedy by default). Writes per-response records
+Generation goes through the ``hf`` rollout backend, the sampling code of training (greedy by default; ``--sample``
+samples at the config's temperature, and ``--samples`` above 1 needs it). Writes per-response records
 (prompt index, completion, every reward) and a summary: ``items`` (responses: prompts x ``--samples``), the mean
 of each component and, for each ``--max NAME=VALUE``, the share of responses where the component reaches VALUE
 (e.g. ``format=1``: the correct-format ratio).
@@ -104,9 +105,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--max",
-        nargs="*",
+        action="append",
         default=[],
-        help="NAME=VALUE: report the share of responses where NAME reaches VALUE",
+        help="NAME=VALUE (repeatable): report the share of responses where NAME reaches VALUE",
     )
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
@@ -116,10 +117,17 @@ def main(argv: list[str] | None = None) -> None:
             maxima[name] = float(value)
         except ValueError:
             parser.error(f"--max {name}={value}: the value must be a number")
+    if args.samples > 1 and not args.sample:
+        parser.error("--samples above 1 needs --sample (greedy decoding gives one completion k times)")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cfg = load_config(TrainConfig, args.config, args.overrides)
     task = build_task(cfg.task, cfg.data.options, cfg.seed)
+    unknown = sorted(set(maxima) - set(task.rewards.names))
+    if unknown:  # before generating, not after
+        parser.error(
+            f"--max names {unknown} are not reward components of task {cfg.task!r}: {task.rewards.names}"
+        )
     model = AutoModelForCausalLM.from_pretrained(args.model).eval()
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     records = evaluate(
@@ -132,11 +140,6 @@ def main(argv: list[str] | None = None) -> None:
         samples=args.samples,
         greedy=not args.sample,
     )
-    unknown = sorted(set(maxima) - set(task.rewards.names))
-    if unknown:
-        parser.error(
-            f"--max names {unknown} are not reward components of task {cfg.task!r}: {task.rewards.names}"
-        )
     summary = summarise(records, maxima)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"summary": summary, "records": records}, indent=1))

@@ -108,6 +108,13 @@ def warm_start(
     """Supervised fine-tuning on (chat messages, assistant completion) pairs; returns the tuned folder."""
     if not demonstrations:
         raise ValueError("warm_start needs at least one demonstration")
+    for name, value in (("steps", cfg.steps), ("batch_size", cfg.batch_size)):
+        if value < 1:
+            raise ValueError(
+                f"warm_start.{name} must be >= 1 (got {value}); warm_start.enabled=false skips it"
+            )
+    if not cfg.lr > 0:
+        raise ValueError(f"warm_start.lr must be > 0 (got {cfg.lr})")
     key = _digest(
         FORMAT_VERSION, str(Path(model_dir).resolve().name), asdict(cfg), _digest(list(demonstrations)), seed
     )

@@ -57,9 +57,14 @@ def run_dir_for(cfg: TrainConfig) -> Path:
 
 
 def pick_device(name: str) -> torch.device:
+    """``auto``: CUDA when there is a GPU, else CPU. A CUDA device without an index is this process's GPU
+    (``LOCAL_RANK``, as torchrun and the deepspeed launcher set it), so that every rank of a node gets its own."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
 
 
 def seed_everything(seed: int) -> None:

@@ -55,10 +55,27 @@ def test_command_line_writes_records_and_summary(tmp_path, toy_model_dir):
             "6",
             "--max",
             "format=1",
+            "--max",
+            "correct=1",
+            "rollout.max_new_tokens=3",  # an override after --max reaches the config
         ]
     )
     data = json.loads(out.read_text())
     assert data["summary"]["items"] == 6 and len(data["records"]) == 6
+    assert max(r["num_tokens"] for r in data["records"]) == 3 and "correct/at_max" in data["summary"]
     formats = [r["rewards"]["format"] for r in data["records"]]
     assert data["summary"]["format/at_max"] == sum(f >= 1 for f in formats) / 6
     assert set(data["records"][0]["rewards"]) == {"correct", "format"}
+
+
+def test_command_line_errors_come_before_any_generation(tmp_path, toy_model_dir, monkeypatch):
+    import gdpo.evaluate as evaluate_module
+
+    monkeypatch.setattr(
+        evaluate_module, "evaluate", lambda *a, **k: pytest.fail("generated before the error")
+    )
+    common = ["--model", str(toy_model_dir), "--config", str(REPO / "experiments/toy/configs/tiny.yaml")]
+    for extra in (["--max", "formt=1"], ["--samples", "4"]):
+        with pytest.raises(SystemExit):
+            main([*common, "--out", str(tmp_path / "x.json"), *extra])
+    assert not (tmp_path / "x.json").exists()

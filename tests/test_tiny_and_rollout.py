@@ -216,3 +216,21 @@ def test_negative_vllm_kv_cache_size_names_the_field():
     cfg = RolloutConfig(vllm_kv_cache_gib=-1.0)
     with pytest.raises(ValueError, match=r"rollout.vllm_kv_cache_gib must be >= 0 .*got -1.0"):
         VLLMRollout("unused", None, cfg, dtype="float32", seed=0, device=torch.device("cpu"))
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"steps": 0}, r"warm_start.steps must be >= 1 \(got 0\); warm_start.enabled=false skips it"),
+        ({"batch_size": -2}, r"warm_start.batch_size must be >= 1 \(got -2\)"),
+        ({"lr": 0.0}, r"warm_start.lr must be > 0 \(got 0.0\)"),
+    ],
+)
+def test_unusable_warm_start_settings_name_the_field(setting, message, tmp_path, toy_model_dir):
+    from gdpo.config import WarmStartConfig
+    from gdpo.tiny import warm_start
+
+    with pytest.raises(ValueError, match=message):
+        warm_start(
+            toy_model_dir, [([{"role": "user", "content": "a"}], "b")], WarmStartConfig(**setting), tmp_path
+        )

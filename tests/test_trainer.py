@@ -68,6 +68,43 @@ def test_prompt_order_is_seeded_and_covers_each_epoch():
     assert prompt_seed(0, 1, 0) != prompt_seed(0, 1, 1) != prompt_seed(0, 2, 0)
 
 
+def test_each_rank_gets_its_own_gpu_before_nccl_starts(monkeypatch):
+    """Without a GPU here: CUDA is faked, so the device choice and the call order are what is checked."""
+    import deepspeed
+    import torch
+    import torch.distributed as dist
+
+    from gdpo import distributed
+    from gdpo.trainer import pick_device
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(("set_device", str(d))))
+    monkeypatch.setattr(
+        deepspeed, "init_distributed", lambda dist_backend: calls.append(("init", dist_backend))
+    )
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "get_rank", lambda: 3)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 4)
+    for key, value in {
+        "RANK": "3",
+        "WORLD_SIZE": "4",
+        "LOCAL_RANK": "3",
+        "MASTER_ADDR": "x",
+        "MASTER_PORT": "1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    assert [pick_device(name) for name in ("auto", "cuda", "cuda:1")] == [
+        torch.device("cuda", 3),
+        torch.device("cuda", 3),
+        torch.device("cuda", 1),
+    ]
+    assert distributed.init_distributed(pick_device("auto")) == (3, 4)
+    assert calls == [("set_device", "cuda:3"), ("init", "nccl")]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device("auto") == torch.device("cpu")
+
+
 def test_lr_schedules():
     cfg = cfg_with("optim.warmup_steps=2", "optim.lr_schedule=linear")
     f = lr_lambda(cfg, total_updates=10)

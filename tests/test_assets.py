@@ -1,0 +1,49 @@
+"""Package assets: wheels are cached whole or not at all, and members are extracted from them."""
+
+from __future__ import annotations
+
+import subprocess
+import zipfile
+
+import pytest
+
+from gdpo import assets
+
+WHEEL = "some_pkg-1.0-py3-none-any.whl"
+
+
+def _fake_pip(monkeypatch, *, readable: bool, calls: list):
+    """``pip download`` that writes a wheel (a real zip, or a truncated one) into its ``-d`` folder."""
+
+    def run(cmd, **kwargs):
+        folder = cmd[cmd.index("-d") + 1]
+        calls.append(folder)
+        path = f"{folder}/{WHEEL}"
+        if readable:
+            with zipfile.ZipFile(path, "w") as zf:
+                zf.writestr("some_pkg/data.txt", "the data")
+        else:
+            with open(path, "wb") as f:
+                f.write(b"PK\x03\x04 cut short")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(assets.subprocess, "run", run)
+
+
+def test_a_partial_wheel_in_the_cache_is_downloaded_again(tmp_path, monkeypatch):
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / WHEEL).write_bytes(b"PK\x03\x04 killed mid-copy")
+    calls: list = []
+    _fake_pip(monkeypatch, readable=True, calls=calls)
+    member = assets.package_file("some-pkg", "1.0", "some_pkg/data.txt", cache=tmp_path)
+    assert member.read_text() == "the data" and zipfile.is_zipfile(wheels / WHEEL)
+    assert len(calls) == 1 and calls[0] != str(wheels)  # pip wrote into a private folder, not the cache
+    assert sorted(p.name for p in wheels.iterdir()) == [WHEEL]  # the staging folder is gone
+
+
+def test_an_unreadable_download_is_an_error_and_leaves_no_wheel(tmp_path, monkeypatch):
+    _fake_pip(monkeypatch, readable=False, calls=[])
+    with pytest.raises(FileNotFoundError, match=r"no readable wheel matches some_pkg-1.0-\*.whl"):
+        assets.package_file("some-pkg", "1.0", "some_pkg/data.txt", cache=tmp_path)
+    assert list((tmp_path / "wheels").iterdir()) == []
