@@ -14,6 +14,7 @@ from gdpo.advantages import (
     ADVANTAGE_ESTIMATORS,
     compute_advantages,
     group_normalize,
+    groups_with_signal,
     register_advantage_estimator,
 )
 
@@ -134,8 +135,7 @@ def test_all_nan_group_gives_zeros_for_every_method():
     for method in METHODS:
         got = compute_advantages(rewards, method)
         assert not torch.isnan(got).any(), method
-        if method == "gdpo":
-            assert got[0].tolist() == [0.0, 0.0, 0.0]
+        assert got[0].tolist() == [0.0, 0.0, 0.0], method
 
 
 def test_gdpo_weights_multiply_normalised_components():
@@ -153,7 +153,7 @@ def test_grpo_weights_multiply_raw_rewards():
 
 
 def test_gdpo_uniform_weight_scale_cancels_in_batch_step():
-    rewards = torch.rand(4, 5, 3, dtype=torch.float64)
+    rewards = torch.rand(4, 5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     a = compute_advantages(rewards, "gdpo", weights=[1, 1, 1], eps=0.0)
     b = compute_advantages(rewards, "gdpo", weights=[3, 3, 3], eps=0.0)
     torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
@@ -184,7 +184,12 @@ def test_gdpo_zero_variance_decided_per_component_not_on_sum():
         [[(1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 0, 0)], [(1, 1, 1), (0, 0, 0), (1, 1, 1), (0, 0, 0)]]
     )
     got = compute_advantages(rewards.double(), "gdpo", batch_norm="none", eps=0.0)
-    assert got[0].abs().min().item() == pytest.approx(1 - math.sqrt(3) / 2)
+    # Group 0, by hand (N-1 std): component 1 [1,0,0,1] -> ±√3/2; components 2 and 3 -> 1.5 / -0.5.
+    d = 1 - math.sqrt(3) / 2
+    assert got[0].tolist() == pytest.approx([-d, d, d, -d], abs=1e-12)
+    # Group 1: every component [1,0,1,0] -> ±√3/2 each, three of them.
+    h = 3 * math.sqrt(3) / 2
+    assert got[1].tolist() == pytest.approx([h, -h, h, -h], abs=1e-12)
 
 
 def test_batch_step_of_a_constant_batch_is_zero_not_a_blow_up():
@@ -207,10 +212,12 @@ def test_token_weighted_batch_step_matches_peers_worked_example():
 
 
 def test_batch_norm_none_returns_weighted_sum_of_group_z_scores():
-    rewards = torch.rand(3, 4, 2, dtype=torch.float64)
-    z = group_normalize(rewards, eps=1e-6, unbiased=True)
-    got = compute_advantages(rewards, "gdpo", weights=[0.5, 2.0], batch_norm="none")
-    torch.testing.assert_close(got, 0.5 * z[..., 0] + 2.0 * z[..., 1], atol=1e-12, rtol=0)
+    """(0,0), (1,2), (2,1): component z-scores (N-1) [-1, 0, 1] and [-1, 1, 0]; weights (0.5, 2)."""
+    got = adv([(0, 0), (1, 2), (2, 1)], "gdpo", weights=[0.5, 2.0], eps=0.0, batch_norm="none")
+    assert got == pytest.approx([-2.5, 2.0, 0.5], abs=1e-12)
+    # With eps, each z-score is divided by (std + eps): here std = 1.
+    eps = adv([(0, 0), (1, 2), (2, 1)], "gdpo", weights=[0.5, 2.0], eps=1e-3, batch_norm="none")
+    assert eps == pytest.approx([-2.5 / 1.001, 2.0 / 1.001, 0.5 / 1.001], abs=1e-12)
 
 
 def test_output_dtype_follows_input():
@@ -421,9 +428,11 @@ def test_no_nan_ever_leaks(rewards, method, batch_norm):
 @given(reward_tensors(min_g=2, allow_nan=False))
 def test_gdpo_sequence_batch_step_has_zero_mean_and_unit_std(rewards):
     a = compute_advantages(rewards, "gdpo", eps=0.0)
-    if a.abs().max() > 0:
+    if groups_with_signal(rewards, [1.0] * rewards.shape[-1], "any_component").any():
         assert a.mean().item() == pytest.approx(0.0, abs=1e-9)
         assert a.std().item() == pytest.approx(1.0, abs=1e-9)
+    else:  # no group carries signal: exactly zero, not a blow-up of float residue
+        assert a.eq(0).all()
 
 
 # --------------------------------------------------------------------------------------------------

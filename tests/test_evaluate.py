@@ -68,14 +68,18 @@ def test_command_line_writes_records_and_summary(tmp_path, toy_model_dir):
     assert set(data["records"][0]["rewards"]) == {"correct", "format"}
 
 
-def test_command_line_errors_come_before_any_generation(tmp_path, toy_model_dir, monkeypatch):
+def test_command_line_errors_come_before_any_generation(tmp_path, toy_model_dir, monkeypatch, capsys):
     import gdpo.evaluate as evaluate_module
 
     monkeypatch.setattr(
         evaluate_module, "evaluate", lambda *a, **k: pytest.fail("generated before the error")
     )
     common = ["--model", str(toy_model_dir), "--config", str(REPO / "experiments/toy/configs/tiny.yaml")]
-    for extra in (["--max", "formt=1"], ["--samples", "4"]):
+    for extra, message in (
+        (["--max", "formt=1"], "--max names ['formt'] are not reward components of task 'toy'"),
+        (["--samples", "4"], "--samples above 1 needs --sample"),
+    ):
         with pytest.raises(SystemExit):
             main([*common, "--out", str(tmp_path / "x.json"), *extra])
+        assert message in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()

@@ -227,6 +227,21 @@ def test_any_prediction_scores_at_most_the_exact_match(params):
         assert correctness_reward(answer({"name": "tool", "parameters": other}), gt) < 3.0
 
 
+_PARAMS = st.dictionaries(
+    st.text(max_size=6), st.one_of(st.integers(), st.text(max_size=6), st.booleans()), max_size=3
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_PARAMS, st.sampled_from(["tool", "other"]), _PARAMS)
+def test_only_the_exact_call_earns_the_full_reward(truth, name, predicted):
+    """Arbitrary predicted calls against an arbitrary true one: 3.0 exactly when the call is the true call."""
+    gt = answer({"name": "tool", "parameters": truth})
+    got = correctness_reward(answer({"name": name, "parameters": predicted}), gt)
+    assert -3.0 <= got <= 3.0
+    assert (got == 3.0) == (name == "tool" and predicted == truth)
+
+
 @pytest.mark.timeout(120)
 def test_huge_and_deeply_nested_inputs():
     deep = "<think>x</think>\n<tool_call>\n" + "[" * 200_000 + "\n</tool_call>"

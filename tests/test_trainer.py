@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from gdpo.config import TrainConfig, load_config
 from gdpo.runlog import read_jsonl
@@ -180,6 +181,17 @@ def test_run_folder_contents(full_run):
     assert (
         len(rollouts) == 6 and len(rollouts[0]["advantages"]) == 8 and len(rollouts[0]["advantages"][0]) == 8
     )
+    # The logged advantages are GDPO's (the configured method) of the logged rewards, and with one on-policy
+    # update (ratio 1) the sequence-mean policy loss is minus their mean: the wiring from config to loss.
+    from gdpo.advantages import compute_advantages
+
+    for row, m in zip(rollouts, metrics):
+        nan = float("nan")
+        rewards = torch.tensor([[[nan if v is None else v for v in g] for g in b] for b in row["rewards"]])
+        expected = compute_advantages(rewards, "gdpo", lengths=torch.tensor(row["num_tokens"]))
+        assert torch.equal(expected.float(), torch.tensor(row["advantages"]))
+        assert m["pg_loss"] == pytest.approx(-expected.mean().item(), abs=1e-6)
+        assert m["loss"] == pytest.approx(m["pg_loss"], abs=1e-7)  # no KL, no entropy bonus
     profile = json.loads((full_run / "profile/step2.json").read_text())  # logging.profile_steps=[2]
     assert profile["step"] == 2 and (full_run / "profile/step2.trace.json").exists()
     phases = profile["matmul_s_by_phase"]
@@ -209,13 +221,24 @@ def test_resume_after_sigkill_gives_the_same_metrics(full_run, tmp_path, subproc
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert (run_dir / "checkpoints/latest").exists()
-    killed_at = len(read_jsonl(run_dir / "metrics.jsonl"))
+    checkpoint = int((run_dir / "checkpoints/latest").read_text().removeprefix("step_"))
+    before_kill = read_jsonl(run_dir / "metrics.jsonl")
+    killed_at = len(before_kill)
     assert killed_at < 6, "the run finished before it could be killed"
+    assert 2 <= checkpoint <= killed_at
 
     result = _run(["--resume"], subprocess_env, run_dir)
     assert result.returncode == 0, result.stderr[-3000:]
+    # It continued from the checkpoint (a run started over would give the same final metrics too).
+    assert f"resumed {run_dir} at step {checkpoint}" in result.stdout
+    assert json.loads((run_dir / "metadata.json").read_text())["resumed_from_step"] == 0  # the first start's
+    (resume_meta,) = run_dir.glob("metadata.resume-*.json")
+    assert json.loads(resume_meta.read_text())["resumed_from_step"] == checkpoint
     resumed, uninterrupted = read_jsonl(run_dir / "metrics.jsonl"), read_jsonl(full_run / "metrics.jsonl")
+    assert resumed[:checkpoint] == before_kill[:checkpoint]  # kept as written, timings included
+    discarded = run_dir / "metrics.discarded.jsonl"
+    moved = [r["step"] for r in read_jsonl(discarded)] if discarded.exists() else []
+    assert moved == list(range(checkpoint + 1, killed_at + 1))
     assert [m["step"] for m in resumed] == [1, 2, 3, 4, 5, 6]  # no duplicated or missing steps
     assert [_strip(m) for m in resumed] == [_strip(m) for m in uninterrupted]
     assert read_jsonl(run_dir / "rollouts.jsonl") == read_jsonl(full_run / "rollouts.jsonl")
@@ -293,6 +316,14 @@ OPTION_RUNS = {
         "model.gradient_checkpointing=true",
         ZERO3_PARTITION_ALL,
     ],
+    # One on-policy update per step: the logged loss must be the configured combination of its logged parts.
+    "kl-entropy-one-update": [
+        "algorithm.kl_coef=0.05",
+        "algorithm.entropy_coef=0.01",
+        "algorithm.loss_agg=token_mean",
+        "logging.dump_rollouts=true",
+        "optim.lr=1e-3",
+    ],
     "zero2-offload": ["optim.zero_stage=2", "optim.offload_optimizer=true"],
     "dynamic-sampling": ["algorithm.dynamic_sampling=any_component", "algorithm.max_sampling_rounds=2"],
     "mini-batches-warmup": [
@@ -324,15 +355,22 @@ def test_option_combinations_train(name, tmp_path, subprocess_env, toy_model_dir
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = read_jsonl(run_dir / "metrics.jsonl")
     assert [m["step"] for m in metrics] == [1, 2]
+    if name == "kl-entropy-one-update":
+        for m, row in zip(metrics, read_jsonl(run_dir / "rollouts.jsonl")):
+            assert m["loss"] == pytest.approx(m["pg_loss"] - 0.01 * m["entropy"] + 0.05 * m["kl"], rel=1e-5)
+            adv, n = torch.tensor(row["advantages"]), torch.tensor(row["num_tokens"], dtype=torch.float32)
+            assert m["pg_loss"] == pytest.approx(-(adv * n).sum().item() / n.sum().item(), abs=1e-6)
+        assert metrics[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # step 1 samples from the reference itself
+        assert metrics[1]["kl"] > 1e-6
     for m in metrics:
         assert math.isfinite(m["loss"]) and math.isfinite(m["entropy"]) and m["entropy"] > 0
-    if "kl_coef=0.05" in " ".join(OPTION_RUNS[name]):
+    if name == "zero2-mu2-kl-entropy-token":
         assert all(m["kl"] > 0 for m in metrics)  # the policy moves away from the frozen reference
         assert any(
             m["clip_frac/low"] + m["clip_frac/high"] > 0 for m in metrics
         )  # mu=2: the second pass clips
         assert 0 < metrics[0]["completion/truncated_frac"] < 1
-    else:
+    elif "kl_coef=0.05" not in " ".join(OPTION_RUNS[name]):
         assert all(m["kl"] == 0 for m in metrics)
     if name.startswith("zero3"):
         _assert_full_weights(run_dir / "final_model", toy_model_dir)
