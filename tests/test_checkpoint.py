@@ -62,3 +62,11 @@ def test_rewound_lines_are_synced_in_the_discarded_file_before_they_leave_the_lo
     rewritten = disk_events.index(("replace", str(tmp_path / "metrics.jsonl")))
     assert ("fsync", str(tmp_path / "metrics.discarded.jsonl")) in disk_events[:rewritten]
     assert [r["step"] for r in read_jsonl(tmp_path / "metrics.discarded.jsonl")] == [2, 3]
+
+
+def test_latest_naming_a_missing_checkpoint_is_an_error(tmp_path):
+    assert latest_checkpoint(tmp_path) is None  # no checkpoint yet: a fresh start
+    (tmp_path / "latest").write_text("step_000004")
+    (tmp_path / "step_000004").mkdir()  # without trainer_state.json: incomplete
+    with pytest.raises(FileNotFoundError, match="latest names step_000004, which is missing or incomplete"):
+        latest_checkpoint(tmp_path)

@@ -98,6 +98,17 @@ def test_micro_batches_sum_to_the_mini_batch_loss(mode):
     assert parts.item() == pytest.approx(whole.item(), abs=1e-6)
 
 
+def test_a_fully_masked_sequence_still_counts_in_the_sequence_mean():
+    """rollout.mask_truncated masks every token of a truncated sequence: it adds 0 and still counts among the
+    sequences (TRL's behaviour; verl's seq-mean-token-mean would leave it out and give 2.0 here)."""
+    values = torch.tensor([[1.0, 3.0], [5.0, 7.0]])
+    mask = torch.tensor([[True, True], [False, False]])
+    norm = {"num_tokens": 2, "num_sequences": 2, "max_tokens": 2}
+    assert aggregate(values, mask, "seq_mean_token_mean", **norm).item() == 1.0  # (2 + 0) / 2
+    assert aggregate(values, mask, "token_mean", **norm).item() == 2.0  # its tokens are simply absent
+    assert aggregate(values, mask, "seq_mean_token_sum_norm", **norm).item() == 1.0  # 4 / (2 * 2)
+
+
 def test_unknown_aggregation():
     with pytest.raises(ValueError, match="unknown loss_agg 'sum'"):
         aggregate(VALUES, MASK, "sum", num_tokens=4, num_sequences=2, max_tokens=4)
