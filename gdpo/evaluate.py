@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", required=True, help="HF model folder")
+    parser.add_argument("--model", required=True, help="HF model folder, hub id or smollm2-135m-instruct")
     parser.add_argument("--config", help="the run's YAML config (task, data options, rollout settings)")
     parser.add_argument("--out", type=Path, required=True, help="JSON file for the records and the summary")
     parser.add_argument("--split", default="test", choices=["test", "train"])
@@ -128,8 +128,11 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(
             f"--max names {unknown} are not reward components of task {cfg.task!r}: {task.rewards.names}"
         )
-    model = AutoModelForCausalLM.from_pretrained(args.model).eval()
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    from gdpo.assets import resolve_model
+
+    path = resolve_model(args.model)  # an offline alias (smollm2-135m-instruct) or a folder / hub id
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
     records = evaluate(
         model,
         tokenizer,
