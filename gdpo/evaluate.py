@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from gdpo.cli import named_values
-from gdpo.config import RolloutConfig, TrainConfig, load_config
+from gdpo.config import ConfigError, RolloutConfig, TrainConfig, load_config
 from gdpo.rollout import HFRollout, encode_prompt
 from gdpo.tasks import Task, build_task
 
@@ -121,7 +121,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--samples above 1 needs --sample (greedy decoding gives one completion k times)")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    cfg = load_config(TrainConfig, args.config, args.overrides)
+    try:
+        cfg = load_config(TrainConfig, args.config, args.overrides)
+    except ConfigError as exc:
+        parser.error(str(exc))
     task = build_task(cfg.task, cfg.data.options, cfg.seed)
     unknown = sorted(set(maxima) - set(task.rewards.names))
     if unknown:  # before generating, not after

@@ -78,6 +78,7 @@ def test_command_line_errors_come_before_any_generation(tmp_path, toy_model_dir,
     for extra, message in (
         (["--max", "formt=1"], "--max names ['formt'] are not reward components of task 'toy'"),
         (["--samples", "4"], "--samples above 1 needs --sample"),
+        (["rollout.temprature=0.5"], "unknown config key 'rollout.temprature'"),
     ):
         with pytest.raises(SystemExit):
             main([*common, "--out", str(tmp_path / "x.json"), *extra])
