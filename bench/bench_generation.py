@@ -82,7 +82,7 @@ def main() -> None:
                     "threads": threads,
                     "dtype": dtype,
                     "generate_s": seconds,
-                    "ms_per_token": 1000 * seconds / NEW_TOKENS,
+                    "ms_per_token": 1000 * seconds / NEW_TOKENS,  # per token position, all sequences together
                     "decode_step_ms_batch1": decode_step_ms(m, 1),
                     f"decode_step_ms_batch{PROMPTS * ROLLOUTS}": decode_step_ms(m, PROMPTS * ROLLOUTS),
                 }
@@ -100,7 +100,9 @@ def main() -> None:
         f"hf rollout on {result['device']}: {PROMPTS} prompts x {ROLLOUTS} rollouts x {NEW_TOKENS} new tokens"
     )
     batch = PROMPTS * ROLLOUTS
-    print(f"  threads dtype     generate  per token  decode step (1 seq)  decode step ({batch} seqs)")
+    print(
+        f"  threads dtype     generate  per position ({batch} seqs)  decode step (1 seq)  decode step ({batch} seqs)"
+    )
     for r in rows:
         print(
             f"  {r['threads']:>7} {r['dtype']:<9} {r['generate_s']:7.3f} s {r['ms_per_token']:7.2f} ms"
