@@ -85,7 +85,7 @@ format: setup  ## ruff format
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
-bench: setup  ## benchmarks (advantages; our trainer vs TRL; hf generation); results go to bench/results/
+bench: setup  ## benchmarks (advantages, hf generation, sandbox, our trainer vs TRL); results in bench/results/
 	$(PY) bench/bench_advantages.py
 	$(PY) bench/bench_generation.py
 	$(PY) bench/bench_sandbox.py
