@@ -128,14 +128,16 @@ def groups_with_signal(
     with a non-zero weight varies and the weighted per-component z-scores do not cancel. Sums may tie: with three
     rewards (1,0,0), (0,1,0), (0,0,1), (1,0,0) carry signal (gdpo-paper.md §1.6). With two equally weighted rewards
     a tied sum always cancels: (1,0) vs (0,1) carries none. ``weighted_sum`` (GRPO's view, DAPO's ``seq_reward``
-    filter): the weighted sum varies. NaN ("does not apply") entries are left out of the comparison.
+    filter): the weighted sum varies. NaN ("does not apply") entries are treated as each method's advantages treat
+    them: ``any_component`` leaves them out of their component, ``weighted_sum`` counts them 0 in the sum (so a
+    rollout with every component NaN has sum 0, as in GRPO's advantage, and is not left out).
     """
     if test not in SIGNAL_TESTS:
         raise ValueError(f"unknown signal test {test!r}; known: {SIGNAL_TESTS}")
     w = torch.tensor(weights, dtype=torch.float64)
     if test == "weighted_sum":
         summed = (torch.nan_to_num(rewards.double()) * w).sum(-1)
-        return ~is_constant(summed, (~torch.isnan(rewards)).any(-1), dim=1).squeeze(1)
+        return ~is_constant(summed, torch.ones_like(summed, dtype=torch.bool), dim=1).squeeze(1)
     _, exact = _weighted_z_sums(rewards.double(), w, eps=0.0, unbiased=unbiased)
     return ~_cancelled(exact, w).squeeze(1)
 

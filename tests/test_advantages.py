@@ -384,6 +384,17 @@ def test_gdpo_component_advantages_sum_to_zero_in_every_group(rewards):
     torch.testing.assert_close(pre.sum(1), torch.zeros_like(pre.sum(1)), atol=1e-9, rtol=0)
 
 
+@settings(max_examples=200, deadline=None)
+@given(reward_tensors())
+def test_each_signal_test_agrees_with_its_methods_group_advantages(rewards):
+    """A group "has signal" exactly when its method's group step gives it a non-zero advantage, NaNs included."""
+    weights = [1.0] * rewards.shape[-1]
+    grpo = compute_advantages(rewards, "grpo_no_std", weights=weights)
+    gdpo = compute_advantages(rewards, "gdpo", weights=weights, batch_norm="none", eps=0.0)
+    assert groups_with_signal(rewards, weights, "weighted_sum").tolist() == grpo.ne(0).any(1).tolist()
+    assert groups_with_signal(rewards, weights, "any_component").tolist() == gdpo.ne(0).any(1).tolist()
+
+
 @settings(max_examples=150, deadline=None)
 @given(reward_tensors(), st.sampled_from(METHODS), st.sampled_from(["sequence", "none"]), st.randoms())
 def test_permuting_rollouts_permutes_advantages(rewards, method, batch_norm, rnd):
@@ -478,6 +489,13 @@ def test_groups_with_signal_per_component_and_on_the_sum():
     three = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]])
     assert groups_with_signal(three, [1.0, 1.0, 1.0], "any_component").tolist() == [True]
     assert groups_with_signal(three, [1.0, 1.0, 1.0], "weighted_sum").tolist() == [False]
+    # A rollout with every component NaN: GRPO's sum counts it 0, so (0 vs 1) carries GRPO signal; GDPO leaves it
+    # out of every component, which then has one value: no signal. Each test agrees with its method.
+    lost = torch.tensor([[[nan, nan], [1.0, 0.0]]])
+    assert groups_with_signal(lost, [1.0, 1.0], "weighted_sum").tolist() == [True]
+    assert compute_advantages(lost, "grpo").abs().min().item() > 0
+    assert groups_with_signal(lost, [1.0, 1.0], "any_component").tolist() == [False]
+    assert compute_advantages(lost, "gdpo").eq(0).all()
     with pytest.raises(ValueError, match="unknown signal test 'sum'"):
         groups_with_signal(rewards, [1.0, 1.0], "sum")
 
