@@ -9,6 +9,9 @@ to the length limit: 8 prompts x 8 rollouts x 64 new tokens) in the settings one
 * the cost of one decode step (a forward of one new token per sequence over a KV cache of 40 tokens) for
   1 sequence and for 64: if the 64-sequence step costs far less than 64 one-sequence steps, the loop is
   bound by per-call overhead rather than by arithmetic.
+* the KV cache reserved up front (``gdpo.rollout.reserve_cache``) against transformers' concatenating
+  dynamic cache, at the benchmark's 64 new tokens and at 256 (the copies the reserved cache saves grow with
+  the square of the completion length).
 
     python bench/bench_generation.py        # prints a table; writes bench/results/generation-cpu.json
 """
@@ -16,6 +19,7 @@ to the length limit: 8 prompts x 8 rollouts x 64 new tokens) in the settings one
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import statistics
 import sys
@@ -58,6 +62,27 @@ def decode_step_ms(model, batch: int, context: int = 40, steps: int = 20) -> flo
     return 1000 * statistics.median(times[2:])
 
 
+def cache_row(model, tokenizer, cfg, prompts, new_tokens: int) -> dict:
+    """Generation time with the reserved KV cache and with transformers' concatenating one, alternated."""
+    import gdpo.rollout
+    from gdpo.rollout import HFRollout
+
+    reserve = gdpo.rollout.reserve_cache
+    backend = HFRollout(model, tokenizer, dataclasses.replace(cfg.rollout, max_new_tokens=new_tokens))
+    times = {"reserved": [], "concatenated": []}
+    try:
+        for repeat in range(REPEATS + 1):  # the first round is warm-up
+            for mode in times:
+                gdpo.rollout.reserve_cache = reserve if mode == "reserved" else (lambda cache, extra: None)
+                start = time.perf_counter()
+                backend.generate(prompts, list(range(PROMPTS)), ROLLOUTS)
+                if repeat:
+                    times[mode].append(time.perf_counter() - start)
+    finally:
+        gdpo.rollout.reserve_cache = reserve
+    return {"max_new_tokens": new_tokens, **{f"{m}_s": statistics.median(t) for m, t in times.items()}}
+
+
 def main() -> None:
     from gdpo.rollout import HFRollout, encode_prompt
     from gdpo.tasks import build_task
@@ -92,6 +117,7 @@ def main() -> None:
         "device": device_name("cpu"),
         "shape": {"prompts": PROMPTS, "rollouts": ROLLOUTS, "max_new_tokens": NEW_TOKENS},
         "rows": rows,
+        "kv_cache": [cache_row(model, tokenizer, cfg, prompts, n) for n in (NEW_TOKENS, 4 * NEW_TOKENS)],
     }
     out = REPO / "bench" / "results" / "generation-cpu.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -108,6 +134,9 @@ def main() -> None:
             f"  {r['threads']:>7} {r['dtype']:<9} {r['generate_s']:7.3f} s {r['ms_per_token']:7.2f} ms"
             f" {r['decode_step_ms_batch1']:15.2f} ms {r[f'decode_step_ms_batch{batch}']:17.2f} ms"
         )
+    print("  KV cache     new tokens  reserved  concatenated")
+    for r in result["kv_cache"]:
+        print(f"  {'':<12} {r['max_new_tokens']:10} {r['reserved_s']:7.3f} s {r['concatenated_s']:9.3f} s")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,10 @@ the point a run was resumed from. The trainer derives the prompt seeds from (run
 Backends:
 * ``hf``: an in-process sampling loop over the policy's own ``forward`` with a KV cache (the model being
   trained generates, so no weight sync is needed). Sampling draws exponential noise per row from the row's
-  generator: argmax(p / q), q ~ Exp(1), is an exact sample from p.
+  generator: argmax(p / q), q ~ Exp(1), is an exact sample from p. The cache of every full-attention layer
+  is allocated once for the whole completion (``ReservedCacheLayer``): transformers' dynamic cache
+  concatenates, copying the whole cache at every token, which makes a completion of length T cost O(T^2)
+  copies.
 * ``vllm``: a colocated vLLM engine (``VLLMRollout``), weights synced from the trainer after every update.
 """
 
@@ -18,11 +21,13 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+from transformers.cache_utils import DynamicLayer
 
 from gdpo.config import RolloutConfig
 
 __all__ = [
     "HFRollout",
+    "ReservedCacheLayer",
     "RolloutBackend",
     "Rollouts",
     "VLLMRollout",
@@ -147,6 +152,55 @@ def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     return filtered / filtered.sum(-1, keepdim=True)
 
 
+class ReservedCacheLayer(DynamicLayer):
+    """A transformers dynamic cache layer whose keys and values live in buffers reserved up front.
+
+    ``update`` writes the new positions into the buffers and returns views of the filled part: the same
+    tensors (values, shapes, order) ``DynamicLayer`` would return, without copying what is already cached.
+    Beyond ``capacity`` it raises rather than silently reallocating.
+    """
+
+    def __init__(self, layer: DynamicLayer, capacity: int):
+        super().__init__()
+        keys, values = layer.keys, layer.values
+        length = keys.shape[-2]
+        if capacity < length:
+            raise ValueError(f"cache capacity {capacity} is below the {length} positions already cached")
+        self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
+        self._keys = keys.new_empty(*keys.shape[:-2], capacity, keys.shape[-1])
+        self._values = values.new_empty(*values.shape[:-2], capacity, values.shape[-1])
+        self._keys[..., :length, :] = keys
+        self._values[..., :length, :] = values
+        self.keys, self.values = self._keys[..., :length, :], self._values[..., :length, :]
+
+    @property
+    def capacity(self) -> int:
+        return self._keys.shape[-2]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        start = self.keys.shape[-2]
+        stop = start + key_states.shape[-2]
+        if stop > self.capacity:
+            raise RuntimeError(f"KV cache reserved for {self.capacity} positions, asked to hold {stop}")
+        self._keys[..., start:stop, :] = key_states
+        self._values[..., start:stop, :] = value_states
+        self.keys, self.values = self._keys[..., :stop, :], self._values[..., :stop, :]
+        return self.keys, self.values
+
+
+def reserve_cache(cache, extra_positions: int) -> None:
+    """Give every plain full-attention layer of a transformers cache room for ``extra_positions`` more.
+
+    Other layer types (sliding window, static, quantised, linear attention) are left as they are.
+    """
+    cache.layers = [
+        ReservedCacheLayer(layer, layer.keys.shape[-2] + extra_positions)
+        if type(layer) is DynamicLayer and layer.is_initialized
+        else layer
+        for layer in cache.layers
+    ]
+
+
 class HFRollout:
     """Sample from a transformers causal LM with a KV cache, one seeded random stream per completion.
 
@@ -199,24 +253,28 @@ class HFRollout:
                 f"{type(self.model).__name__} returned no KV cache; the hf backend needs use_cache"
             )
         past.batch_repeat_interleave(num_rollouts)
+        reserve_cache(past, cfg.max_new_tokens)
         logits = out.logits[:, -1].float().repeat_interleave(num_rollouts, 0)
-        mask = mask.repeat_interleave(num_rollouts, 0)
+        # The attention mask also gets its room up front; each step exposes one more column of it.
+        full_mask = mask.new_zeros(n, width + cfg.max_new_tokens)
+        full_mask[:, :width] = mask.repeat_interleave(num_rollouts, 0)
         next_pos = positions[:, -1].repeat_interleave(num_rollouts, 0) + 1
         tokens, logps, alive = [], [], []
         finished = torch.zeros(n, dtype=torch.bool, device=device)
-        for _ in range(cfg.max_new_tokens):
+        for step in range(cfg.max_new_tokens):
             token, logp = self._sample(logits, generators, greedy)
             token = torch.where(finished, torch.full_like(token, tok.pad_token_id), token)
             alive.append(~finished)
             tokens.append(token)
             logps.append(torch.where(finished, torch.zeros_like(logp), logp))
             finished = finished | token.eq(tok.eos_token_id) | self._hit_stop(tokens, alive, finished)
-            if self._all_done(finished):
+            # The last token needs no forward (nothing follows it); every rank reaches it at the same step.
+            if step == cfg.max_new_tokens - 1 or self._all_done(finished):
                 break
-            mask = torch.cat([mask, alive[-1].long()[:, None]], dim=1)
+            full_mask[:, width + step] = alive[-1]
             out = self.model(
                 input_ids=token[:, None],
-                attention_mask=mask,
+                attention_mask=full_mask[:, : width + step + 1],
                 position_ids=next_pos[:, None],
                 past_key_values=past,
                 use_cache=True,

@@ -9,7 +9,14 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from gdpo.config import RolloutConfig, TinyModelConfig
-from gdpo.rollout import HFRollout, VLLMRollout, _top_p_filter, encode_prompt, forbidden_token
+from gdpo.rollout import (
+    HFRollout,
+    ReservedCacheLayer,
+    VLLMRollout,
+    _top_p_filter,
+    encode_prompt,
+    forbidden_token,
+)
 from gdpo.tiny import build_tiny_model
 
 
@@ -210,6 +217,61 @@ def test_greedy_rollouts_match_transformers_generate(toy_policy, toy_task):
             pad_token_id=tokenizer.pad_token_id,
         )
         assert ro.completions[i] == tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)
+
+
+def test_reserved_cache_layer_returns_what_the_dynamic_layer_returns():
+    from transformers.cache_utils import DynamicLayer
+
+    torch.manual_seed(0)
+    dynamic = DynamicLayer()
+    first = (torch.randn(3, 2, 4, 8), torch.randn(3, 2, 4, 8))
+    dynamic.update(*first)
+    reserved = ReservedCacheLayer(dynamic, capacity=7)
+    assert reserved.capacity == 7 and reserved.get_seq_length() == 4
+    buffer = reserved._keys.data_ptr()
+    for length in (1, 2):  # one decode step, then two positions at once: 4 + 1 + 2 = 7 = capacity
+        new = (torch.randn(3, 2, length, 8), torch.randn(3, 2, length, 8))
+        want, got = dynamic.update(*new), reserved.update(*new)
+        for w, g in zip(want, got):
+            assert g.shape == w.shape and torch.equal(g, w)
+    assert reserved.get_seq_length() == 7 and reserved._keys.data_ptr() == buffer  # written in place
+    with pytest.raises(RuntimeError, match="reserved for 7 positions, asked to hold 8"):
+        reserved.update(torch.randn(3, 2, 1, 8), torch.randn(3, 2, 1, 8))
+    with pytest.raises(ValueError, match="capacity 6 is below the 7 positions"):
+        ReservedCacheLayer(dynamic, capacity=6)
+
+
+def test_generation_writes_the_cache_in_place_with_unchanged_samples(toy_policy, toy_task, monkeypatch):
+    """The reserved cache changes no sample or log-prob (bit for bit), and no step reallocates it."""
+    import gdpo.rollout
+
+    model, tokenizer = toy_policy
+    prompts = _prompts(tokenizer, toy_task, 3)
+    prompts[1] = prompts[1] + prompts[2][:5]  # left padding in the batch
+    cfg = RolloutConfig(max_new_tokens=24)
+    buffers = []  # per forward: the data pointers of every layer's key buffer
+    forward = model.forward
+
+    def spy(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        cache = out.past_key_values
+        buffers.append([getattr(layer, "_keys", layer.keys).data_ptr() for layer in cache.layers])
+        assert kwargs.get("past_key_values") is None or all(
+            isinstance(layer, ReservedCacheLayer) for layer in cache.layers
+        )
+        return out
+
+    monkeypatch.setattr(model, "forward", spy)
+    reserved = HFRollout(model, tokenizer, cfg).generate(prompts, [5, 6, 7], 4)
+    decode_steps = buffers[1:]
+    assert len(decode_steps) == max(reserved.num_tokens.tolist()) - 1  # the last token needs no forward
+    assert all(step == decode_steps[0] for step in decode_steps)
+    monkeypatch.setattr(model, "forward", forward)
+    monkeypatch.setattr(gdpo.rollout, "reserve_cache", lambda cache, extra: None)
+    concatenated = HFRollout(model, tokenizer, cfg).generate(prompts, [5, 6, 7], 4)
+    assert reserved.completions == concatenated.completions
+    assert torch.equal(reserved.input_ids, concatenated.input_ids)
+    assert torch.equal(reserved.sample_logprobs, concatenated.sample_logprobs)
 
 
 def test_negative_vllm_kv_cache_size_names_the_field():
