@@ -107,7 +107,10 @@ def warm_start(
 ) -> Path:
     """Supervised fine-tuning on (chat messages, assistant completion) pairs; returns the tuned folder."""
     if not demonstrations:
-        raise ValueError("warm_start needs at least one demonstration")
+        raise ValueError(
+            "warm_start needs at least one demonstration: raise data.options.num_demonstrations "
+            "or set warm_start.enabled=false"
+        )
     for name, value in (("steps", cfg.steps), ("batch_size", cfg.batch_size)):
         if value < 1:
             raise ValueError(

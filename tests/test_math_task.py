@@ -297,8 +297,11 @@ def test_gsm8k3_task_scores_a_group():
         ({"num_train": -3}, "num_train must be a positive integer"),
         ({"demo_noise": 1.5}, "demo_noise must be in [0, 1]"),
         ({"conditioned_length": "maybe"}, "conditioned_length must be true or false"),
-        ({"length_weight": "heavy"}, "length_weight must be a number"),
-        ({"num_demonstrations": -1}, "num_demonstrations must be a positive integer"),
+        ({"conditioned_length": 1}, "conditioned_length must be true or false, got 1"),
+        ({"length_weight": "heavy"}, "length_weight must be a finite number"),
+        ({"length_weight": float("inf")}, "length_weight must be a finite number, got inf"),
+        ({"num_demonstrations": -1}, "num_demonstrations must be a non-negative integer, got -1"),
+        ({"num_demonstrations": 2.0}, "num_demonstrations must be a non-negative integer, got 2.0"),
     ],
 )
 def test_factory_rejects_bad_options(options, message):

@@ -218,9 +218,22 @@ def test_load_raw_json(tmp_path):
     )
     (row,) = load_toolrl(path)
     assert row["messages"][0] == {"role": "system", "content": "tools"} and row["ground_truth"] == REPLY_TRUTH
-    # One file, no split: it cannot also be the test set.
-    with pytest.raises(ValueError, match=r"rlla_rl.json: a raw ToolRL JSON file has no 'test' split"):
-        load_toolrl(path, "test")
+    assert load_toolrl(path, "test") == [row]  # one file, one split: whatever it is loaded as
+    demos = {"num_demonstrations": 1, "demo_format_noise": 0.0, "demo_content_noise": 0.0}
+    # As the task's training source it needs its own test file, not itself again.
+    with pytest.raises(
+        ValueError, match=r"rlla_rl.json is a raw ToolRL JSON file, one split only.*test_source"
+    ):
+        build_task("tool_calling", {"source": str(path), **demos}, 0)
+    held_out = tmp_path / "held_out.json"
+    held_out.write_text(
+        json.dumps([{"instruction": "tools", "input": "<user> bye </user>", "output": REPLY_TRUTH}] * 2)
+    )
+    task = build_task("tool_calling", {"source": str(path), "test_source": str(held_out), **demos}, 0)
+    assert len(task.train) == 1 and len(task.test) == 2
+    assert task.test[0]["messages"][1]["content"] == "<user> bye </user>"
+    with pytest.raises(ValueError, match="test_source needs a ToolRL data.options.source"):
+        build_task("tool_calling", {"test_source": str(held_out)}, 0)
 
 
 def test_malformed_rows_name_the_file_and_row(tmp_path):
@@ -249,3 +262,25 @@ def test_task_from_toolrl_files(toolrl_dir):
     assert len(task.train) == 3 and len(task.test) == 1
     assert all(completion in (CALL_TRUTH, REPLY_TRUTH) for _, completion in task.demonstrations)
     assert task.rewards.names == ("format", "correctness")
+
+
+def test_no_demonstrations_is_allowed_and_the_option_helpers_name_the_bound():
+    from gdpo.tasks import bool_option, number_option, positive_int_option
+
+    task = build_task("tool_calling", {"num_demonstrations": 0, "train_size": 4, "test_size": 2}, 0)
+    assert task.demonstrations == [] and len(task.train) == 4 and len(task.test) == 2
+    assert positive_int_option(0, "n", allow_zero=True) == 0
+    with pytest.raises(ValueError, match=r"data.options.n must be a positive integer, got 0"):
+        positive_int_option(0, "n")
+    with pytest.raises(ValueError, match=r"data.options.x must be >= 2, got 1"):
+        number_option(1, "x", low=2)
+    with pytest.raises(ValueError, match=r"data.options.x must be <= 2, got 3"):
+        number_option(3, "x", high=2)
+    with pytest.raises(ValueError, match=r"data.options.x must be positive, got 0"):
+        number_option(0, "x", positive=True)
+    with pytest.raises(ValueError, match=r"data.options.x must be a finite number, got -inf"):
+        number_option(float("-inf"), "x")
+    assert number_option(2, "x", low=0.0, high=2.0) == 2.0
+    assert bool_option("False", "b") is False and bool_option(True, "b") is True
+    with pytest.raises(ValueError, match=r"data.options.b must be true or false, got 0"):
+        bool_option(0, "b")

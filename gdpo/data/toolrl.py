@@ -5,8 +5,9 @@ Forms read:
   user] messages, ``ability``, ``reward_model`` = {style, ground_truth}, ``extra_info``), from a local file, a
   folder holding ``<split>.parquet``, or a URL (read through ``datasets``);
 * the raw ``rlla_rl.json`` (a list of {instruction, input, output}): system = instruction, user = input,
-  ground truth = output; every row is a training row (ToolRL's own 2% hold-out is not reproduced), and asking it
-  for another split is an error.
+  ground truth = output. A raw file holds one split, so every row is returned whichever split is asked for
+  (ToolRL's own 2% hold-out is not reproduced): the tool_calling task takes such a file as its training source
+  only with a different file as ``test_source``.
 
 Each row becomes ``{"messages": [...], "ground_truth": str, "source": str, "index": int}``. Malformed rows are
 errors that name the file and the row; nothing is dropped silently.
@@ -20,7 +21,7 @@ from typing import Any
 from gdpo.data.records import read_file
 from gdpo.tasks.tool_calling import parse_ground_truth_calls
 
-__all__ = ["load_toolrl"]
+__all__ = ["is_raw_toolrl", "load_toolrl"]
 
 
 def load_toolrl(source: str | Path, split: str = "train") -> list[dict[str, Any]]:
@@ -36,14 +37,14 @@ def load_toolrl(source: str | Path, split: str = "train") -> list[dict[str, Any]
         if not path.exists():
             raise FileNotFoundError(f"no ToolRL data at {path}")
         records = read_file(path)
-        if path.suffix == ".json":
-            if split != "train":  # one file, no split: as a test set it would be the training set again
-                raise ValueError(
-                    f"{path}: a raw ToolRL JSON file has no {split!r} split; give the folder of the verl parquet "
-                    "files (train.parquet, test.parquet) or a separate file for it"
-                )
+        if is_raw_toolrl(path):
             return [_from_raw(row, i, path) for i, row in enumerate(records)]
     return [_from_verl(row, i, source) for i, row in enumerate(records)]
+
+
+def is_raw_toolrl(source: str | Path) -> bool:
+    """Whether ``source`` is a raw ToolRL JSON file (one split) rather than verl parquet data."""
+    return str(source).endswith(".json")
 
 
 def _check(messages: Any, truth: Any, where: str) -> None:

@@ -882,7 +882,7 @@ def build_coding_task(options: dict, seed: int) -> Task:
     defaults = SOURCE_DEFAULTS[source]
     path = options.pop("path", None)
     objectives = options.pop("objectives", 2)
-    if objectives not in (2, 3) or isinstance(objectives, bool):
+    if type(objectives) is not int or objectives not in (2, 3):
         raise ValueError(f"data.options.objectives must be 2 or 3, got {objectives!r}")
     workers = positive_int_option(options.pop("workers", None), "workers", allow_none=True)
     num_train = positive_int_option(
@@ -890,7 +890,9 @@ def build_coding_task(options: dict, seed: int) -> Task:
     )
     num_test = positive_int_option(options.pop("num_test", defaults["num_test"]), "num_test", allow_none=True)
     demo_noise = number_option(options.pop("demo_noise", 0.5), "demo_noise", low=0.0, high=1.0)
-    num_demos = positive_int_option(options.pop("num_demonstrations", 2000), "num_demonstrations")
+    num_demos = positive_int_option(
+        options.pop("num_demonstrations", 2000), "num_demonstrations", allow_zero=True
+    )
     if options:
         raise ValueError(f"unknown data.options for task 'coding': {sorted(options)}")
     if source == "synthetic":

@@ -72,7 +72,7 @@ from typing import Any
 
 from gdpo.data.math_data import last_boxed, render_synthetic_solution
 from gdpo.rewards import RewardComponent, RewardSet
-from gdpo.tasks import Task, number_option, positive_int_option, register_task
+from gdpo.tasks import Task, bool_option, number_option, positive_int_option, register_task
 
 __all__ = [
     "GSM8K_SYSTEM_PROMPT",
@@ -545,16 +545,6 @@ def _solution_demo(rng: random.Random, item: dict, recipe: str, noise: float) ->
     return solution.replace("\\boxed", "") if drop else solution
 
 
-def _as_bool(value: Any, name: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    if value in (0, 1):
-        return bool(value)
-    raise ValueError(f"data.options.{name} must be true or false, got {value!r}")
-
-
 SOURCES = ("synthetic", "gsm8k", "math", "deepscaler")
 
 
@@ -598,16 +588,16 @@ def build_math_task(options: dict, seed: int) -> Task:
     length_only = {k: options.pop(k) for k in ("conditioned_length", "length_weight") if k in options}
     if length_only and recipe != "boxed":
         raise ValueError(f"data.options {sorted(length_only)} apply only to recipe 'boxed'")
-    conditioned = _as_bool(length_only.get("conditioned_length", False), "conditioned_length")
+    conditioned = bool_option(length_only.get("conditioned_length", False), "conditioned_length")
     length_weight = number_option(length_only.get("length_weight", 1.0), "length_weight")
     length_limit = task_length_limit({"source": source, **options})
     options.pop("length_limit", None)
     num_train = positive_int_option(options.pop("num_train", None), "num_train", allow_none=True)
     num_test = positive_int_option(options.pop("num_test", None), "num_test", allow_none=True)
     noise = number_option(options.pop("demo_noise", 0.5), "demo_noise", low=0.0, high=1.0)
-    num_demos = options.pop("num_demonstrations", 2000)
-    if num_demos != 0:
-        positive_int_option(num_demos, "num_demonstrations")
+    num_demos = positive_int_option(
+        options.pop("num_demonstrations", 2000), "num_demonstrations", allow_zero=True
+    )
     if options:
         raise ValueError(f"unknown data.options for task 'math': {sorted(options)}")
 

@@ -274,23 +274,28 @@ def demonstration(rng, truth: str, format_noise: float, content_noise: float) ->
 def _build_tool_calling_task(options: dict, seed: int):
     import random
 
-    from gdpo.tasks import Task, number_option, positive_int_option
+    from gdpo.tasks import Task, bool_option, number_option, positive_int_option
 
     source = options.pop("source", "synthetic")
-    compact = options.pop("compact_prompt", False)
-    if not isinstance(compact, bool):
-        raise ValueError(f"data.options.compact_prompt must be true or false, got {compact!r}")
+    test_source = options.pop("test_source", None)
+    compact = bool_option(options.pop("compact_prompt", False), "compact_prompt")
     format_noise = number_option(
         options.pop("demo_format_noise", 0.6), "demo_format_noise", low=0.0, high=1.0
     )
     content_noise = number_option(
         options.pop("demo_content_noise", 0.3), "demo_content_noise", low=0.0, high=1.0
     )
-    num_demos = positive_int_option(options.pop("num_demonstrations", 2000), "num_demonstrations")
+    num_demos = positive_int_option(
+        options.pop("num_demonstrations", 2000), "num_demonstrations", allow_zero=True
+    )
     train_size = positive_int_option(options.pop("train_size", 2000), "train_size")
     test_size = positive_int_option(options.pop("test_size", 200), "test_size")
     if options:
         raise ValueError(f"unknown data.options for task 'tool_calling': {sorted(options)}")
+    if source == "synthetic" and test_source is not None:
+        raise ValueError(
+            "data.options.test_source needs a ToolRL data.options.source, not the synthetic data"
+        )
     if source == "synthetic":
         from gdpo.data.synthetic_tools import generate_split, split_functions
 
@@ -304,9 +309,16 @@ def _build_tool_calling_task(options: dict, seed: int):
             for s in generate_split(test_fns, test_size, seed=2)
         ]
     else:
-        from gdpo.data.toolrl import load_toolrl
+        from gdpo.data.toolrl import is_raw_toolrl, load_toolrl
 
-        train, test = load_toolrl(source, "train"), load_toolrl(source, "test")
+        test_source = source if test_source is None else test_source
+        if str(test_source) == str(source) and is_raw_toolrl(source):
+            raise ValueError(
+                f"data.options.source {source} is a raw ToolRL JSON file, one split only: as the test set too it "
+                "would be the training set again; set data.options.test_source to a different file, or give "
+                "the folder of the verl parquet files (train.parquet, test.parquet)"
+            )
+        train, test = load_toolrl(source, "train"), load_toolrl(test_source, "test")
     rng = random.Random(seed)
     demos = []
     for _ in range(num_demos if train else 0):
