@@ -155,9 +155,11 @@ def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
 class ReservedCacheLayer(DynamicLayer):
     """A transformers dynamic cache layer whose keys and values live in buffers reserved up front.
 
-    ``update`` writes the new positions into the buffers and returns views of the filled part: the same
-    tensors (values, shapes, order) ``DynamicLayer`` would return, without copying what is already cached.
-    Beyond ``capacity`` it raises rather than silently reallocating.
+    ``update`` writes the new positions into the buffers and exposes the filled part as ``keys`` / ``values``
+    (views): the same tensors ``DynamicLayer`` would return, without copying what is already cached. Every
+    other operation of a cache layer (batch selection and repetition, beam reordering, crop, reset, offload)
+    acts on the buffers, so that the layer behaves as a ``DynamicLayer`` throughout. Beyond ``capacity``
+    ``update`` raises rather than silently reallocating.
     """
 
     def __init__(self, layer: DynamicLayer, capacity: int):
@@ -171,6 +173,9 @@ class ReservedCacheLayer(DynamicLayer):
         self._values = values.new_empty(*values.shape[:-2], capacity, values.shape[-1])
         self._keys[..., :length, :] = keys
         self._values[..., :length, :] = values
+        self._expose(length)
+
+    def _expose(self, length: int) -> None:
         self.keys, self.values = self._keys[..., :length, :], self._values[..., :length, :]
 
     @property
@@ -184,8 +189,43 @@ class ReservedCacheLayer(DynamicLayer):
             raise RuntimeError(f"KV cache reserved for {self.capacity} positions, asked to hold {stop}")
         self._keys[..., start:stop, :] = key_states
         self._values[..., start:stop, :] = value_states
-        self.keys, self.values = self._keys[..., :stop, :], self._values[..., :stop, :]
+        self._expose(stop)
         return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.keys.shape[-2]
+
+    def get_max_length(self) -> int:
+        return self.capacity
+
+    def _rebuild(self, transform) -> None:
+        length = self.get_seq_length()
+        self._keys, self._values = transform(self._keys), transform(self._values)
+        self._expose(length)
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._rebuild(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._rebuild(lambda t: t[indices, ...])
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self._rebuild(lambda t: t.index_select(0, beam_idx.to(t.device)))
+
+    def offload(self) -> None:
+        self._rebuild(lambda t: t.to("cpu", non_blocking=True))
+
+    def prefetch(self) -> None:
+        if self._keys.device != self.device:
+            self._rebuild(lambda t: t.to(self.device, non_blocking=True))
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if tokens_to_remove > 0:  # as DynamicLayer: the legacy positive form is refused
+            raise ValueError(f"crop takes a negative number of positions to remove, got {tokens_to_remove}")
+        self._expose(max(self.get_seq_length() - abs(tokens_to_remove), 0))
+
+    def reset(self) -> None:
+        self._expose(0)
 
 
 def reserve_cache(cache, extra_positions: int) -> None:

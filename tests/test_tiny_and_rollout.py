@@ -241,6 +241,37 @@ def test_reserved_cache_layer_returns_what_the_dynamic_layer_returns():
         ReservedCacheLayer(dynamic, capacity=6)
 
 
+@pytest.mark.parametrize(
+    "operation",
+    [
+        lambda layer: layer.batch_select_indices(torch.tensor([2, 0])),
+        lambda layer: layer.batch_repeat_interleave(2),
+        lambda layer: layer.reorder_cache(torch.tensor([1, 1, 0])),
+        lambda layer: layer.crop(-2),
+        lambda layer: layer.crop(0),
+        lambda layer: layer.reset(),
+        lambda layer: (layer.offload(), layer.prefetch()),
+    ],
+    ids=["select", "repeat", "reorder", "crop", "crop0", "reset", "offload"],
+)
+def test_reserved_cache_layer_operations_match_the_dynamic_layer(operation):
+    """After any cache-layer operation, the next update returns what DynamicLayer's would."""
+    from transformers.cache_utils import DynamicLayer
+
+    torch.manual_seed(1)
+    dynamic = DynamicLayer()
+    dynamic.update(torch.randn(3, 2, 4, 8), torch.randn(3, 2, 4, 8))
+    reserved = ReservedCacheLayer(dynamic, capacity=8)
+    operation(dynamic)
+    operation(reserved)
+    assert reserved.get_seq_length() == dynamic.get_seq_length()
+    batch = dynamic.keys.shape[0] if dynamic.keys is not None else 3
+    new = (torch.randn(batch, 2, 1, 8), torch.randn(batch, 2, 1, 8))
+    for want, got in zip(dynamic.update(*new), reserved.update(*new)):
+        assert got.shape == want.shape and torch.equal(got, want)
+    assert reserved.get_max_length() == 8
+
+
 def test_generation_writes_the_cache_in_place_with_unchanged_samples(toy_policy, toy_task, monkeypatch):
     """The reserved cache changes no sample or log-prob (bit for bit), and no step reallocates it."""
     import gdpo.rollout
