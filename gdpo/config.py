@@ -207,6 +207,35 @@ for _tag, _pattern, _first in (
 _Yaml12Loader.add_constructor("tag:yaml.org,2002:int", _Yaml12Loader.construct_yaml_int)
 
 
+class _Yaml12Dumper(yaml.SafeDumper):
+    """PyYAML's safe dumper, quoting every string that YAML 1.1 or 1.2 would read as something else.
+
+    A saved config is read back with the YAML 1.2 loader (``--resume``), and by users with PyYAML's 1.1
+    ``safe_load``: ``"1e5"`` is a float only under 1.2, ``"yes"`` a boolean only under 1.1.
+    """
+
+    def resolve(self, kind, value, implicit):
+        tag = super().resolve(kind, value, implicit)
+        if kind is yaml.ScalarNode and implicit[0] and tag == "tag:yaml.org,2002:str":
+            under_1_2 = _YAML12_RESOLVER.resolve(kind, value, implicit)
+            if under_1_2 != tag:
+                return under_1_2
+        return tag
+
+
+_YAML12_RESOLVER = _Yaml12Loader("")  # resolves plain scalars as the config loader does
+
+
+def dump_yaml(data: Any) -> str:
+    """``data`` as YAML that both YAML 1.1 and 1.2 readers load back unchanged (keys in their order)."""
+    return yaml.dump(data, Dumper=_Yaml12Dumper, sort_keys=False)
+
+
+def load_yaml(text: str) -> Any:
+    """YAML text read with the YAML 1.2 core schema, as config files are."""
+    return yaml.load(text, Loader=_Yaml12Loader)
+
+
 class _UniqueKeyLoader(_Yaml12Loader):
     """The YAML 1.2 loader, except that a key repeated in one mapping is an error (PyYAML keeps the last one,
     so a second ``algorithm:`` section would silently replace the first)."""

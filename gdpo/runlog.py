@@ -25,9 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from gdpo.config import to_dict
+from gdpo.config import dump_yaml, load_yaml, to_dict
 
 __all__ = ["RunLog", "atomic_write_text", "git_state", "read_jsonl"]
 
@@ -149,14 +147,14 @@ class RunLog:
         path = self.dir / "config.yaml"
         if not path.exists():
             return []
-        saved = _flatten(yaml.safe_load(path.read_text()) or {})
-        current = _flatten(yaml.safe_load(yaml.safe_dump(to_dict(cfg), sort_keys=False)))
+        saved = _flatten(load_yaml(path.read_text()) or {})
+        current = _flatten(load_yaml(dump_yaml(to_dict(cfg))))
         keys = sorted(k for k in set(saved) & set(current) if not k.startswith("logging."))
         return [k for k in keys if saved[k] != current[k]]
 
     def write_config(self, cfg) -> None:
         if self.is_main:
-            atomic_write_text(self.dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+            atomic_write_text(self.dir / "config.yaml", dump_yaml(to_dict(cfg)))
 
     def write_metadata(self, **extra: Any) -> None:
         if not self.is_main:

@@ -112,3 +112,24 @@ def test_missing_writer_package_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)
     with pytest.raises(RuntimeError, match=r"logging.wandb=true needs the wandb package"):
         RunLog(tmp_path).add_writers(tensorboard=False, wandb=True, name="x", config={})
+
+
+def test_saved_config_reads_back_unchanged_under_yaml_1_1_and_1_2(tmp_path):
+    """Strings that look like numbers or booleans to one YAML version are quoted in config.yaml."""
+    import yaml
+
+    from gdpo.config import TrainConfig, load_config, to_dict
+
+    tricky = ["1e5", "0o17", "yes", "on", "010", "1_000", "null", ".5"]
+    cfg = load_config(
+        TrainConfig,
+        None,
+        [f"rollout.stop={json.dumps(tricky)}", "data.options={path: '1e-6', flag: 'no'}", "task=toy"],
+    )
+    assert cfg.rollout.stop == tricky and cfg.data.options == {"path": "1e-6", "flag": "no"}
+    run = RunLog(tmp_path)
+    run.write_config(cfg)
+    saved = tmp_path / "config.yaml"
+    assert load_config(TrainConfig, saved) == cfg  # what --resume reads (YAML 1.2)
+    assert yaml.safe_load(saved.read_text()) == to_dict(cfg)  # what a notebook's PyYAML reads (YAML 1.1)
+    assert run.config_changes(cfg) == []
