@@ -8,7 +8,9 @@ of the wrong type fail at load time with an error naming the dotted key (and the
 Files are read with YAML 1.2's core schema, not PyYAML's YAML 1.1 one: ``010`` is ten (not octal eight), ``on``/``no``
 are strings, ``1e-6`` is a number, and ``1:30`` or ``2026-12-01`` are strings. A command-line value is text until its
 field's type is known: a ``str`` field takes it verbatim (``#``, ``{%``, ``on`` and ``010`` included) unless it is
-quoted as a YAML string (``"Q:\\n"``, with escapes); other types parse it as YAML 1.2.
+quoted as a YAML string (``"Q:\\n"``, with escapes); other types parse it as YAML 1.2, lists, mappings and
+``data.options`` values included (there, quote a string that holds `` #``). An override may set a whole section
+(``algorithm.reward_weights={format: 1}``) and a later one a key inside it (``algorithm.reward_weights.correct=2``).
 """
 
 from __future__ import annotations
@@ -163,7 +165,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             raise ConfigError(f"override {item!r} must look like key.subkey=value")
         node = out
         parts = key.split(".")
-        for part in parts[:-1]:
+        for depth, part in enumerate(parts[:-1]):
+            if isinstance(node.get(part), _CommandLineValue):  # a section set whole by an earlier override
+                node[part] = _parse_command_line(node[part], ".".join(parts[: depth + 1]))
             if node.get(part) is None:  # absent, or an empty section (``optim:`` with nothing under it)
                 node[part] = {}
             node = node[part]

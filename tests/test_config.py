@@ -136,6 +136,17 @@ def test_errors_name_the_file(tmp_path):
         load_config(TrainConfig, tmp_path / "broken.yaml")
 
 
+def test_a_section_set_whole_then_a_key_inside_it():
+    cfg = load_config(
+        TrainConfig,
+        None,
+        ["algorithm.reward_weights={format: 1, correct: 0.5}", "algorithm.reward_weights.correct=2"],
+    )
+    assert cfg.algorithm.reward_weights == {"format": 1.0, "correct": 2.0}
+    with pytest.raises(ConfigError, match=r"'reward_weights' is not a section"):
+        load_config(TrainConfig, None, ["algorithm.reward_weights=3", "algorithm.reward_weights.correct=2"])
+
+
 def test_overrides_do_not_mutate_their_input():
     data = {"algorithm": {"method": "grpo"}}
     out = apply_overrides(data, ["algorithm.method=gdpo"])
