@@ -52,10 +52,12 @@ def save_checkpoint(root: Path, step: int, engine, keep: int = 2) -> Path:
     barrier()
     engine.save_checkpoint(str(tmp), tag=TAG, save_latest=False)
     torch.save(_rng_state(), tmp / f"rng_rank{rank()}.pt")
+    # Every rank syncs (a node syncs only what it wrote itself, on a shared file system too), so that all of
+    # the checkpoint is on disk before ``latest`` can name it.
+    fsync_tree(tmp)
     barrier()
     if is_main():
-        (tmp / "trainer_state.json").write_text(json.dumps({"step": step}))
-        fsync_tree(tmp)  # all of it on disk before ``latest`` can name it
+        atomic_write_text(tmp / "trainer_state.json", json.dumps({"step": step}))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         fsync_dir(root)

@@ -210,11 +210,12 @@ class RunLog:
                 continue
             rows = read_jsonl(path)  # also drops a torn last line
             drop = [r for r in rows if r["step"] > step]
-            if drop:  # durable in the discarded file before they leave the log
+            if drop:  # durable in the discarded file (and its folder entry) before they leave the log
                 with path.with_suffix(".discarded.jsonl").open("a") as f:
                     f.writelines(json.dumps(r) + "\n" for r in drop)
                     f.flush()
                     os.fsync(f.fileno())
+                fsync_dir(path.parent)
             atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows if r["step"] <= step))
             moved += len(drop)
         return moved
@@ -294,7 +295,10 @@ def fsync_tree(folder: Path) -> None:
     """Sync every file and folder under ``folder``, then ``folder`` itself."""
     for dirpath, _, filenames in os.walk(folder):
         for name in filenames:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            except FileNotFoundError:  # another rank's temporary file, renamed meanwhile: it syncs its own
+                continue
             try:
                 os.fsync(fd)
             finally:

@@ -58,12 +58,15 @@ def run_dir_for(cfg: TrainConfig) -> Path:
 
 def pick_device(name: str) -> torch.device:
     """``auto``: CUDA when there is a GPU, else CPU. A CUDA device without an index is this process's GPU
-    (``LOCAL_RANK``, as torchrun and the deepspeed launcher set it), so that every rank of a node gets its own."""
+    (``LOCAL_RANK``, as torchrun and the deepspeed launcher set it), so that every rank of a node gets its own;
+    modulo the GPUs this process sees, for launchers that show each rank only its own (``CUDA_VISIBLE_DEVICES``,
+    SLURM ``--gpus-per-task``)."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        local_rank, visible = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+        device = torch.device("cuda", local_rank % visible if visible else local_rank)
     return device
 
 

@@ -44,8 +44,16 @@ def test_a_checkpoint_is_synced_before_latest_names_it(tmp_path, disk_events):
     latest_written = disk_events.index(("replace", str(tmp_path / "latest")))
     synced_before = {path for kind, path in disk_events[:latest_written] if kind == "fsync"}
     staged = tmp_path / ".tmp-step_000003"
-    for name in ("state/mp_rank_00_model_states.pt", "rng_rank0.pt", "trainer_state.json", "state", "."):
+    for name in ("state/mp_rank_00_model_states.pt", "rng_rank0.pt", "state", "."):
         assert str((staged / name).resolve()) in synced_before, name
+    # trainer_state.json (what marks the checkpoint complete) is written atomically: synced under a temporary
+    # name, renamed, then its folder synced, all before ``latest`` moves.
+    state_written = disk_events.index(("replace", str(staged / "trainer_state.json")))
+    assert any(
+        kind == "fsync" and Path(path).name.startswith(".trainer_state.json.")
+        for kind, path in disk_events[:state_written]
+    )
+    assert ("fsync", str(staged.resolve())) in disk_events[state_written:latest_written]
     # The folder's rename into place is synced (the parent folder) before ``latest`` moves.
     renamed = disk_events.index(("replace", str(final)))
     assert ("fsync", str(tmp_path)) in disk_events[renamed:latest_written]
@@ -60,7 +68,9 @@ def test_rewound_lines_are_synced_in_the_discarded_file_before_they_leave_the_lo
     disk_events.clear()
     assert log.rewind_to(1) == 2
     rewritten = disk_events.index(("replace", str(tmp_path / "metrics.jsonl")))
-    assert ("fsync", str(tmp_path / "metrics.discarded.jsonl")) in disk_events[:rewritten]
+    discarded = disk_events.index(("fsync", str(tmp_path / "metrics.discarded.jsonl")))
+    assert discarded < rewritten
+    assert ("fsync", str(tmp_path)) in disk_events[discarded:rewritten]  # the new file's folder entry
     assert [r["step"] for r in read_jsonl(tmp_path / "metrics.discarded.jsonl")] == [2, 3]
 
 

@@ -80,6 +80,7 @@ def test_each_rank_gets_its_own_gpu_before_nccl_starts(monkeypatch):
 
     calls = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(("set_device", str(d))))
     monkeypatch.setattr(
         deepspeed, "init_distributed", lambda dist_backend: calls.append(("init", dist_backend))
@@ -102,6 +103,8 @@ def test_each_rank_gets_its_own_gpu_before_nccl_starts(monkeypatch):
     ]
     assert distributed.init_distributed(pick_device("auto")) == (3, 4)
     assert calls == [("set_device", "cuda:3"), ("init", "nccl")]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # each rank sees only its own GPU
+    assert pick_device("cuda") == torch.device("cuda", 0)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert pick_device("auto") == torch.device("cpu")
 
