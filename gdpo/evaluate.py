@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -71,18 +72,29 @@ def evaluate(
                         "completion": groups[i][j]["completion"],
                         "num_tokens": groups[i][j]["num_tokens"],
                         "truncated": bool(ro.truncated[i * samples + j]),
-                        "rewards": dict(zip(scored.names, scored.raw[i, j].tolist())),
+                        # A reward that does not apply (NaN) is null: the output is strict JSON.
+                        "rewards": {
+                            name: (None if math.isnan(value) else value)
+                            for name, value in zip(scored.names, scored.raw[i, j].tolist())
+                        },
                     }
                 )
     return records
 
 
 def summarise(records: list[dict], maxima: dict[str, float] | None = None) -> dict[str, float]:
-    """Mean of each reward component; ``<name>/at_max`` = share of items reaching ``maxima[name]``."""
+    """Mean of each reward component over the items it applies to (as the training log's reward means);
+    ``<name>/at_max`` = share of those items reaching ``maxima[name]``; ``<name>/applies`` = share of items it
+    applies to, where that is not all of them (a component that applies to none has only that key)."""
     names = list(records[0]["rewards"]) if records else []
     out: dict[str, float] = {"items": float(len(records))}
     for name in names:
         values = [r["rewards"][name] for r in records]
+        values = [v for v in values if v is not None and not math.isnan(v)]
+        if len(values) < len(records):
+            out[f"{name}/applies"] = len(values) / len(records)
+        if not values:
+            continue
         out[f"{name}/mean"] = sum(values) / len(values)
         if maxima and name in maxima:
             out[f"{name}/at_max"] = sum(v >= maxima[name] for v in values) / len(values)
@@ -110,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
         help="NAME=VALUE (repeatable): report the share of responses where NAME reaches VALUE",
     )
     parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may come before and after the options
     maxima = {}
     for name, value in named_values(args.max, "--max").items():
         try:
@@ -148,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     summary = summarise(records, maxima)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"summary": summary, "records": records}, indent=1))
+    args.out.write_text(json.dumps({"summary": summary, "records": records}, indent=1, allow_nan=False))
     print(json.dumps(summary, indent=2))
 
 

@@ -22,6 +22,17 @@ def test_summarise_crafted_records():
     s = summarise(records, {"format": 1.0, "correctness": 3.0})
     assert s["items"] == 4 and s["format/mean"] == 0.75 and s["correctness/mean"] == pytest.approx(1.125)
     assert s["format/at_max"] == 0.75 and s["correctness/at_max"] == 0.5 and s["truncated_frac"] == 0.25
+    assert "format/applies" not in s  # applies to every item
+    # A component that does not apply to an item (null in the output, NaN from the scorer) is left out of
+    # its mean, as in the training log; the share it applies to is reported.
+    records[1]["rewards"]["correctness"] = None
+    records[2]["rewards"]["correctness"] = float("nan")
+    s = summarise(records, {"correctness": 3.0})
+    assert s["correctness/mean"] == 3.0 and s["correctness/at_max"] == 1.0 and s["correctness/applies"] == 0.5
+    for r in records:
+        r["rewards"]["correctness"] = None
+    s = summarise(records)
+    assert s["correctness/applies"] == 0.0 and "correctness/mean" not in s and s["format/mean"] == 0.75
 
 
 def test_evaluate_scores_the_test_split_with_the_tasks_rewards(toy_policy, toy_task):
@@ -49,6 +60,7 @@ def test_command_line_writes_records_and_summary(tmp_path, toy_model_dir):
             str(toy_model_dir),
             "--config",
             str(REPO / "experiments/toy/configs/tiny.yaml"),
+            "rollout.max_new_tokens=3",  # overrides before and after the options both reach the config
             "--out",
             str(out),
             "--limit",
@@ -57,7 +69,7 @@ def test_command_line_writes_records_and_summary(tmp_path, toy_model_dir):
             "format=1",
             "--max",
             "correct=1",
-            "rollout.max_new_tokens=3",  # an override after --max reaches the config
+            "rollout.stop=[never]",
         ]
     )
     data = json.loads(out.read_text())
@@ -79,6 +91,7 @@ def test_command_line_errors_come_before_any_generation(tmp_path, toy_model_dir,
         (["--max", "formt=1"], "--max names ['formt'] are not reward components of task 'toy'"),
         (["--samples", "4"], "--samples above 1 needs --sample"),
         (["rollout.temprature=0.5"], "unknown config key 'rollout.temprature'"),
+        (["seed=1", "--limit", "2", "rollout.stp=[x]"], "unknown config key 'rollout.stp'"),
     ):
         with pytest.raises(SystemExit):
             main([*common, "--out", str(tmp_path / "x.json"), *extra])
