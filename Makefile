@@ -21,7 +21,7 @@ TORCH_SPEC := $(if $(HAS_GPU),torch==2.13.0,torch==2.13.0+cpu)
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 22
 
-setup: $(STAMP)  ## create .venv with the CPU stack (torch CPU build, transformers, DeepSpeed, ...)
+setup: $(STAMP)  ## create .venv: torch (CPU build without a GPU), transformers, DeepSpeed, ...
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
