@@ -384,11 +384,12 @@ def test_gdpo_component_advantages_sum_to_zero_in_every_group(rewards):
     torch.testing.assert_close(pre.sum(1), torch.zeros_like(pre.sum(1)), atol=1e-9, rtol=0)
 
 
-@settings(max_examples=200, deadline=None)
-@given(reward_tensors())
-def test_each_signal_test_agrees_with_its_methods_group_advantages(rewards):
-    """A group "has signal" exactly when its method's group step gives it a non-zero advantage, NaNs included."""
-    weights = [1.0] * rewards.shape[-1]
+@settings(max_examples=300, deadline=None)
+@given(reward_tensors(), st.lists(st.sampled_from([1.0, 0.0, 0.5, 2.0, -1.0]), min_size=4, max_size=4))
+def test_each_signal_test_agrees_with_its_methods_group_advantages(rewards, weight_pool):
+    """A group "has signal" exactly when its method's group step gives it a non-zero advantage, NaNs, zero and
+    negative weights included."""
+    weights = weight_pool[: rewards.shape[-1]]
     grpo = compute_advantages(rewards, "grpo_no_std", weights=weights)
     gdpo = compute_advantages(rewards, "gdpo", weights=weights, batch_norm="none", eps=0.0)
     assert groups_with_signal(rewards, weights, "weighted_sum").tolist() == grpo.ne(0).any(1).tolist()
