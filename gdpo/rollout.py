@@ -153,13 +153,15 @@ def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
 
 
 class ReservedCacheLayer(DynamicLayer):
-    """A transformers dynamic cache layer whose keys and values live in buffers reserved up front.
+    """A transformers dynamic cache layer that writes new positions into room reserved ahead.
 
-    ``update`` writes the new positions into the buffers and exposes the filled part as ``keys`` / ``values``
-    (views): the same tensors ``DynamicLayer`` would return, without copying what is already cached. Every
-    other operation of a cache layer (batch selection and repetition, beam reordering, crop, reset, offload)
-    acts on the buffers, so that the layer behaves as a ``DynamicLayer`` throughout. Beyond ``capacity``
-    ``update`` raises rather than silently reallocating.
+    ``update`` writes the new positions into buffers and exposes the filled part as ``keys`` / ``values``
+    (views): the same tensors ``DynamicLayer`` would return, without copying what is already cached (the
+    dynamic layer's concatenation copies the whole cache at every token). The buffers start at twice the
+    cached length and double when full, never beyond ``capacity`` positions: a few copies per completion, and
+    no more memory than twice what is cached, where rows stop early. Every other operation of a cache layer
+    (batch selection and repetition, beam reordering, crop, reset, offload) acts on the buffers, so that the
+    layer behaves as a ``DynamicLayer`` throughout. Beyond ``capacity`` ``update`` raises.
     """
 
     def __init__(self, layer: DynamicLayer, capacity: int):
@@ -169,17 +171,25 @@ class ReservedCacheLayer(DynamicLayer):
         if capacity < length:
             raise ValueError(f"cache capacity {capacity} is below the {length} positions already cached")
         self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
-        self._keys = keys.new_empty(*keys.shape[:-2], capacity, keys.shape[-1])
-        self._values = values.new_empty(*values.shape[:-2], capacity, values.shape[-1])
-        self._keys[..., :length, :] = keys
-        self._values[..., :length, :] = values
+        self.capacity = capacity
+        self._keys, self._values = keys, values
+        self._reallocate(min(capacity, max(2 * length, 1)), length)
+
+    def _reallocate(self, size: int, length: int) -> None:
+        """Move the first ``length`` cached positions into new buffers of ``size`` positions."""
+        keys, values = self._keys, self._values
+        self._keys = keys.new_empty(*keys.shape[:-2], size, keys.shape[-1])
+        self._values = values.new_empty(*values.shape[:-2], size, values.shape[-1])
+        self._keys[..., :length, :] = keys[..., :length, :]
+        self._values[..., :length, :] = values[..., :length, :]
         self._expose(length)
 
     def _expose(self, length: int) -> None:
         self.keys, self.values = self._keys[..., :length, :], self._values[..., :length, :]
 
     @property
-    def capacity(self) -> int:
+    def allocated(self) -> int:
+        """Positions the buffers hold now (at most ``capacity``)."""
         return self._keys.shape[-2]
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
@@ -187,6 +197,8 @@ class ReservedCacheLayer(DynamicLayer):
         stop = start + key_states.shape[-2]
         if stop > self.capacity:
             raise RuntimeError(f"KV cache reserved for {self.capacity} positions, asked to hold {stop}")
+        if stop > self.allocated:
+            self._reallocate(min(self.capacity, max(stop, 2 * self.allocated)), start)
         self._keys[..., start:stop, :] = key_states
         self._values[..., start:stop, :] = value_states
         self._expose(stop)

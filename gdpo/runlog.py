@@ -147,10 +147,17 @@ class RunLog:
         path = self.dir / "config.yaml"
         if not path.exists():
             return []
-        saved = _flatten(load_yaml(path.read_text()) or {})
+        text = path.read_text()
+        saved = _flatten(load_yaml(text) or {})
         current = _flatten(load_yaml(dump_yaml(to_dict(cfg))))
         keys = sorted(k for k in set(saved) & set(current) if not k.startswith("logging."))
-        return [k for k in keys if saved[k] != current[k]]
+        changed = [k for k in keys if saved[k] != current[k]]
+        if changed:  # a config.yaml from before it was written for YAML 1.2 may hold '1e5' unquoted
+            import yaml
+
+            as_yaml_1_1 = _flatten(yaml.safe_load(text) or {})
+            changed = [k for k in changed if as_yaml_1_1.get(k) != current[k]]
+        return changed
 
     def write_config(self, cfg) -> None:
         if self.is_main:

@@ -59,14 +59,20 @@ def run_dir_for(cfg: TrainConfig) -> Path:
 def pick_device(name: str) -> torch.device:
     """``auto``: CUDA when there is a GPU, else CPU. A CUDA device without an index is this process's GPU
     (``LOCAL_RANK``, as torchrun and the deepspeed launcher set it), so that every rank of a node gets its own;
-    modulo the GPUs this process sees, for launchers that show each rank only its own (``CUDA_VISIBLE_DEVICES``,
-    SLURM ``--gpus-per-task``)."""
+    or the only GPU this process sees, for launchers that show each rank its own (``CUDA_VISIBLE_DEVICES``,
+    SLURM ``--gpus-per-task``). More ranks on a node than GPUs it sees is an error, not two ranks on one GPU."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda" and device.index is None:
         local_rank, visible = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
-        device = torch.device("cuda", local_rank % visible if visible else local_rank)
+        if visible == 1:
+            local_rank = 0
+        elif local_rank >= visible > 1:
+            raise RuntimeError(
+                f"LOCAL_RANK {local_rank} but this process sees {visible} GPUs: launch at most one rank per GPU"
+            )
+        device = torch.device("cuda", local_rank)
     return device
 
 

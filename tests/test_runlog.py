@@ -133,3 +133,8 @@ def test_saved_config_reads_back_unchanged_under_yaml_1_1_and_1_2(tmp_path):
     assert load_config(TrainConfig, saved) == cfg  # what --resume reads (YAML 1.2)
     assert yaml.safe_load(saved.read_text()) == to_dict(cfg)  # what a notebook's PyYAML reads (YAML 1.1)
     assert run.config_changes(cfg) == []
+    # A config.yaml written the old way (PyYAML's YAML 1.1 dump, '1e5' unquoted) still matches its own settings.
+    saved.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    assert "- 1e5" in saved.read_text() and run.config_changes(cfg) == []
+    other = load_config(TrainConfig, None, ["rollout.stop=[x]", "task=toy"])
+    assert run.config_changes(other) == ["rollout.stop"]  # options only one side has are not compared

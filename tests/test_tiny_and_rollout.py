@@ -241,6 +241,24 @@ def test_reserved_cache_layer_returns_what_the_dynamic_layer_returns():
         ReservedCacheLayer(dynamic, capacity=6)
 
 
+def test_reserved_cache_layer_doubles_its_room_up_to_the_capacity():
+    from transformers.cache_utils import DynamicLayer
+
+    torch.manual_seed(0)
+    dynamic = DynamicLayer()
+    dynamic.update(torch.randn(2, 1, 3, 4), torch.randn(2, 1, 3, 4))
+    reserved = ReservedCacheLayer(dynamic, capacity=20)
+    sizes = [reserved.allocated]
+    for _ in range(17):  # one position at a time up to the capacity
+        new = (torch.randn(2, 1, 1, 4), torch.randn(2, 1, 1, 4))
+        want, got = dynamic.update(*new), reserved.update(*new)
+        for w, g in zip(want, got):
+            assert g.shape == w.shape and torch.equal(g, w)
+        sizes.append(reserved.allocated)
+    # 2 x 3 positions to start, doubled when full, the last step capped at the capacity: three copies in all.
+    assert sorted(set(sizes)) == [6, 12, 20] and reserved.get_seq_length() == 20
+
+
 @pytest.mark.parametrize(
     "operation",
     [
@@ -296,7 +314,8 @@ def test_generation_writes_the_cache_in_place_with_unchanged_samples(toy_policy,
     reserved = HFRollout(model, tokenizer, cfg).generate(prompts, [5, 6, 7], 4)
     decode_steps = buffers[1:]
     assert len(decode_steps) == max(reserved.num_tokens.tolist()) - 1  # the last token needs no forward
-    assert all(step == decode_steps[0] for step in decode_steps)
+    # Room reserved ahead, doubled when full: a copy only every so often, not at every token.
+    assert len({tuple(step) for step in decode_steps}) <= 2 < len(decode_steps)
     monkeypatch.setattr(model, "forward", forward)
     monkeypatch.setattr(gdpo.rollout, "reserve_cache", lambda cache, extra: None)
     concatenated = HFRollout(model, tokenizer, cfg).generate(prompts, [5, 6, 7], 4)

@@ -225,6 +225,10 @@ def test_load_raw_json(tmp_path):
         ValueError, match=r"rlla_rl.json is a raw ToolRL JSON file, one split only.*test_source"
     ):
         build_task("tool_calling", {"source": str(path), **demos}, 0)
+    (tmp_path / "link.json").symlink_to(path)  # the same file under another name is still the same file
+    for same in (str(tmp_path / "." / "rlla_rl.json"), str(tmp_path / "link.json")):
+        with pytest.raises(ValueError, match="one split only"):
+            build_task("tool_calling", {"source": str(path), "test_source": same, **demos}, 0)
     held_out = tmp_path / "held_out.json"
     held_out.write_text(
         json.dumps([{"instruction": "tools", "input": "<user> bye </user>", "output": REPLY_TRUTH}] * 2)
@@ -281,6 +285,8 @@ def test_no_demonstrations_is_allowed_and_the_option_helpers_name_the_bound():
     with pytest.raises(ValueError, match=r"data.options.x must be a finite number, got -inf"):
         number_option(float("-inf"), "x")
     assert number_option(2, "x", low=0.0, high=2.0) == 2.0
+    with pytest.raises(ValueError, match=r"data.options.x must be a finite number, got 1000"):
+        number_option(10**400, "x")
     assert bool_option("False", "b") is False and bool_option(True, "b") is True
     with pytest.raises(ValueError, match=r"data.options.b must be true or false, got 0"):
         bool_option(0, "b")

@@ -105,6 +105,9 @@ def test_each_rank_gets_its_own_gpu_before_nccl_starts(monkeypatch):
     assert calls == [("set_device", "cuda:3"), ("init", "nccl")]
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # each rank sees only its own GPU
     assert pick_device("cuda") == torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # 4 ranks on a node with 2 GPUs
+    with pytest.raises(RuntimeError, match="LOCAL_RANK 3 but this process sees 2 GPUs"):
+        pick_device("cuda")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert pick_device("auto") == torch.device("cpu")
 

@@ -44,7 +44,7 @@ def evaluate_model(
 
     from eval.bfcl import generate_and_score
     from gdpo.evaluate import evaluate, summarise
-    from gdpo.tasks import build_task
+    from gdpo.tasks import bool_option, build_task
 
     task = build_task(cfg.task, cfg.data.options, cfg.seed)
 
@@ -61,7 +61,7 @@ def evaluate_model(
         tokenizer,
         cfg.rollout,
         limit=bfcl_limit,
-        compact=bool(cfg.data.options.get("compact_prompt")),
+        compact=bool_option(cfg.data.options.get("compact_prompt", False), "compact_prompt"),
         out_dir=out_dir / "bfcl",
     )
     out = {"bfcl": bfcl}

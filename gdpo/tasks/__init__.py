@@ -77,8 +77,8 @@ def number_option(
     value: Any, name: str, *, low: float | None = None, high: float | None = None, positive: bool = False
 ) -> float:
     """``data.options.<name>`` as a finite number in ``[low, high]`` (and > 0 if ``positive``), or an error."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not isfinite(value):
-        raise ValueError(f"data.options.{name} must be a finite number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
+        raise ValueError(f"data.options.{name} must be a finite number, got {value!r}"[:200])
     if (low is not None and value < low) or (high is not None and value > high) or (positive and value <= 0):
         if low is not None and high is not None:
             bounds = [f"in [{low:g}, {high:g}]"]
@@ -87,6 +87,13 @@ def number_option(
         bounds = (["positive"] if positive else []) + bounds
         raise ValueError(f"data.options.{name} must be {' and '.join(bounds)}, got {value!r}")
     return float(value)
+
+
+def _finite(value: int | float) -> bool:
+    try:
+        return isfinite(value)
+    except OverflowError:  # an integer beyond the float range (YAML reads 1000...0 exactly)
+        return False
 
 
 def bool_option(value: Any, name: str) -> bool:

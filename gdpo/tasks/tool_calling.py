@@ -312,7 +312,7 @@ def _build_tool_calling_task(options: dict, seed: int):
         from gdpo.data.toolrl import is_raw_toolrl, load_toolrl
 
         test_source = source if test_source is None else test_source
-        if str(test_source) == str(source) and is_raw_toolrl(source):
+        if is_raw_toolrl(source) and _same_file(source, test_source):
             raise ValueError(
                 f"data.options.source {source} is a raw ToolRL JSON file, one split only: as the test set too it "
                 "would be the training set again; set data.options.test_source to a different file, or give "
@@ -326,6 +326,13 @@ def _build_tool_calling_task(options: dict, seed: int):
         truth = row["ground_truth"]
         demos.append((row["messages"], demonstration(rng, truth, format_noise, content_noise)))
     return Task("tool_calling", train, test, tool_calling_rewards(), demos)
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Whether two local paths name one file (``r.json``, ``./r.json``, a link to it)."""
+    from pathlib import Path
+
+    return Path(a).resolve() == Path(b).resolve()
 
 
 def _register() -> None:
