@@ -9,9 +9,9 @@ to the length limit: 8 prompts x 8 rollouts x 64 new tokens) in the settings one
 * the cost of one decode step (a forward of one new token per sequence over a KV cache of 40 tokens) for
   1 sequence and for 64: if the 64-sequence step costs far less than 64 one-sequence steps, the loop is
   bound by per-call overhead rather than by arithmetic.
-* the KV cache reserved up front (``gdpo.rollout.reserve_cache``) against transformers' concatenating
-  dynamic cache, at the benchmark's 64 new tokens and at 256 (the copies the reserved cache saves grow with
-  the square of the completion length).
+* the KV cache with room reserved ahead (``gdpo.rollout.reserve_cache``: written in place, doubled when
+  full) against transformers' concatenating dynamic cache, at the benchmark's 64 new tokens and at 256 (the
+  copies the reserved cache saves grow with the square of the completion length).
 
     python bench/bench_generation.py        # prints a table; writes bench/results/generation-cpu.json
 """
