@@ -26,6 +26,7 @@ __all__ = [
     "MODEL_ALIASES",
     "build_folder_once",
     "package_file",
+    "replace_folder",
     "resolve_model",
     "smollm2_135m_instruct",
 ]
@@ -101,19 +102,31 @@ def smollm2_135m_instruct(cache: Path = CACHE) -> Path:
 
 
 def build_folder_once(target: Path, build) -> Path:
-    """``target``, made by ``build(tmp_dir)`` in a temporary folder beside it and renamed into place, unless it
-    already holds a model (``config.json``). Concurrent runs (seeds in parallel) never see a half-written
-    folder; the one that loses the race to a complete build keeps the winner's."""
+    """``target``, made by ``build(tmp_dir)`` aside and renamed into place, unless it already holds a model
+    (``config.json``). Concurrent runs (seeds in parallel) never see a half-written folder; the one that loses
+    the race to a complete build keeps the winner's."""
     if (target / "config.json").exists():
         return target
+    return _build_aside(target, build, replace=False)
+
+
+def replace_folder(target: Path, build) -> Path:
+    """``target``, made anew by ``build(tmp_dir)`` aside and renamed into place over what it held: readers see
+    the old folder or the complete new one, never a half-written one."""
+    return _build_aside(target, build, replace=True)
+
+
+def _build_aside(target: Path, build, *, replace: bool) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         build(tmp)
+        if replace:
+            shutil.rmtree(target, ignore_errors=True)
         try:
             os.replace(tmp, target)
         except OSError:
-            if not (target / "config.json").exists():
+            if replace or not (target / "config.json").exists():
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -7,10 +7,9 @@ the point a run was resumed from. The trainer derives the prompt seeds from (run
 Backends:
 * ``hf``: an in-process sampling loop over the policy's own ``forward`` with a KV cache (the model being
   trained generates, so no weight sync is needed). Sampling draws exponential noise per row from the row's
-  generator: argmax(p / q), q ~ Exp(1), is an exact sample from p. The cache of every full-attention layer
-  is allocated once for the whole completion (``ReservedCacheLayer``): transformers' dynamic cache
-  concatenates, copying the whole cache at every token, which makes a completion of length T cost O(T^2)
-  copies.
+  generator: argmax(p / q), q ~ Exp(1), is an exact sample from p. Every full-attention layer's cache keeps
+  room reserved ahead (``ReservedCacheLayer``, doubled when full): transformers' dynamic cache concatenates,
+  copying the whole cache at every token, which makes a completion of length T cost O(T^2) copies.
 * ``vllm``: a colocated vLLM engine (``VLLMRollout``), weights synced from the trainer after every update.
 """
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from gdpo.config import dump_yaml, load_yaml, to_dict
 
-__all__ = ["RunLog", "atomic_write_text", "git_state", "read_jsonl"]
+__all__ = ["RunLog", "append_lines", "atomic_write_text", "git_state", "read_jsonl"]
 
 PACKAGES = (
     "torch",
@@ -217,23 +217,15 @@ class RunLog:
                 continue
             rows = read_jsonl(path)  # also drops a torn last line
             drop = [r for r in rows if r["step"] > step]
-            if drop:  # durable in the discarded file (and its folder entry) before they leave the log
-                with path.with_suffix(".discarded.jsonl").open("a") as f:
-                    f.writelines(json.dumps(r) + "\n" for r in drop)
-                    f.flush()
-                    os.fsync(f.fileno())
-                fsync_dir(path.parent)
+            if drop:  # durable in the discarded file before they leave the log
+                append_lines(path.with_suffix(".discarded.jsonl"), [json.dumps(r) for r in drop])
             atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows if r["step"] <= step))
             moved += len(drop)
         return moved
 
     def _append(self, path: Path, row: dict) -> None:
-        if not self.is_main:
-            return
-        with path.open("a") as f:
-            f.write(json.dumps(row, default=str) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        if self.is_main:
+            append_lines(path, [json.dumps(row, default=str)])
 
 
 class _TensorBoard:
@@ -270,6 +262,17 @@ def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def append_lines(path: Path, lines: list[str]) -> None:
+    """Append ``lines`` to ``path``, durable once this returns (the file, and its folder entry when new)."""
+    new = not path.exists()
+    with path.open("a") as f:
+        f.writelines(line + "\n" for line in lines)
+        f.flush()
+        os.fsync(f.fileno())
+    if new:
+        fsync_dir(path.parent)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a unique temporary file and a rename: readers see all or nothing, and
     the new content survives a power loss once this returns (file and folder are synced)."""
@@ -289,13 +292,17 @@ def atomic_write_text(path: Path, text: str) -> None:
     fsync_dir(path.parent)
 
 
-def fsync_dir(folder: Path) -> None:
-    """Make the entries of ``folder`` (a rename into it, say) durable."""
-    fd = os.open(folder, os.O_RDONLY)
+def _fsync_path(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make the entries of ``folder`` (a rename into it, say) durable."""
+    _fsync_path(folder)
 
 
 def fsync_tree(folder: Path) -> None:
@@ -303,11 +310,7 @@ def fsync_tree(folder: Path) -> None:
     for dirpath, _, filenames in os.walk(folder):
         for name in filenames:
             try:
-                fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+                _fsync_path(os.path.join(dirpath, name))
             except FileNotFoundError:  # another rank's temporary file, renamed meanwhile: it syncs its own
                 continue
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
         fsync_dir(Path(dirpath))

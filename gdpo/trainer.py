@@ -721,17 +721,13 @@ def save_final_model(engine, tokenizer, out: Path, rank: int) -> None:
     if engine.zero_optimization_partition_weights():
         state_dict = engine._zero3_consolidated_16bit_state_dict()  # collective; None on ranks > 0
     if rank == 0:  # written aside and renamed: a reproduction takes final_model/ as "this run is finished"
-        import shutil
-        import tempfile
+        from gdpo.assets import replace_folder
 
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-        try:
+        def write(tmp: Path) -> None:
             engine.module.save_pretrained(tmp, state_dict=state_dict)
             tokenizer.save_pretrained(tmp)
-            shutil.rmtree(out, ignore_errors=True)
-            os.replace(tmp, out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+
+        replace_folder(out, write)
 
 
 def _progress(cfg: TrainConfig, start: int, rank: int):

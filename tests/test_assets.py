@@ -47,3 +47,29 @@ def test_an_unreadable_download_is_an_error_and_leaves_no_wheel(tmp_path, monkey
     with pytest.raises(FileNotFoundError, match=r"no readable wheel matches some_pkg-1.0-\*.whl"):
         assets.package_file("some-pkg", "1.0", "some_pkg/data.txt", cache=tmp_path)
     assert list((tmp_path / "wheels").iterdir()) == []
+
+
+def test_folders_are_built_aside_and_renamed_into_place(tmp_path):
+    from gdpo.assets import build_folder_once, replace_folder
+
+    def writer(text):
+        def build(tmp):
+            (tmp / "config.json").write_text(text)
+
+        return build
+
+    target = tmp_path / "model"
+    assert build_folder_once(target, writer("first")) == target
+    build_folder_once(target, writer("second"))  # already built: kept
+    assert (target / "config.json").read_text() == "first"
+    replace_folder(target, writer("third"))  # made anew over what it held
+    assert (target / "config.json").read_text() == "third"
+
+    def failing(tmp):
+        (tmp / "config.json").write_text("half")
+        raise RuntimeError("build failed")
+
+    with pytest.raises(RuntimeError, match="build failed"):
+        replace_folder(target, failing)
+    assert (target / "config.json").read_text() == "third"  # the old folder stands
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temporary folder left
