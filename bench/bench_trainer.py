@@ -7,7 +7,10 @@ TRL runs with ``multi_objective_aggregation="normalize_then_sum"`` (its GDPO). E
 subprocess, the two sides alternating (``--repeats`` runs each, so a slow spell of this shared machine does not
 fall on one side only); the first step of every run is warm-up and is left out of the medians. A further run of
 each side profiles steps 3-5 (``gdpo.profiling``) for their matrix-multiplication time: close to the arithmetic a
-step cannot avoid at fp32, which bounds how far engineering can bring the ratio down.
+step cannot avoid at fp32, which bounds how far engineering can bring the ratio down. The timed runs of our
+side also clock the time spent inside the model: its forward calls (``nn.Module`` hooks on the policy), split
+into generation (no gradient) and update, and autograd's backward. That is the part of a step only a different
+model implementation (not transformers' modules) could shorten; everything else in our step is the rest.
 
     python bench/bench_trainer.py            # both sides, prints the table and the ratio
     make bench                               # the same, plus the advantage benchmark
@@ -58,6 +61,60 @@ def _config(steps: int, run_dir: str, profile_steps: tuple[int, ...] = ()):
     )
 
 
+class ModelClock:
+    """Seconds per step inside the policy: forward calls with and without a gradient, and autograd's backward.
+
+    A step starts with its generation (``HFRollout.generate``); forwards without a gradient are the decode
+    loop's, forwards with one the update's (the benchmark runs no reference model and one update per step, so
+    no other forward happens). Installed by patching, in the benchmark's own subprocess only.
+    """
+
+    KEYS = ("forward_generate_s", "forward_update_s", "backward_s")
+
+    def __init__(self):
+        self.steps: list[dict[str, float]] = []
+        self._started = 0.0
+
+    def install(self) -> None:
+        import torch
+
+        import gdpo.rollout
+        import gdpo.trainer
+
+        load_policy, generate, backward = (
+            gdpo.trainer.load_policy,
+            gdpo.rollout.HFRollout.generate,
+            torch.autograd.backward,
+        )
+
+        def clocked_load_policy(*args, **kwargs):
+            tokenizer, model = load_policy(*args, **kwargs)
+            model.register_forward_pre_hook(lambda *_: self._start())
+            model.register_forward_hook(
+                lambda *_: self._add("forward_update_s" if torch.is_grad_enabled() else "forward_generate_s")
+            )
+            return tokenizer, model
+
+        def step_generate(*args, **kwargs):
+            self.steps.append(dict.fromkeys(self.KEYS, 0.0))
+            return generate(*args, **kwargs)
+
+        def clocked_backward(*args, **kwargs):
+            self._start()
+            backward(*args, **kwargs)
+            self._add("backward_s")
+
+        gdpo.trainer.load_policy, gdpo.rollout.HFRollout.generate = clocked_load_policy, step_generate
+        torch.autograd.backward = clocked_backward
+
+    def _start(self) -> None:
+        self._started = time.perf_counter()
+
+    def _add(self, key: str) -> None:
+        if self.steps:  # forwards before the first step (none in the benchmark) are not a step's
+            self.steps[-1][key] += time.perf_counter() - self._started
+
+
 def run_ours(steps: int, profile: bool = False) -> dict:
     from gdpo.runlog import read_jsonl
     from gdpo.trainer import train
@@ -66,12 +123,17 @@ def run_ours(steps: int, profile: bool = False) -> dict:
         if profile:
             run_dir = train(_config(max(PROFILED_STEPS), f"{tmp}/run", profile_steps=PROFILED_STEPS))
             return [json.loads((run_dir / "profile" / f"step{k}.json").read_text()) for k in PROFILED_STEPS]
+        clock = ModelClock()
+        clock.install()
         run_dir = train(_config(steps, f"{tmp}/run"))
         rows = read_jsonl(run_dir / "metrics.jsonl")
+    if len(clock.steps) != len(rows):
+        raise RuntimeError(f"model clock counted {len(clock.steps)} generations for {len(rows)} steps")
     return {
         "step_s": [r["time/step_s"] for r in rows],
         "generate_s": [r["time/generate_s"] for r in rows],
         "completion_tokens": [r["completion/len_mean"] * PROMPTS * ROLLOUTS for r in rows],
+        "model": clock.steps,
     }
 
 
@@ -176,12 +238,19 @@ def _summary(runs: list[dict]) -> dict:
     steps = [s for t in runs for s in t["step_s"][1:]]
     gens = [g for t in runs for g in t["generate_s"][1 : len(t["step_s"])]]
     step, gen = statistics.median(steps), statistics.median(gens)
-    return {
+    summary = {
         "median_step_s": step,
         "median_generate_s": gen,
         "generation_share": gen / step,
         "steps_timed": len(steps),
     }
+    if "model" in runs[0]:
+        clocked = [m for t in runs for m in t["model"][1:]]
+        summary["median_model_s"] = {
+            key: statistics.median(m[key] for m in clocked) for key in ModelClock.KEYS
+        }
+        summary["median_model_s"]["total"] = statistics.median(sum(m.values()) for m in clocked)
+    return summary
 
 
 def _profile_summary(steps: list[dict]) -> dict:
@@ -226,6 +295,7 @@ def main() -> None:
     profiled = {side: _profile_summary(_side(side, args.steps, profile=True)) for side in runs}
     ratio = ours["median_step_s"] / trl["median_step_s"]
     floor = profiled["ours"]["median_matmul_s"] / trl["median_step_s"]
+    in_model = ours["median_model_s"]["total"] / trl["median_step_s"]
     result = {
         "device": device_name("cpu"),
         "shape": {"prompts": PROMPTS, "rollouts": ROLLOUTS, "max_new_tokens": NEW_TOKENS},
@@ -233,6 +303,7 @@ def main() -> None:
         "trl": trl,
         "profiled": profiled,
         "ours_matmul_over_trl_step_time": floor,
+        "ours_model_over_trl_step_time": in_model,
         "ours_over_trl_step_time": ratio,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -252,6 +323,13 @@ def main() -> None:
         )
     print(
         f"  our matrix multiplications alone take {floor:.3f} x trl's median step: the ratio's floor at fp32"
+    )
+    m = ours["median_model_s"]
+    print(
+        f"  inside the model (transformers forward, autograd backward), median of the timed steps: {m['total']:.3f} s"
+        f" of our step (forward in generation {m['forward_generate_s']:.3f} s, in the update"
+        f" {m['forward_update_s']:.3f} s, backward {m['backward_s']:.3f} s) = {in_model:.3f} x trl's median step:"
+        " the ratio's floor for any change outside the model code"
     )
     print(f"ours/trl step-time ratio: {ratio:.3f}")
 
