@@ -21,6 +21,7 @@ Prints, last, ``ours/trl step-time ratio: <x>`` and writes ``bench/results/train
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -66,16 +67,19 @@ class ModelClock:
 
     A step starts with its generation (``HFRollout.generate``); forwards without a gradient are the decode
     loop's, forwards with one the update's (the benchmark runs no reference model and one update per step, so
-    no other forward happens). Installed by patching, in the benchmark's own subprocess only.
+    no other forward happens). ``with clock.installed():`` patches the loader, the backend and autograd for
+    the block only; ``steps`` holds each step's seconds and ``calls`` its forward counts.
     """
 
     KEYS = ("forward_generate_s", "forward_update_s", "backward_s")
 
     def __init__(self):
         self.steps: list[dict[str, float]] = []
+        self.calls: list[dict[str, int]] = []
         self._started = 0.0
 
-    def install(self) -> None:
+    @contextlib.contextmanager
+    def installed(self):
         import torch
 
         import gdpo.rollout
@@ -97,6 +101,7 @@ class ModelClock:
 
         def step_generate(*args, **kwargs):
             self.steps.append(dict.fromkeys(self.KEYS, 0.0))
+            self.calls.append(dict.fromkeys(self.KEYS, 0))
             return generate(*args, **kwargs)
 
         def clocked_backward(*args, **kwargs):
@@ -106,6 +111,11 @@ class ModelClock:
 
         gdpo.trainer.load_policy, gdpo.rollout.HFRollout.generate = clocked_load_policy, step_generate
         torch.autograd.backward = clocked_backward
+        try:
+            yield self
+        finally:
+            gdpo.trainer.load_policy, gdpo.rollout.HFRollout.generate = load_policy, generate
+            torch.autograd.backward = backward
 
     def _start(self) -> None:
         self._started = time.perf_counter()
@@ -113,6 +123,7 @@ class ModelClock:
     def _add(self, key: str) -> None:
         if self.steps:  # forwards before the first step (none in the benchmark) are not a step's
             self.steps[-1][key] += time.perf_counter() - self._started
+            self.calls[-1][key] += 1
 
 
 def run_ours(steps: int, profile: bool = False) -> dict:
@@ -123,9 +134,8 @@ def run_ours(steps: int, profile: bool = False) -> dict:
         if profile:
             run_dir = train(_config(max(PROFILED_STEPS), f"{tmp}/run", profile_steps=PROFILED_STEPS))
             return [json.loads((run_dir / "profile" / f"step{k}.json").read_text()) for k in PROFILED_STEPS]
-        clock = ModelClock()
-        clock.install()
-        run_dir = train(_config(steps, f"{tmp}/run"))
+        with ModelClock().installed() as clock:
+            run_dir = train(_config(steps, f"{tmp}/run"))
         rows = read_jsonl(run_dir / "metrics.jsonl")
     if len(clock.steps) != len(rows):
         raise RuntimeError(f"model clock counted {len(clock.steps)} generations for {len(rows)} steps")
@@ -134,6 +144,7 @@ def run_ours(steps: int, profile: bool = False) -> dict:
         "generate_s": [r["time/generate_s"] for r in rows],
         "completion_tokens": [r["completion/len_mean"] * PROMPTS * ROLLOUTS for r in rows],
         "model": clock.steps,
+        "model_calls": clock.calls,
     }
 
 
