@@ -107,7 +107,7 @@ def main() -> None:
                     "threads": threads,
                     "dtype": dtype,
                     "generate_s": seconds,
-                    "ms_per_token": 1000 * seconds / NEW_TOKENS,  # per token position, all sequences together
+                    "ms_per_position": 1000 * seconds / NEW_TOKENS,  # one new token for every sequence
                     "decode_step_ms_batch1": decode_step_ms(m, 1),
                     f"decode_step_ms_batch{PROMPTS * ROLLOUTS}": decode_step_ms(m, PROMPTS * ROLLOUTS),
                 }
@@ -131,7 +131,7 @@ def main() -> None:
     )
     for r in rows:
         print(
-            f"  {r['threads']:>7} {r['dtype']:<9} {r['generate_s']:7.3f} s {r['ms_per_token']:7.2f} ms"
+            f"  {r['threads']:>7} {r['dtype']:<9} {r['generate_s']:7.3f} s {r['ms_per_position']:7.2f} ms"
             f" {r['decode_step_ms_batch1']:15.2f} ms {r[f'decode_step_ms_batch{batch}']:17.2f} ms"
         )
     print("  KV cache     new tokens  reserved  concatenated")
