@@ -6,12 +6,24 @@ import torch
 
 import gdpo.rollout
 import gdpo.trainer
-from bench.bench_trainer import NEW_TOKENS, run_ours
+from bench.bench_trainer import NEW_TOKENS, ModelClock, _side
+
+
+def _patch_points():
+    return gdpo.trainer.load_policy, gdpo.rollout.HFRollout.generate, torch.autograd.backward
+
+
+def test_model_clock_patches_only_inside_its_block():
+    before = _patch_points()
+    with ModelClock().installed():
+        assert all(now is not then for now, then in zip(_patch_points(), before))
+    assert _patch_points() == before
 
 
 def test_model_clock_counts_each_steps_forwards_and_backward_and_stays_inside_the_step():
-    patched = (gdpo.trainer.load_policy, gdpo.rollout.HFRollout.generate, torch.autograd.backward)
-    out = run_ours(2)
+    # In a subprocess, as the benchmark runs it: a training run in the test process would leave its process
+    # group (and RANK/MASTER_PORT in the environment) to the tests that launch runs after it.
+    out = _side("ours", 2)
     # Random init: every completion runs to the limit. One prefill, then one forward per new token but the
     # last; the update runs the shared prompt pass and the completion pass, then one backward.
     assert (
@@ -21,4 +33,3 @@ def test_model_clock_counts_each_steps_forwards_and_backward_and_stays_inside_th
         assert all(value > 0 for value in seconds.values())
         assert seconds["forward_generate_s"] < generate_s
         assert sum(seconds.values()) < step_s
-    assert (gdpo.trainer.load_policy, gdpo.rollout.HFRollout.generate, torch.autograd.backward) == patched
