@@ -17,13 +17,33 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# The MASTER_PORT of a world of one set up by ``init_distributed``. DeepSpeed needs RANK, LOCAL_RANK, etc. in the
+# environment for as long as the process runs, so they stay there, and a child process inherits them. The mark
+# lets the child tell them from a launcher's: otherwise it would join its parent's world and fail to listen on
+# its parent's port (e.g. a train.py started from a notebook that ran ``train``).
+LONE_WORLD_ENV = "GDPO_LONE_WORLD_PORT"
+
+
+def launched_by_a_launcher() -> bool:
+    """Whether RANK and the rest come from torchrun / the deepspeed launcher (not set, or inherited, by us)."""
+    if "RANK" not in os.environ:
+        return False
+    return os.environ.get(LONE_WORLD_ENV) != os.environ.get("MASTER_PORT")
+
+
 def init_distributed(device: torch.device) -> tuple[int, int]:
     """Initialise the default process group through DeepSpeed; a lone process gets a world of one."""
     import deepspeed
 
-    if "RANK" not in os.environ:  # launched as a plain script: a world of one
+    if not dist.is_initialized() and not launched_by_a_launcher():  # a plain script: a world of one
+        port = str(_free_port())
         os.environ.update(
-            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0"
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=port,
+            RANK="0",
+            WORLD_SIZE="1",
+            LOCAL_RANK="0",
+            **{LONE_WORLD_ENV: port},
         )
     if device.type == "cuda":  # before NCCL starts: its communicator binds to the current device
         torch.cuda.set_device(device)
