@@ -95,7 +95,7 @@ PRESET ?= tiny
 reproduce-tool: setup setup-bfcl  ## tool calling (Table 1/2, Fig. 4, 1b): PRESET=tiny | paper-qwen2.5-1.5b | ...
 	$(PY) experiments/tool_calling/reproduce.py --preset $(PRESET)
 
-reproduce-math: setup  ## math (Table 3/4, Fig. 5): PRESET=tiny | smollm2-gsm8k | paper-r1-1.5b | paper-r1-7b | paper-qwen3-4b
+reproduce-math: setup  ## math (Table 3/4, Fig. 5): PRESET=tiny | paper-r1-1.5b | paper-r1-7b | paper-qwen3-4b
 	$(PY) experiments/math/reproduce.py --preset $(PRESET)
 
 reproduce-math-sweep: setup  ## math with the w_length sweep (Fig. 6 / Table 8)

@@ -6,18 +6,21 @@ with the task's own function. Jobs go to ``parallel`` long-lived worker processe
 ``cpu_count // parallel`` threads: imports, DeepSpeed's set-up and the cached base model are paid once per
 worker rather than once per run, which matters when a tiny run lasts half a minute. A run whose final model
 exists is not trained again; an interrupted one resumes from its last checkpoint; an evaluation whose
-summary exists is not redone. A failed job stops the reproduction with the job's name and its error.
+summary exists is not redone if it was made with the same settings (``settings.json`` beside it). A failed
+job stops the reproduction with the job's name and its error.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 __all__ = [
@@ -95,10 +98,36 @@ def _run_job(config: Path, job: Job, evaluate: Evaluate | None) -> tuple[str, fl
         done.append("resumed" if resumed else "trained")
     model_dir = job.model_dir or job.run_dir / "final_model"
     eval_dir = job.eval_dir or job.run_dir / "eval"
-    if evaluate is not None and not (eval_dir / "summary.json").exists():
-        evaluate(model_dir, cfg, eval_dir)
-        done.append("evaluated")
+    if evaluate is not None:
+        from gdpo.runlog import atomic_write_text
+
+        settings, recorded = evaluation_settings(evaluate, cfg), eval_dir / "settings.json"
+        why = None
+        if not (eval_dir / "summary.json").exists():
+            why = "evaluated"
+        elif not recorded.exists() or json.loads(recorded.read_text()) != settings:
+            why = "re-evaluated (its summary was made with other settings)"
+        if why is not None:
+            # Gone until the new summary is written: a crash in between must not pair the old summary with it.
+            recorded.unlink(missing_ok=True)
+            evaluate(model_dir, cfg, eval_dir)
+            atomic_write_text(recorded, json.dumps(settings, indent=2, sort_keys=True))
+            done.append(why)
     return job.name, time.perf_counter() - start, " + ".join(done) or "done before"
+
+
+def evaluation_settings(evaluate: Evaluate, cfg) -> dict:
+    """What an evaluation summary depends on: the evaluation function and its options, and the job's config
+    (``logging`` aside). Kept beside the summary, so that a summary made otherwise is not taken for this one
+    (the base model's, shared by every ``--runs`` folder, or one from before a benchmark was added)."""
+    from gdpo.config import to_dict
+
+    func, args, options = evaluate, (), {}
+    if isinstance(evaluate, partial):
+        func, args, options = evaluate.func, evaluate.args, evaluate.keywords
+    config = {key: value for key, value in to_dict(cfg).items() if key != "logging"}
+    settings = {"evaluate": func.__qualname__, "args": args, "options": options, "config": config}
+    return json.loads(json.dumps(settings, default=str, sort_keys=True))  # as it reads back from the file
 
 
 def run_jobs(

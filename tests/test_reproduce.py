@@ -69,10 +69,34 @@ def test_jobs_train_evaluate_and_are_not_redone(tmp_path, toy_model_dir):
     again: list[str] = []
     run_jobs(CONFIG, jobs, evaluate=count_reward_means, parallel=1, log=again.append)
     assert len(again) == 3 and all(": done before (" in line for line in again)
+    # An evaluation with other options (or a summary without its settings) is redone; the runs are not retrained.
+    (tmp_path / "base_eval" / "settings.json").unlink()
+    other: list[str] = []
+    run_jobs(
+        CONFIG, jobs[:2], evaluate=partial(count_reward_means, fail_on="no such model"), log=other.append
+    )
+    assert sorted(line.split("] ")[1].split(" (")[0] for line in other) == [
+        "base: re-evaluated",
+        "grpo/seed0: re-evaluated",
+    ]
     # A finished run made with other settings does not stand in for the job: the job fails, naming the keys.
     longer = [Job(j.name, (*j.overrides, "steps=3"), run_dir=j.run_dir) for j in jobs[1:2]]
     with pytest.raises(RuntimeError, match=r"(?s)grpo/seed0.*other settings for \['steps'\]"):
         run_jobs(CONFIG, longer, evaluate=count_reward_means, parallel=1)
+
+
+def test_evaluation_settings_hold_the_evaluation_options_and_the_config_but_not_logging():
+    from gdpo.config import TrainConfig, load_config
+    from gdpo.reproduce import evaluation_settings
+
+    cfg = load_config(TrainConfig, CONFIG, ["steps=2"])
+    settings = evaluation_settings(partial(count_reward_means, fail_on="x"), cfg)
+    assert settings["evaluate"] == "count_reward_means" and settings["options"] == {"fail_on": "x"}
+    assert settings["config"]["steps"] == 2 and "logging" not in settings["config"]
+    moved = load_config(TrainConfig, CONFIG, ["steps=2", "logging.run_dir=/elsewhere"])
+    assert evaluation_settings(partial(count_reward_means, fail_on="x"), moved) == settings
+    longer = load_config(TrainConfig, CONFIG, ["steps=3"])
+    assert evaluation_settings(partial(count_reward_means, fail_on="x"), longer) != settings
 
 
 def test_a_failed_job_is_named(tmp_path, toy_model_dir):
@@ -104,3 +128,22 @@ def test_benchmarks_without_a_source_are_left_out_of_evaluation_and_tables(capsy
     )
     assert kept == ("math500", "aime24", "minerva", "olympiad")
     assert "skipping amc: no --data amc=FILE_OR_HUB_NAME given" in capsys.readouterr().out
+
+
+def test_the_math_reproduction_refuses_a_recipe_it_does_not_reproduce(subprocess_env):
+    import subprocess
+    import sys
+
+    script = REPO / "experiments/math/reproduce.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--preset", "smollm2-gsm8k"],
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert out.returncode == 1
+    assert (
+        "data.options.recipe is 'gsm8k3'" in out.stderr and "experiments/math/train.py --config" in out.stderr
+    )

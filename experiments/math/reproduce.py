@@ -54,6 +54,19 @@ EVAL_SETTINGS = {"tiny": (("synthetic",), 4, 100, 96)}
 DEFAULT_EVAL = (PAPER_BENCHMARKS, 16, None, None)
 
 
+def check_recipe(config: Path, overrides) -> None:
+    """The variants and benchmarks here are the paper's boxed-answer experiments; other recipes train alone."""
+    from gdpo.config import TrainConfig, load_config
+
+    recipe = dict(load_config(TrainConfig, config, list(overrides)).data.options).get("recipe", "boxed")
+    if recipe != "boxed":
+        raise SystemExit(
+            f"{config}: data.options.recipe is {recipe!r}; this script reproduces the paper's experiments with the "
+            "'boxed' recipe (R_length and R~_length variants, MATH-style benchmarks). Train this preset with "
+            f"experiments/math/train.py --config {config}"
+        )
+
+
 def variant_overrides(variant: str, weight: float | None = None) -> tuple[str, ...]:
     method, conditioned = VARIANTS[variant]
     out = [f"algorithm.method={method}", f"data.options.conditioned_length={str(conditioned).lower()}"]
@@ -114,6 +127,7 @@ def main() -> None:
     args = parser.parse_args()
     results = args.results or REPO / "results" / "math" / args.preset
     config = config_path("math", args.preset)
+    check_recipe(config, args.overrides)
     benchmarks, k, limit, max_new = EVAL_SETTINGS.get(args.preset, DEFAULT_EVAL)
     sources = named_values(args.data, "--data", PAPER_BENCHMARKS)
     benchmarks = available_benchmarks(benchmarks, sources, ("amc", "olympiad"), "--data")
