@@ -61,13 +61,13 @@ def load_runs(
     frames, skipped = [], []
     pattern = f"{task or '*'}/{preset or '*'}/*/seed*/metrics.jsonl"
     for path in _run_files(root, task, preset, runs, "metrics.jsonl"):
-        run_task, run_preset, method, seed_dir = path.parts[-5:-1]
+        run_task, run_preset, method = path.parts[-5:-2]
         rows = read_jsonl(path)
         if not rows:
             skipped.append(str(path.parent))
             continue
         frame = pd.DataFrame(rows)
-        frame.insert(0, "seed", int(seed_dir.removeprefix("seed")))
+        frame.insert(0, "seed", _seed(path.parent))
         frame.insert(0, "method", method)
         frame.insert(0, "preset", run_preset)
         frame.insert(0, "task", run_task)
@@ -107,13 +107,29 @@ def load_eval_summaries(
     "base" (seed 0) when ``base_eval`` exists."""
     rows = []
     for path in _run_files(Path(runs_dir), task, preset, runs, "eval/summary.json"):
-        method, seed = path.parts[-4], int(path.parts[-3].removeprefix("seed"))
-        rows.append({"method": method, "seed": seed, **row(json.loads(path.read_text()))})
+        rows.append({"method": path.parts[-4], "seed": _seed(path.parent.parent), **_summary_row(path, row)})
     if base_eval is not None and Path(base_eval).exists():
-        rows.append({"method": "base", "seed": 0, **row(json.loads(Path(base_eval).read_text()))})
+        rows.append({"method": "base", "seed": 0, **_summary_row(Path(base_eval), row)})
     if not rows:
         raise FileNotFoundError(f"no eval summaries under {runs_dir}/{task}/{preset}")
     return pd.DataFrame(rows)
+
+
+def _summary_row(path: Path, row: Callable[[dict], dict]) -> dict:
+    try:
+        return row(json.loads(path.read_text()))
+    except (KeyError, TypeError, ValueError) as err:  # a missing benchmark or field, a corrupt file
+        raise ValueError(f"{path}: cannot make a table row of this summary: {err!r}") from err
+
+
+def _seed(run_dir: Path) -> int:
+    """k of a ``seed<k>`` run folder."""
+    digits = run_dir.name.removeprefix("seed")
+    if not digits.isdigit():
+        raise ValueError(
+            f"{run_dir}: a run folder is named seed<integer>; move other folders out of {run_dir.parent}"
+        )
+    return int(digits)
 
 
 def eval_loader(task: str, row: Callable[[dict], dict], doc: str) -> Callable[..., pd.DataFrame]:
@@ -155,9 +171,23 @@ def final_steps(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def seed_table(rows: pd.DataFrame, columns: Sequence[str], by: str = "method") -> pd.DataFrame:
-    """Mean and (sample) std over seeds of ``columns`` per ``by`` value, in the paper's method order."""
+    """Mean and (sample) std over seeds of ``columns`` per ``by`` value, in the paper's method order.
+
+    ``seeds`` counts the rows of each ``by`` value. A column measured for some of them only is an error naming
+    it (its mean would stand for fewer seeds than the table says); one measured for none stays empty.
+    """
     grouped = rows.groupby(by)[list(columns)]
-    mean, std, count = grouped.mean(), grouped.std(ddof=1), grouped.count().iloc[:, 0]
+    mean, std, count = grouped.mean(), grouped.std(ddof=1), grouped.size()
+    measured = grouped.count()
+    incomplete = ((measured > 0) & measured.lt(count, axis=0)).stack()
+    incomplete = incomplete[incomplete]
+    if not incomplete.empty:
+        group, column = incomplete.index[0]
+        values = int(measured.loc[group, column])
+        raise ValueError(
+            f"{by} {group!r}: {column!r} has values for {values} of its {count[group]} rows; evaluate the rest or "
+            "leave the column out"
+        )
     table = pd.concat({"mean": mean, "std": std}, axis=1).swaplevel(axis=1).sort_index(axis=1, level=0)
     table = table[[c for col in columns for c in [(col, "mean"), (col, "std")]]]
     table[("seeds", "")] = count

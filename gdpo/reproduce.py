@@ -192,8 +192,10 @@ def reproduce_parser(description: str, seeds: Sequence[int] = (0, 1, 2, 3, 4)) -
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(seeds))
     parser.add_argument("--parallel", type=int, default=2, help="worker processes (runs at a time)")
-    parser.add_argument("--runs", type=Path, default=REPO / "runs", help="root of the run folders")
-    parser.add_argument("--results", type=Path, default=None, help="default results/<task>/<preset>")
+    # Absolute: the notebook that makes the tables runs from the repository root, not from the caller's folder.
+    absolute = lambda text: Path(text).resolve()  # noqa: E731
+    parser.add_argument("--runs", type=absolute, default=REPO / "runs", help="root of the run folders")
+    parser.add_argument("--results", type=absolute, default=None, help="default results/<task>/<preset>")
     parser.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. steps=10")
     return parser
 

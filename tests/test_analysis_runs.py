@@ -84,6 +84,40 @@ def test_final_table_and_markdown(root):
     assert "| GRPO | 50.0 ± 25.8 | 4 |" in md and "| GDPO | 85.0 ± 12.9 | 4 |" in md
 
 
+def test_seed_table_counts_rows_and_refuses_a_column_measured_for_some_seeds_only():
+    import math
+
+    import pandas as pd
+
+    rows = pd.DataFrame(
+        {
+            "method": ["gdpo"] * 3 + ["base"],
+            "a": [1.0, 2.0, 3.0, 5.0],
+            "unmeasured": [math.nan] * 4,  # e.g. a benchmark no run was given: stays empty
+        }
+    )
+    table = seed_table(rows, ["unmeasured", "a"])  # the count does not come from the first column
+    assert table[("seeds", "")].to_dict() == {"base": 1, "gdpo": 3}
+    assert "| GDPO | n/a | 2.00 ± 1.00 | 3 |" in to_markdown(table)
+    rows["b"] = [1.0, math.nan, math.nan, 4.0]
+    with pytest.raises(ValueError, match=r"method 'gdpo': 'b' has values for 1 of its 3 rows"):
+        seed_table(rows, ["a", "b"])
+
+
+def test_summaries_and_folders_that_make_no_row_are_named(root):
+    from analysis.runs import load_eval_summaries
+
+    summary = root / "tool_calling" / "tiny" / "gdpo" / "seed0" / "eval" / "summary.json"
+    summary.parent.mkdir()
+    summary.write_text('{"items": 0}')
+    with pytest.raises(ValueError, match=r"gdpo/seed0/eval/summary.json: cannot make a table row .*'pass'"):
+        load_eval_summaries(root, "tool_calling", "tiny", lambda s: {"pass": s["pass"]})
+    (root / "tool_calling" / "tiny" / "gdpo" / "seed0_old").mkdir()
+    (root / "tool_calling" / "tiny" / "gdpo" / "seed0_old" / "metrics.jsonl").write_text('{"step": 1}\n')
+    with pytest.raises(ValueError, match=r"gdpo/seed0_old: a run folder is named seed<integer>"):
+        load_runs(root, task="tool_calling")
+
+
 def test_plot_bands_writes_a_png(root, tmp_path):
     path = plot_bands(load_runs(root), ["reward/format/mean", "loss"], tmp_path / "fig" / "bands.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -147,3 +147,11 @@ def test_the_math_reproduction_refuses_a_recipe_it_does_not_reproduce(subprocess
     assert (
         "data.options.recipe is 'gsm8k3'" in out.stderr and "experiments/math/train.py --config" in out.stderr
     )
+
+
+def test_run_and_result_folders_are_made_absolute(tmp_path, monkeypatch):
+    from gdpo.reproduce import reproduce_parser
+
+    monkeypatch.chdir(tmp_path)  # the notebook later runs from the repository root, not from here
+    args = reproduce_parser("x").parse_args(["--runs", "runs2", "--results", "out"])
+    assert (args.runs, args.results) == (tmp_path / "runs2", tmp_path / "out")
