@@ -209,6 +209,25 @@ def test_load_verl_parquet(toolrl_dir):
     ]
     assert rows[1]["ground_truth"] == REPLY_TRUTH and rows[1]["source"] == "rlla" and rows[1]["index"] == 1
     assert [r["index"] for r in load_toolrl(toolrl_dir, "test")] == [7]
+    demos = {"num_demonstrations": 1, "demo_format_noise": 0.0, "demo_content_noise": 0.0}
+    task = build_task("tool_calling", {"source": str(toolrl_dir), **demos}, 0)  # a folder: both splits
+    assert [r["index"] for r in task.train] == [0, 1, 2] and [r["index"] for r in task.test] == [7]
+    # One parquet file (or URL) is one split: the test set would be the training set again.
+    for one in (str(toolrl_dir / "train.parquet"), "https://example.org/train.parquet"):
+        with pytest.raises(ValueError, match=r"train.parquet is one file, one split only.*test_source"):
+            build_task("tool_calling", {"source": one, **demos}, 0)
+        with pytest.raises(ValueError, match="one split only"):
+            build_task("tool_calling", {"source": one, "test_source": one, **demos}, 0)
+    file_task = build_task(
+        "tool_calling",
+        {
+            "source": str(toolrl_dir / "train.parquet"),
+            "test_source": str(toolrl_dir / "test.parquet"),
+            **demos,
+        },
+        0,
+    )
+    assert [r["index"] for r in file_task.test] == [7]
 
 
 def test_load_raw_json(tmp_path):

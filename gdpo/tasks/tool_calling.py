@@ -311,10 +311,11 @@ def _build_tool_calling_task(options: dict, seed: int):
     else:
         from gdpo.data.toolrl import is_raw_toolrl, load_toolrl
 
-        test_source = source if test_source is None else test_source
-        if is_raw_toolrl(source) and _same_file(source, test_source):
+        test_source = source if test_source is None and _is_folder(source) else test_source
+        if test_source is None or _same_file(source, test_source):
+            kind = "a raw ToolRL JSON file" if is_raw_toolrl(source) else "one file"
             raise ValueError(
-                f"data.options.source {source} is a raw ToolRL JSON file, one split only: as the test set too it "
+                f"data.options.source {source} is {kind}, one split only: as the test set too it "
                 "would be the training set again; set data.options.test_source to a different file, or give "
                 "the folder of the verl parquet files (train.parquet, test.parquet)"
             )
@@ -328,11 +329,21 @@ def _build_tool_calling_task(options: dict, seed: int):
     return Task("tool_calling", train, test, tool_calling_rewards(), demos)
 
 
-def _same_file(a: str, b: str) -> bool:
-    """Whether two local paths name one file (``r.json``, ``./r.json``, a link to it)."""
+def _is_folder(source: str) -> bool:
+    """A local folder of split files (``<split>.parquet``), not a file or a URL."""
     from pathlib import Path
 
-    return Path(a).resolve() == Path(b).resolve()
+    return "://" not in source and Path(source).is_dir()
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Whether two sources name one file: one URL, or local paths to one file (``r.json``, ``./r.json``, a link
+    to it). A folder holds one file per split, so it may be both."""
+    from pathlib import Path
+
+    if "://" in a or "://" in b:
+        return a == b
+    return not _is_folder(a) and Path(a).resolve() == Path(b).resolve()
 
 
 def _register() -> None:
