@@ -9,7 +9,12 @@ from gdpo.data.records import read_records
 
 
 def test_every_format_gives_the_same_plain_rows(tmp_path):
-    rows = [{"id": 1, "tests": [1, 2]}, {"id": 2, "tests": [3]}]
+    # A null answer and an integer column with a null in it (OlympiadBench-like rows): pandas would give NaN and
+    # floats (id 1.0), which the loaders' "missing field" checks and row ids would then misread.
+    rows = [
+        {"id": 1, "n": 1, "answer": None, "tests": [1, 2]},
+        {"id": 2, "n": None, "answer": "3", "tests": [3]},
+    ]
     (tmp_path / "rows.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
     (tmp_path / "rows.json").write_text(json.dumps(rows))
     (tmp_path / "wrapped.json").write_text(json.dumps({"data": rows}))

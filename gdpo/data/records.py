@@ -3,7 +3,7 @@
 A source is a local JSON / JSONL / parquet file, a folder holding ``<split>.jsonl``, ``<split>.json`` or
 ``<split>.parquet``, or a hub dataset ``owner/name[:config]`` (read with ``datasets``, for users with access).
 A JSON file holds a list of rows or ``{"data": [...]}``. Parquet values come back as plain Python (lists,
-not numpy arrays), so rows from every format compare and serialise alike.
+None for null, integers as integers), so rows from every format compare and serialise alike.
 """
 
 from __future__ import annotations
@@ -41,9 +41,10 @@ def read_file(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         raise FileNotFoundError(f"no data file at {path}")
     if path.suffix == ".parquet":
-        import pandas as pd
+        import pyarrow.parquet as pq
 
-        return [plain(row) for row in pd.read_parquet(path).to_dict("records")]
+        # Through arrow, not pandas: pandas turns a null into NaN and a nullable integer column into floats.
+        return pq.read_table(path).to_pylist()
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".jsonl":
         rows = []
