@@ -146,12 +146,14 @@ def test_score_marks_truncated_and_long_responses_as_exceeding():
 
 
 def test_apps_loader():
-    items = code_data.load_apps(FIXTURES / "apps.jsonl")
-    assert [i["id"] for i in items] == ["apps/4001", "apps/4002"]  # the row without tests is skipped
+    with pytest.warns(UserWarning, match=r"apps.jsonl: skipped 1 rows without tests: \[2\]"):
+        items = code_data.load_apps(FIXTURES / "apps.jsonl")
+    assert [i["id"] for i in items] == ["apps/4001", "apps/4002"]  # the row without tests is skipped, said
     assert items[0]["tests"] == [{"input": "1 2\n", "output": "3\n"}, {"input": "10 -3\n", "output": "7\n"}]
     assert items[1]["tests"][0] == {"fn_name": "largest", "args": [[1, 5, 2]], "output": [5]}
     assert "Starter code:\ndef largest(xs):" in items[1]["question"]
-    assert code_data.load_apps(FIXTURES / "apps.jsonl", limit=1) == items[:1]
+    with pytest.warns(UserWarning, match="without tests"):
+        assert code_data.load_apps(FIXTURES / "apps.jsonl", limit=1) == items[:1]
 
 
 def test_taco_codecontests_codeforces_loaders():

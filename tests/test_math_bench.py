@@ -196,12 +196,8 @@ def test_bad_rows_name_the_file_row_and_field(tmp_path, rows, message):
 
 def test_a_missing_number_in_a_parquet_answer_column_is_an_error(tmp_path):
     path = tmp_path / "amc.parquet"
-    pd.DataFrame({"problem": ["p", "q"], "answer": [3.0, None]}).to_parquet(
-        path
-    )  # the None reads back as NaN
-    with pytest.raises(
-        ValueError, match=r"amc\.parquet row 1: field 'answer' is missing or not finite \(nan\)"
-    ):
+    pd.DataFrame({"problem": ["p", "q"], "answer": [3.0, None]}).to_parquet(path)  # a null (not NaN)
+    with pytest.raises(ValueError, match=r"amc\.parquet row 1: no field 'answer'"):
         math_data.load_amc(path)
     pd.DataFrame({"problem": ["p"], "answer": [float("inf")]}).to_parquet(path)
     with pytest.raises(ValueError, match=r"row 0: field 'answer' is missing or not finite \(inf\)"):
@@ -239,3 +235,13 @@ def test_cli_runs_a_tiny_model_and_writes_records_and_summaries(tmp_path):
     assert [r["id"] for r in records] == [f"synthetic/test/{k}" for k in range(3)]
     assert all(1 <= s["num_tokens"] <= 12 for r in records for s in r["samples"])
     assert json.loads((out / "summary.json").read_text()) == {"synthetic": summary}
+
+
+def test_a_row_of_the_aime_file_that_is_not_an_object_is_an_error(monkeypatch):
+    aime = {"data_source": "AIME2024", "question": "What is 1+1?", "answer": "2"}
+    rows = [{"data_source": "AIME2025", "question": "q", "answer": "1"}, aime, ["not", "a", "row"]]
+    monkeypatch.setattr(math_data, "_jsonl_package", lambda *_: (Path("en.json"), rows))
+    with pytest.raises(ValueError, match=r"en.json row 2: not a JSON object"):
+        math_data.load_aime24()
+    rows.pop()  # other benchmarks' rows are left out by design
+    assert [item["answer"] for item in math_data.load_aime24()] == ["2"]

@@ -269,6 +269,16 @@ def test_malformed_rows_name_the_file_and_row(tmp_path):
         load_toolrl(tmp_path / "bad.json")
     with pytest.raises(FileNotFoundError, match="no ToolRL data"):
         load_toolrl(tmp_path / "missing")
+    text_prompt = {**_verl_row(0, CALL_TRUTH), "prompt": "tools, then q0"}
+    no_index = _verl_row(1, CALL_TRUTH)
+    no_index["extra_info"] = {**no_index["extra_info"], "index": None}
+    for row, message in (
+        (text_prompt, r"text.parquet row 0: 'prompt' must be a non-empty list of messages"),
+        (no_index, r"text.parquet row 0: 'extra_info.index' must be an integer, got None"),
+    ):
+        pd.DataFrame([row]).to_parquet(tmp_path / "text.parquet")
+        with pytest.raises(ValueError, match=message):
+            load_toolrl(tmp_path / "text.parquet")
 
 
 def test_task_from_toolrl_files(toolrl_dir):

@@ -50,6 +50,7 @@ from __future__ import annotations
 import gzip
 import json
 import random
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -359,13 +360,14 @@ def _apps_layout(
 ) -> list[dict]:
     """Rows with ``question``, ``input_output`` (tests) and an optional ``starter_code``."""
     rows, name = read_records(source, split)
-    out = []
+    out, untested = [], []
     for i, row in enumerate(rows):
         where = f"{name} row {i}"
         question = _field(row, "question", where)
         spec = _field(row, "input_output", where, (str, dict), required=tests_required)
         if not spec and not tests_required:
-            continue  # skipped by design (APPS); an empty spec elsewhere is an error below
+            untested.append(i)  # skipped by design (APPS); an empty spec elsewhere is an error below
+            continue
         starter = _field(row, "starter_code", where, required=False)
         out.append(
             {
@@ -377,6 +379,8 @@ def _apps_layout(
                 "difficulty": row.get("difficulty"),
             }
         )
+    if untested:
+        warnings.warn(f"{name}: skipped {len(untested)} rows without tests: {untested[:20]}", stacklevel=3)
     return out
 
 

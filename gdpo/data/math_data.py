@@ -363,9 +363,11 @@ def load_aime24() -> list[dict[str, Any]]:
     path, rows = _jsonl_package(MMATH, "mmath/mmath/en.json")
     out = []
     for i, row in enumerate(rows):
-        if not isinstance(row, dict) or row.get("data_source") != "AIME2024":
-            continue
         where = f"{path} row {i}"
+        if not isinstance(row, dict):
+            raise ValueError(f"{where}: not a JSON object")
+        if row.get("data_source") != "AIME2024":
+            continue  # the file's other benchmarks
         out.append(
             {
                 "problem": _problem_text(row, ("question",), where),

@@ -67,15 +67,19 @@ def _check(messages: Any, truth: Any, where: str) -> None:
 
 def _from_verl(row: dict, i: int, source: str) -> dict[str, Any]:
     where = f"{source} row {i}"
-    messages = [dict(m) for m in row.get("prompt", [])] if row.get("prompt") is not None else None
+    messages = row.get("prompt")
+    if isinstance(messages, list):  # copies: the rows are the reader's
+        messages = [dict(m) if isinstance(m, dict) else m for m in messages]
     truth = (row.get("reward_model") or {}).get("ground_truth")
     _check(messages, truth, where)
-    extra = row.get("extra_info") or {}
+    index = (row.get("extra_info") or {}).get("index", i)
+    if not isinstance(index, int) or isinstance(index, bool):
+        raise ValueError(f"{where}: 'extra_info.index' must be an integer, got {index!r}")
     return {
         "messages": messages,
         "ground_truth": truth,
         "source": row.get("data_source", "rlla"),
-        "index": int(extra.get("index", i)),
+        "index": index,
     }
 
 
