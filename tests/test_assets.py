@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -73,3 +74,24 @@ def test_folders_are_built_aside_and_renamed_into_place(tmp_path):
         replace_folder(target, failing)
     assert (target / "config.json").read_text() == "third"  # the old folder stands
     assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temporary folder left
+
+
+def test_a_folder_whose_replacement_cannot_be_renamed_in_is_put_back(tmp_path, monkeypatch):
+    import os
+
+    from gdpo import assets
+
+    target = tmp_path / "final_model"
+    assets.replace_folder(target, lambda tmp: (tmp / "config.json").write_text("old"))
+    real_replace = os.replace
+
+    def rename_in_fails(src, dst):
+        if Path(src).name.startswith(".final_model-") and "-old-" not in str(src):
+            raise OSError("disk full")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(assets.os, "replace", rename_in_fails)
+    with pytest.raises(OSError, match="disk full"):
+        assets.replace_folder(target, lambda tmp: (tmp / "config.json").write_text("new"))
+    assert (target / "config.json").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["final_model"]
