@@ -45,3 +45,14 @@ def test_bad_files_are_errors_naming_them(tmp_path):
         read_records(tmp_path / "missing.parquet")
     with pytest.raises(FileNotFoundError, match="no data file at"):
         read_records("./nowhere")  # a relative path, not a hub name
+
+
+def test_a_hub_dataset_that_cannot_be_loaded_is_named(monkeypatch):
+    import datasets
+
+    def refuse(name, config, split):
+        raise RuntimeError(f"Dataset scripts are no longer supported, but found {name.split('/')[1]}.py")
+
+    monkeypatch.setattr(datasets, "load_dataset", refuse)
+    with pytest.raises(RuntimeError, match=r"cannot load hub dataset 'BAAI/TACO' split 'test': .*TACO.py"):
+        read_records("BAAI/TACO", "test")

@@ -23,12 +23,16 @@ Sources and what we decide where the data's documentation is silent (offline-ass
   of a code row is taken to be the JSON string ``{"inputs": [...], "outputs": [...]}`` with an optional
   ``"fn_name"`` (the APPS/TACO ``input_output`` layout): without ``fn_name`` each input/output pair is a
   stdin/stdout test; with it, ``inputs[i]`` is the argument list of call i and ``outputs[i]`` its return value.
-* APPS (``codeparrot/apps``): ``problem_id``, ``question``, ``input_output`` (JSON string as above),
-  ``starter_code``, ``difficulty``. Rows with an empty ``input_output`` are skipped (APPS has some; they
-  cannot be scored), every other malformed row is an error.
+* APPS (hub: ``metr-evals/apps``, a parquet copy of ``codeparrot/apps``, whose dataset script ``datasets`` >= 4
+  no longer runs; same fields, per its card; not tried from here, no network): ``problem_id``, ``question``,
+  ``input_output`` (JSON string as above), ``starter_code``, ``difficulty``. Rows with an empty
+  ``input_output`` are skipped with a warning naming them (APPS has some; they cannot be scored), every other
+  malformed row is an error.
 * CodeContests (``deepmind/code_contests``): ``name``, ``description``, ``public_tests`` / ``private_tests``
   / ``generated_tests`` (each ``{"input": [...], "output": [...]}``); all three sets are used by default.
 * TACO (``BAAI/TACO``): ``question``, ``starter_code``, ``input_output`` (as APPS), ``difficulty``, ``source``.
+  Its hub repository is also a dataset script, which ``datasets`` >= 4 refuses: give a local copy of its
+  files (``--source taco=FOLDER_OR_FILE``).
 * Codeforces (``MatrixStudio/Codeforces-Python-Submissions``, the Eurus-2 card's source; **expected**
   schema): ``prompt`` or ``problem-description``, ``test_cases`` = ``[{"input", "output"}]``, ``contestId`` +
   ``index`` or ``name`` as the id. It is a table of submissions: rows of one problem are merged (first kept).
@@ -78,7 +82,7 @@ __all__ = [
 
 HUMANEVAL_SIZE = 164
 HUB_NAMES = {
-    "apps": "codeparrot/apps",
+    "apps": "metr-evals/apps",  # codeparrot/apps as parquet (the original needs a dataset script)
     "codecontests": "deepmind/code_contests",
     "taco": "BAAI/TACO",
     "codeforces": "MatrixStudio/Codeforces-Python-Submissions",

@@ -29,10 +29,15 @@ def read_records(source: str | Path, split: str = "train") -> tuple[list[dict[st
         return read_file(path), str(path)
     if path.suffix in SUFFIXES or str(source).startswith((".", "/")):
         raise FileNotFoundError(f"no data file at {path}")
-    from datasets import load_dataset  # hub access: never reached in tests
+    from datasets import load_dataset  # hub access (tests reach it only with a stand-in load_dataset)
 
     name, _, config = str(source).partition(":")
-    rows = load_dataset(name, config or None, split=split)
+    try:
+        rows = load_dataset(name, config or None, split=split)
+    except Exception as err:  # no network, no such dataset or split, a dataset script datasets no longer runs
+        raise RuntimeError(
+            f"cannot load hub dataset {source!r} split {split!r}: {err}; give a local file or folder instead"
+        ) from err
     return [plain(dict(row)) for row in rows], f"{source}[{split}]"
 
 
