@@ -14,24 +14,59 @@ import pandas as pd
 
 from analysis.runs import eval_loader, save_figure
 
-__all__ = ["PAPER_TABLE4_R1_7B", "load_evals", "parse_variant", "plot_sweep", "sweep_table", "table_columns"]
+__all__ = [
+    "PAPER_BENCHMARKS",
+    "load_evals",
+    "paper_table",
+    "parse_variant",
+    "plot_sweep",
+    "sweep_table",
+    "table_columns",
+]
 
-# Paper Table 4 (DeepSeek-R1-7B), in %: Acc and Exceed per benchmark; the R_length columns are Table 3's.
-PAPER_TABLE4_R1_7B = pd.DataFrame(
-    {
-        "math_acc": [93.6, 94.1, 93.9, 93.2, 93.9],
-        "math_exceed": [26.0, 0.5, 0.1, 2.7, 1.4],
-        "aime_acc": [55.4, 50.2, 53.1, 53.3, 57.7],
-        "aime_exceed": [85.6, 2.1, 0.2, 29.2, 12.3],
-        "amc_acc": [82.9, 83.8, 84.0, 82.9, 85.9],
-        "amc_exceed": [57.2, 0.6, 0.3, 8.6, 3.8],
-        "minerva_acc": [49.8, 53.2, 53.8, 53.2, 53.4],
-        "minerva_exceed": [41.8, 0.2, 0.1, 2.5, 1.0],
-        "olympiad_acc": [58.2, 60.2, 59.7, 59.1, 60.8],
-        "olympiad_exceed": [60.6, 1.1, 0.4, 10.3, 6.2],
+# The paper's benchmarks MATH, AIME, AMC, Minerva, OlympiadBench under our benchmark names.
+PAPER_BENCHMARKS = ("math500", "aime24", "amc", "minerva", "olympiad")
+# Paper Table 3 (R_length) and Table 4's R~_length rows (DeepSeek-R1-7B only), in %, per preset: each row holds
+# Acc, Exceed for each benchmark in PAPER_BENCHMARKS order. Minerva's R1-1.5B base Acc is printed "38.41.%".
+_PAPER_ROWS = {
+    "paper-r1-1.5b": {
+        "base": [84.3, 35.0, 29.8, 91.5, 62.0, 67.5, 38.41, 51.4, 44.1, 70.1],
+        "grpo": [83.6, 1.5, 23.1, 10.8, 64.5, 3.2, 43.5, 1.7, 44.3, 2.6],
+        "gdpo": [86.2, 0.8, 29.4, 6.5, 69.0, 2.3, 44.0, 0.3, 46.6, 1.9],
     },
-    index=["base", "grpo", "gdpo", "grpo-condlen", "gdpo-condlen"],
-)
+    "paper-r1-7b": {
+        "base": [93.6, 26.0, 55.4, 85.6, 82.9, 57.2, 49.8, 41.8, 58.2, 60.6],
+        "grpo": [94.1, 0.5, 50.2, 2.1, 83.8, 0.6, 53.2, 0.2, 60.2, 1.1],
+        "gdpo": [93.9, 0.1, 53.1, 0.2, 84.0, 0.3, 53.8, 0.1, 59.7, 0.4],
+        "grpo-condlen": [93.2, 2.7, 53.3, 29.2, 82.9, 8.6, 53.2, 2.5, 59.1, 10.3],
+        "gdpo-condlen": [93.9, 1.4, 57.7, 12.3, 85.9, 3.8, 53.4, 1.0, 60.8, 6.2],
+    },
+    "paper-qwen3-4b": {
+        "base": [94.6, 11.3, 63.7, 71.3, 84.5, 33.9, 50.7, 9.1, 65.7, 41.3],
+        "grpo": [93.9, 0.8, 54.6, 2.5, 85.2, 0.7, 52.4, 0.3, 66.8, 1.6],
+        "gdpo": [93.9, 0.1, 56.9, 0.1, 84.3, 0.1, 51.9, 0.1, 67.5, 1.0],
+    },
+}
+_PAPER_MODELS = {
+    "paper-r1-1.5b": "DeepSeek-R1-1.5B",
+    "paper-r1-7b": "DeepSeek-R1-7B",
+    "paper-qwen3-4b": "Qwen3-4B-Instruct",
+}
+
+
+def paper_table(preset: str) -> tuple[str, pd.DataFrame]:
+    """A caption and the paper's numbers for ``preset`` (Table 3, and Table 4's R~_length rows for R1-7B), with
+    the columns of our tables. A preset the paper has no run of (``tiny``) gets R1-7B's, and the caption says so."""
+    key = preset if preset in _PAPER_ROWS else "paper-r1-7b"
+    rows = _PAPER_ROWS[key]
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=table_columns(PAPER_BENCHMARKS))
+    tables = "Table 3 and Table 4 (R~_length rows)" if key == "paper-r1-7b" else "Table 3"
+    caption = f"The paper's {tables}, {_PAPER_MODELS[key]}, 500 steps, in %"
+    if key != preset:
+        caption += f" (the paper has no run of preset {preset!r}; shown for comparison only)"
+    return caption, table
+
+
 _VARIANT = re.compile(r"^(?P<method>[a-z_]+?)(?P<cond>-condlen)?(?:-w(?P<weight>[0-9.]+))?$")
 
 

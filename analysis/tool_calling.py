@@ -6,19 +6,39 @@ import pandas as pd
 
 from analysis.runs import eval_loader
 
-__all__ = ["PAPER_TABLE1_1P5B", "TABLE_COLUMNS", "eval_row", "load_evals"]
+__all__ = ["TABLE_COLUMNS", "eval_row", "load_evals", "paper_table"]
 
-# Paper Table 1 (Qwen2.5-Instruct-1.5B; GRPO w/o std from Table 2), in %: Live, Multi-turn, Non-live, Avg, Correct format.
-PAPER_TABLE1_1P5B = pd.DataFrame(
-    {
-        "live": [37.89, 50.63, 47.19, 55.36],
-        "multi_turn": [0.12, 2.04, 1.47, 2.50],
-        "non_live": [15.63, 37.87, 39.11, 40.58],
-        "avg": [17.88, 30.18, 29.26, 32.81],
-        "correct_format": [4.74, 76.33, 0.0, 80.66],
+# Paper Table 1 (GRPO w/o std from Table 2, 1.5B only), in %, per preset: Live, Multi-turn, Non-live, Avg,
+# Correct format.
+_PAPER_COLUMNS = ["live", "multi_turn", "non_live", "avg", "correct_format"]
+_PAPER_ROWS = {
+    "paper-qwen2.5-1.5b": {
+        "base": [37.89, 0.12, 15.63, 17.88, 4.74],
+        "grpo": [50.63, 2.04, 37.87, 30.18, 76.33],
+        "grpo_no_std": [47.19, 1.47, 39.11, 29.26, 0.0],
+        "gdpo": [55.36, 2.50, 40.58, 32.81, 80.66],
     },
-    index=["base", "grpo", "grpo_no_std", "gdpo"],
-)
+    "paper-qwen2.5-3b": {
+        "base": [63.57, 1.38, 30.75, 31.90, 58.37],
+        "grpo": [69.23, 3.14, 45.24, 39.20, 81.64],
+        "gdpo": [71.22, 4.59, 46.79, 40.87, 82.23],
+    },
+}
+_PAPER_MODELS = {"paper-qwen2.5-1.5b": "Qwen2.5-Instruct-1.5B", "paper-qwen2.5-3b": "Qwen2.5-Instruct-3B"}
+
+
+def paper_table(preset: str) -> tuple[str, pd.DataFrame]:
+    """A caption and the paper's Table 1 rows for ``preset`` (with Table 2's GRPO w/o std row for 1.5B), with
+    the columns of our table. A preset the paper has no run of (``tiny``) gets 1.5B's, and the caption says so."""
+    key = preset if preset in _PAPER_ROWS else "paper-qwen2.5-1.5b"
+    table = pd.DataFrame.from_dict(_PAPER_ROWS[key], orient="index", columns=_PAPER_COLUMNS)
+    tables = "Table 1 (GRPO w/o std from Table 2)" if key == "paper-qwen2.5-1.5b" else "Table 1"
+    caption = f"The paper's {tables}, {_PAPER_MODELS[key]}, 100 steps, in %"
+    if key != preset:
+        caption += f" (the paper has no run of preset {preset!r}; shown for comparison only)"
+    return caption, table
+
+
 TABLE_COLUMNS = [
     "live",
     "multi_turn",

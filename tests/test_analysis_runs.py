@@ -142,3 +142,33 @@ def test_weight_sweep_averages_math_and_aime_as_the_paper_figure():
     assert sweep["acc"].iloc[0] == 50.5 and sweep["exceed"].iloc[0] == 2.0  # Minerva is left out
     only = sweep_table(evals, ["minerva"])  # no MATH/AIME (the tiny preset's case): all given benchmarks
     assert only["acc"].iloc[0] == 0.0 and only["exceed"].iloc[0] == 50.0
+
+
+def test_paper_tables_per_preset_carry_the_papers_numbers_and_its_stated_gains():
+    from analysis import math, tool_calling
+
+    caption, r1 = math.paper_table("paper-r1-1.5b")
+    assert caption == "The paper's Table 3, DeepSeek-R1-1.5B, 500 steps, in %"
+    # §4.2: GDPO over GRPO on R1-1.5B, +2.6 MATH, +6.3 AIME, +2.3 Olympiad accuracy
+    gains = r1.loc["gdpo"] - r1.loc["grpo"]
+    assert [round(gains[c], 1) for c in ("math500_acc", "aime24_acc", "olympiad_acc")] == [2.6, 6.3, 2.3]
+    _, r7 = math.paper_table("paper-r1-7b")
+    # §4.2.1, with R~_length: +4.4 AIME Acc, -16.9 AIME Exceed, +3.0 AMC Acc, -4.8 AMC Exceed
+    cond = r7.loc["gdpo-condlen"] - r7.loc["grpo-condlen"]
+    assert [round(cond[c], 1) for c in ("aime24_acc", "aime24_exceed", "amc_acc", "amc_exceed")] == [
+        4.4,
+        -16.9,
+        3.0,
+        -4.8,
+    ]
+    assert list(math.paper_table("paper-qwen3-4b")[1].loc["base", ["aime24_acc", "aime24_exceed"]]) == [
+        63.7,
+        71.3,
+    ]
+    caption, tiny = math.paper_table("tiny")
+    assert caption.endswith("(the paper has no run of preset 'tiny'; shown for comparison only)")
+    assert tiny.equals(r7)
+    caption, b3 = tool_calling.paper_table("paper-qwen2.5-3b")
+    assert caption == "The paper's Table 1, Qwen2.5-Instruct-3B, 100 steps, in %"
+    assert list(b3.index) == ["base", "grpo", "gdpo"] and b3.loc["gdpo", "avg"] == 40.87
+    assert tool_calling.paper_table("tiny")[1].loc["grpo_no_std", "correct_format"] == 0.0

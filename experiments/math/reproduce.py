@@ -28,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from analysis.math import PAPER_BENCHMARKS  # noqa: E402
 from gdpo.cli import named_values  # noqa: E402
 from gdpo.reproduce import (  # noqa: E402
     REPO,
@@ -48,7 +49,7 @@ VARIANTS = {
     "gdpo-condlen": ("gdpo", True),
 }
 SWEEP_WEIGHTS = (0.75, 0.5, 0.25)
-PAPER_BENCHMARKS = ("math500", "aime24", "amc", "minerva", "olympiad")
+
 # preset -> (benchmarks, samples per question, questions per benchmark (None = all), max new tokens (None = paper's))
 EVAL_SETTINGS = {"tiny": (("synthetic",), 4, 100, 96)}
 DEFAULT_EVAL = (PAPER_BENCHMARKS, 16, None, None)
