@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.runs import eval_loader, save_figure
+from analysis.runs import eval_loader, paper_numbers, save_figure
 
 __all__ = [
     "PAPER_BENCHMARKS",
@@ -47,24 +47,18 @@ _PAPER_ROWS = {
         "gdpo": [93.9, 0.1, 56.9, 0.1, 84.3, 0.1, 51.9, 0.1, 67.5, 1.0],
     },
 }
-_PAPER_MODELS = {
-    "paper-r1-1.5b": "DeepSeek-R1-1.5B",
-    "paper-r1-7b": "DeepSeek-R1-7B",
-    "paper-qwen3-4b": "Qwen3-4B-Instruct",
+_PAPER_CAPTIONS = {
+    "paper-r1-1.5b": "The paper's Table 3, DeepSeek-R1-1.5B, 500 steps, in %",
+    "paper-r1-7b": "The paper's Table 3 and Table 4 (R~_length rows), DeepSeek-R1-7B, 500 steps, in %",
+    "paper-qwen3-4b": "The paper's Table 3, Qwen3-4B-Instruct, 500 steps, in %",
 }
 
 
 def paper_table(preset: str) -> tuple[str, pd.DataFrame]:
     """A caption and the paper's numbers for ``preset`` (Table 3, and Table 4's R~_length rows for R1-7B), with
     the columns of our tables. A preset the paper has no run of (``tiny``) gets R1-7B's, and the caption says so."""
-    key = preset if preset in _PAPER_ROWS else "paper-r1-7b"
-    rows = _PAPER_ROWS[key]
-    table = pd.DataFrame.from_dict(rows, orient="index", columns=table_columns(PAPER_BENCHMARKS))
-    tables = "Table 3 and Table 4 (R~_length rows)" if key == "paper-r1-7b" else "Table 3"
-    caption = f"The paper's {tables}, {_PAPER_MODELS[key]}, 500 steps, in %"
-    if key != preset:
-        caption += f" (the paper has no run of preset {preset!r}; shown for comparison only)"
-    return caption, table
+    columns = table_columns(PAPER_BENCHMARKS)
+    return paper_numbers(preset, _PAPER_ROWS, columns, _PAPER_CAPTIONS, fallback="paper-r1-7b")
 
 
 _VARIANT = re.compile(r"^(?P<method>[a-z_]+?)(?P<cond>-condlen)?(?:-w(?P<weight>[0-9.]+))?$")

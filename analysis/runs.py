@@ -24,6 +24,7 @@ __all__ = [
     "final_steps",
     "load_eval_summaries",
     "load_runs",
+    "paper_numbers",
     "plot_bands",
     "save_figure",
     "seed_bands",
@@ -193,6 +194,22 @@ def seed_table(rows: pd.DataFrame, columns: Sequence[str], by: str = "method") -
     table[("seeds", "")] = count
     order = [m for m in METHOD_ORDER if m in table.index] + [m for m in table.index if m not in METHOD_ORDER]
     return table.loc[order]
+
+
+def paper_numbers(
+    preset: str,
+    rows: dict[str, dict[str, list[float]]],
+    columns: Sequence[str],
+    captions: dict[str, str],
+    fallback: str,
+) -> tuple[str, pd.DataFrame]:
+    """The caption and rows (method -> values in ``columns`` order) of the paper's run that ``preset`` reproduces.
+    A preset the paper has no run of (``tiny``) gets ``fallback``'s, and the caption says so."""
+    key = preset if preset in rows else fallback
+    caption = captions[key]
+    if key != preset:
+        caption += f" (the paper has no run of preset {preset!r}; shown for comparison only)"
+    return caption, pd.DataFrame.from_dict(rows[key], orient="index", columns=list(columns))
 
 
 def to_markdown(table: pd.DataFrame, scale: float = 1.0, digits: int = 2) -> str:

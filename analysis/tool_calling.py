@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from analysis.runs import eval_loader
+from analysis.runs import eval_loader, paper_numbers
 
 __all__ = ["TABLE_COLUMNS", "eval_row", "load_evals", "paper_table"]
 
@@ -24,19 +24,16 @@ _PAPER_ROWS = {
         "gdpo": [71.22, 4.59, 46.79, 40.87, 82.23],
     },
 }
-_PAPER_MODELS = {"paper-qwen2.5-1.5b": "Qwen2.5-Instruct-1.5B", "paper-qwen2.5-3b": "Qwen2.5-Instruct-3B"}
+_PAPER_CAPTIONS = {
+    "paper-qwen2.5-1.5b": "The paper's Table 1 (GRPO w/o std from Table 2), Qwen2.5-Instruct-1.5B, 100 steps, in %",
+    "paper-qwen2.5-3b": "The paper's Table 1, Qwen2.5-Instruct-3B, 100 steps, in %",
+}
 
 
 def paper_table(preset: str) -> tuple[str, pd.DataFrame]:
     """A caption and the paper's Table 1 rows for ``preset`` (with Table 2's GRPO w/o std row for 1.5B), with
     the columns of our table. A preset the paper has no run of (``tiny``) gets 1.5B's, and the caption says so."""
-    key = preset if preset in _PAPER_ROWS else "paper-qwen2.5-1.5b"
-    table = pd.DataFrame.from_dict(_PAPER_ROWS[key], orient="index", columns=_PAPER_COLUMNS)
-    tables = "Table 1 (GRPO w/o std from Table 2)" if key == "paper-qwen2.5-1.5b" else "Table 1"
-    caption = f"The paper's {tables}, {_PAPER_MODELS[key]}, 100 steps, in %"
-    if key != preset:
-        caption += f" (the paper has no run of preset {preset!r}; shown for comparison only)"
-    return caption, table
+    return paper_numbers(preset, _PAPER_ROWS, _PAPER_COLUMNS, _PAPER_CAPTIONS, fallback="paper-qwen2.5-1.5b")
 
 
 TABLE_COLUMNS = [
