@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 __all__ = ["correctness_reward", "format_reward", "parse_ground_truth_calls"]
@@ -331,16 +332,12 @@ def _build_tool_calling_task(options: dict, seed: int):
 
 def _is_folder(source: str) -> bool:
     """A local folder of split files (``<split>.parquet``), not a file or a URL."""
-    from pathlib import Path
-
     return "://" not in source and Path(source).is_dir()
 
 
 def _same_file(a: str, b: str) -> bool:
     """Whether two sources name one file: one URL, or local paths to one file (``r.json``, ``./r.json``, a link
     to it). A folder holds one file per split, so it may be both."""
-    from pathlib import Path
-
     if "://" in a or "://" in b:
         return a == b
     return not _is_folder(a) and Path(a).resolve() == Path(b).resolve()
