@@ -417,6 +417,12 @@ class OptimConfig:
     zero_stage: int = field_(0, help="DeepSpeed ZeRO stage 0-3")
     offload_optimizer: bool = field_(False, help="DeepSpeed: keep optimizer states on the CPU")
     precision: typing.Literal["fp32", "bf16"] = field_("fp32", help="DeepSpeed training precision")
+    logprob_chunk_tokens: int = field_(
+        1024,
+        help="log-probs and entropies are computed from the final hidden states this many completion tokens "
+        "at a time (the LM head and an fp32 log-softmax over the vocabulary per chunk, recomputed in the "
+        "backward pass), so no [n, T, V] logits are ever held",
+    )
     share_prompt_forward: bool = field_(
         True,
         help="run each prompt's forward pass once per group and feed its KV cache to the G completions "
