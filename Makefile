@@ -16,7 +16,7 @@ HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 TORCH_SPEC := $(if $(HAS_GPU),torch==2.13.0,torch==2.13.0+cpu)
 
 
-.PHONY: help setup setup-gpu setup-vllm setup-bfcl test test-vllm test-slow test-all lint format bench reproduce-collapse reproduce-tool reproduce-math reproduce-math-sweep reproduce-code clean
+.PHONY: help setup setup-gpu setup-vllm setup-bfcl test test-vllm test-slow test-all lint format bench notebook reproduce-collapse reproduce-tool reproduce-math reproduce-math-sweep reproduce-code clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 22
@@ -106,6 +106,9 @@ reproduce-code: setup  ## coding (Table 5, 2 and 3 objectives): PRESET=tiny | pa
 
 reproduce-collapse: setup  ## paper Figure 2 and Figure 3 -> results/collapse/
 	$(PY) -m analysis.run_notebook analysis/notebooks/collapse.ipynb --output-dir $(RESULTS)/collapse
+
+notebook: setup  ## JupyterLab on analysis/notebooks/ (set RUNS_DIR and PRESET in a notebook's first cell)
+	PYTHONPATH=$(CURDIR) $(VENV)/bin/jupyter lab --notebook-dir=analysis/notebooks
 
 clean:  ## remove the virtual environment and generated results
 	rm -rf $(VENV) $(VLLM_VENV) $(BFCL_VENV) $(RESULTS) .pytest_cache .ruff_cache .hypothesis

@@ -29,7 +29,10 @@ __all__ = [
     "save_figure",
     "seed_bands",
     "seed_table",
+    "to_latex",
     "to_markdown",
+    "write_frame",
+    "write_table",
 ]
 
 METHOD_LABELS = {
@@ -212,57 +215,135 @@ def paper_numbers(
     return caption, pd.DataFrame.from_dict(rows[key], orient="index", columns=list(columns))
 
 
-def to_markdown(table: pd.DataFrame, scale: float = 1.0, digits: int = 2) -> str:
-    """A ``seed_table`` as a Markdown table with "mean ± std" cells (values multiplied by ``scale``)."""
+def _cells(table: pd.DataFrame, scale: float, digits: int, pm: str, missing: str):
+    """(columns, [(method label, ["mean ± std" cells], seeds)]) of a ``seed_table``, values times ``scale``."""
     columns = list(dict.fromkeys(c for c, _ in table.columns if c != "seeds"))
-    lines = ["| method | " + " | ".join(columns) + " | seeds |", "|---" * (len(columns) + 2) + "|"]
+    rows = []
     for method, row in table.iterrows():
         cells = []
         for col in columns:
             mean, std = row[(col, "mean")] * scale, row[(col, "std")] * scale
             if pd.isna(mean):
-                cells.append("n/a")
+                cells.append(missing)
                 continue
-            cells.append(f"{mean:.{digits}f}" + ("" if pd.isna(std) else f" ± {std:.{digits}f}"))
-        label = METHOD_LABELS.get(method, method)
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {int(row[('seeds', '')])} |")
+            cells.append(f"{mean:.{digits}f}" + ("" if pd.isna(std) else f"{pm}{std:.{digits}f}"))
+        rows.append((METHOD_LABELS.get(method, method), cells, int(row[("seeds", "")])))
+    return columns, rows
+
+
+def to_markdown(table: pd.DataFrame, scale: float = 1.0, digits: int = 2) -> str:
+    """A ``seed_table`` as a Markdown table with "mean ± std" cells (values multiplied by ``scale``)."""
+    columns, rows = _cells(table, scale, digits, " ± ", "n/a")
+    lines = ["| method | " + " | ".join(columns) + " | seeds |", "|---" * (len(columns) + 2) + "|"]
+    lines += [f"| {label} | " + " | ".join(cells) + f" | {seeds} |" for label, cells, seeds in rows]
     return "\n".join(lines)
+
+
+_LATEX_SPECIAL = {c: "\\" + c for c in "&%$#_{}"}
+
+
+def _latex_text(text: str) -> str:
+    return "".join(_LATEX_SPECIAL.get(c, c) for c in str(text))
+
+
+def to_latex(
+    table: pd.DataFrame, scale: float = 1.0, digits: int = 2, caption: str = "", label: str = ""
+) -> str:
+    """A ``seed_table`` as a LaTeX ``table`` with booktabs rules and "$mean \\pm std$" cells (needs
+    ``\\usepackage{booktabs}``); the same numbers as :func:`to_markdown`."""
+    columns, rows = _cells(table, scale, digits, " \\pm ", "n/a")
+    lines = [
+        "\\begin{table}[t]",
+        "\\centering",
+        "\\begin{tabular}{l" + "c" * len(columns) + "c}",
+        "\\toprule",
+        "Method & " + " & ".join(_latex_text(c) for c in columns) + " & Seeds \\\\",
+        "\\midrule",
+    ]
+    for method, cells, seeds in rows:
+        values = [c if c == "n/a" else f"${c}$" for c in cells]
+        lines.append(f"{_latex_text(method)} & " + " & ".join(values) + f" & {seeds} \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}"]
+    if caption:
+        lines.append(f"\\caption{{{_latex_text(caption)}}}")
+    if label:
+        lines.append(f"\\label{{{label}}}")
+    lines.append("\\end{table}")
+    return "\n".join(lines)
+
+
+def write_table(
+    table: pd.DataFrame, stem: str | Path, scale: float = 1.0, digits: int = 2, caption: str = ""
+) -> str:
+    """Write a ``seed_table`` as ``<stem>.csv`` (raw values), ``<stem>.md`` and ``<stem>.tex`` (booktabs, labelled
+    ``tab:<name>``); returns the Markdown."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(stem.with_suffix(".csv"))
+    markdown = to_markdown(table, scale, digits)
+    stem.with_suffix(".md").write_text(markdown + "\n")
+    latex = to_latex(table, scale, digits, caption=caption, label=f"tab:{stem.name}")
+    stem.with_suffix(".tex").write_text(latex + "\n")
+    return markdown
+
+
+def write_frame(frame: pd.DataFrame, stem: str | Path, digits: int = 2) -> None:
+    """Write a plain table (one row per line, no seed statistics) as ``<stem>.csv`` and ``<stem>.tex`` (pandas'
+    LaTeX writer, booktabs rules, numbers with ``digits`` decimals)."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(stem.with_suffix(".csv"), index=False)
+    latex = frame.to_latex(index=False, float_format=f"%.{digits}f", escape=True)
+    stem.with_suffix(".tex").write_text(latex)
 
 
 def plot_bands(
     runs: pd.DataFrame, metrics: Sequence[str], path: str | Path, titles: Sequence[str] | None = None
 ) -> Path:
-    """One panel per metric: the median over seeds per method, with the interquartile range shaded."""
+    """One panel per metric: the median over seeds per method, with the interquartile range shaded (seaborn's
+    median estimator with the 50 % percentile interval, i.e. the 25th to 75th percentile, as the paper's
+    figures). Written as PNG and PDF (:func:`save_figure`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import seaborn as sns
 
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4), squeeze=False)
     methods = [m for m in METHOD_ORDER if m in set(runs["method"])] + sorted(
         set(runs["method"]) - set(METHOD_ORDER)
     )
+    seeds = runs.groupby("method")["seed"].nunique()
+    labels = {m: f"{METHOD_LABELS.get(m, m)} (n={seeds[m]})" for m in methods}
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4), squeeze=False)
     for ax, metric, title in zip(axes[0], metrics, titles or metrics):
-        bands = seed_bands(runs, metric)
-        for method in methods:
-            b = bands[bands["method"] == method]
-            line = ax.plot(
-                b["step"], b["median"], label=f"{METHOD_LABELS.get(method, method)} (n={b['seeds'].max()})"
-            )
-            ax.fill_between(b["step"], b["q25"], b["q75"], alpha=0.2, color=line[0].get_color())
-        ax.set(title=title, xlabel="step")
+        if metric not in runs:
+            raise KeyError(f"metric {metric!r} is not in the run logs")
+        data = runs[["method", "step", metric]].dropna().assign(method=lambda d: d["method"].map(labels))
+        sns.lineplot(
+            data=data,
+            x="step",
+            y=metric,
+            hue="method",
+            hue_order=[labels[m] for m in methods],
+            estimator="median",
+            errorbar=("pi", 50),
+            ax=ax,
+        )
+        ax.set(title=title, xlabel="step", ylabel="")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return save_figure(fig, path)
 
 
 def save_figure(fig, path: str | Path, dpi: int = 130) -> Path:
-    """Lay out, write (creating the folder) and close a matplotlib figure; returns the path."""
+    """Lay out, write (creating the folder) and close a matplotlib figure; returns the path. The figure is
+    written twice: at ``path`` (a PNG for the notebooks and the README) and beside it as a vector PDF (for a paper)."""
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
+    fig.savefig(path.with_suffix(".pdf"))
     plt.close(fig)
     return path

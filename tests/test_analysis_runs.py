@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from analysis.runs import final_steps, load_runs, plot_bands, seed_bands, seed_table, to_markdown
+from analysis.runs import (
+    final_steps,
+    load_runs,
+    plot_bands,
+    seed_bands,
+    seed_table,
+    to_latex,
+    to_markdown,
+    write_frame,
+    write_table,
+)
 from gdpo.runlog import RunLog
 
 # reward/format/mean at steps 1..3 for seeds 0..3 of each method
@@ -118,9 +128,56 @@ def test_summaries_and_folders_that_make_no_row_are_named(root):
         load_runs(root, task="tool_calling")
 
 
-def test_plot_bands_writes_a_png(root, tmp_path):
+def test_plot_bands_writes_a_png_and_a_vector_pdf(root, tmp_path):
     path = plot_bands(load_runs(root), ["reward/format/mean", "loss"], tmp_path / "fig" / "bands.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    pdf = path.with_suffix(".pdf").read_bytes()
+    assert pdf[:5] == b"%PDF-" and b"/Subtype /Image" not in pdf  # vector paths, no embedded raster
+
+
+def test_plot_bands_draws_the_median_and_the_interquartile_band(root, monkeypatch):
+    """The curves are the median over seeds and the shaded band spans the 25th to 75th percentile, the same
+    numbers as ``seed_bands`` (GRPO step 3: median 0.5, band 0.35 to 0.65)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    figures = []
+    monkeypatch.setattr("analysis.runs.save_figure", lambda fig, path: figures.append(fig) or path)
+    plot_bands(load_runs(root), ["reward/format/mean"], "unused.png")
+    (ax,) = figures[0].axes
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["GRPO (n=4)", "GDPO (n=4)"]
+    grpo, gdpo = [line for line in ax.get_lines() if len(line.get_ydata())]  # in the legend's order
+    np.testing.assert_allclose(grpo.get_ydata(), [0.0, 0.25, 0.5])
+    np.testing.assert_allclose(gdpo.get_ydata(), [0.1, 0.5, 0.85])
+    bands = [c for c in ax.collections if len(c.get_paths()) and len(c.get_paths()[0].vertices) > 2]
+    grpo_band = bands[0].get_paths()[0].vertices  # first method in the paper's order
+    at_step_3 = sorted({round(y, 10) for x, y in grpo_band if x == 3})
+    assert at_step_3 == pytest.approx([0.35, 0.65])
+    plt.close(figures[0])
+
+
+def test_tables_as_latex_booktabs_with_the_markdown_numbers(root, tmp_path):
+    table = seed_table(final_steps(load_runs(root)), ["reward/format/mean"])
+    assert to_latex(table, scale=100, digits=1, caption="Format 100% & more", label="tab:t").splitlines() == [
+        "\\begin{table}[t]",
+        "\\centering",
+        "\\begin{tabular}{lcc}",
+        "\\toprule",
+        "Method & reward/format/mean & Seeds \\\\",
+        "\\midrule",
+        "GRPO & $50.0 \\pm 25.8$ & 4 \\\\",
+        "GDPO & $85.0 \\pm 12.9$ & 4 \\\\",
+        "\\bottomrule",
+        "\\end{tabular}",
+        "\\caption{Format 100\\% \\& more}",
+        "\\label{tab:t}",
+        "\\end{table}",
+    ]
+    markdown = write_table(table, tmp_path / "out" / "table1", scale=100, digits=1)
+    assert (tmp_path / "out" / "table1.md").read_text() == markdown + "\n"
+    assert "| GDPO | 85.0 ± 12.9 | 4 |" in markdown
+    assert "\\label{tab:table1}" in (tmp_path / "out" / "table1.tex").read_text()
+    assert (tmp_path / "out" / "table1.csv").read_text().splitlines()[0].startswith(",reward/format/mean")
 
 
 def test_weight_sweep_averages_math_and_aime_as_the_paper_figure():
@@ -172,3 +229,13 @@ def test_paper_tables_per_preset_carry_the_papers_numbers_and_its_stated_gains()
     assert caption == "The paper's Table 1, Qwen2.5-Instruct-3B, 100 steps, in %"
     assert list(b3.index) == ["base", "grpo", "gdpo"] and b3.loc["gdpo", "avg"] == 40.87
     assert tool_calling.paper_table("tiny")[1].loc["grpo_no_std", "correct_format"] == 0.0
+
+
+def test_plain_tables_as_csv_and_booktabs_latex(tmp_path):
+    import pandas as pd
+
+    write_frame(pd.DataFrame({"w_length": [0.5, 1.0], "MATH_acc": [81.25, 80.0]}), tmp_path / "t8", digits=1)
+    assert (tmp_path / "t8.csv").read_text().splitlines() == ["w_length,MATH_acc", "0.5,81.25", "1.0,80.0"]
+    tex = (tmp_path / "t8.tex").read_text().splitlines()
+    assert tex[:3] == ["\\begin{tabular}{rr}", "\\toprule", "w\\_length & MATH\\_acc \\\\"]
+    assert tex[4:7] == ["0.5 & 81.2 \\\\", "1.0 & 80.0 \\\\", "\\bottomrule"]

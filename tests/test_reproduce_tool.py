@@ -52,8 +52,10 @@ def test_pipeline_end_to_end(tmp_path, subprocess_env):
     results = tmp_path / "results"
     for name in (
         "figure4_reward_curves.png",
-        "figure1b_total_reward.png",
+        "figure1b_reward_curves.png",
+        "figure1b_reward_curves.pdf",
         "table1_tool_calling.md",
+        "table1_tool_calling.tex",
         "tool_calling.executed.ipynb",
     ):
         assert (results / name).exists(), name
@@ -127,8 +129,11 @@ def test_tool_calling_notebook_on_known_logs(tmp_path):
         == "| GRPO | 45.00 ± 7.07 | n/a | 20.00 ± 0.00 | n/a | 32.50 ± 3.54 | 50.50 ± 0.71 | 50.00 ± 0.00 | -2.00 ± 0.00 | 25.00 ± 0.00 | -2.50 ± 0.00 | 2 |"
     )
     assert [row.split(" |")[0] for row in md[2:]] == ["| base model", "| GRPO", "| GRPO w/o std", "| GDPO"]
-    for name in ("figure4_reward_curves.png", "figure1b_total_reward.png"):
-        assert (results / name).read_bytes()[:4] == b"\x89PNG"
+    for name in ("figure4_reward_curves", "figure1b_reward_curves"):
+        assert (results / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+        assert (results / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
+    tex = (results / "table1_tool_calling.tex").read_text().splitlines()
+    assert "GRPO & $45.00 \\pm 7.07$ & n/a & $20.00 \\pm 0.00$ &" in tex[7]
 
 
 @pytest.mark.slow
