@@ -92,6 +92,34 @@ def test_adversarial_nesting_is_linear_time():
     assert time.monotonic() - start < 3
 
 
+@pytest.mark.timeout(5)  # a guard, not a benchmark: the quadratic version took minutes at this depth
+def test_last_boxed_unwraps_320k_nested_boxes():
+    n = 320_000  # 2.5 MB of text
+    assert last_boxed("\\boxed{" * n + "7" + "}" * n) == "7"
+    assert last_boxed("\\boxed{ " * n + "7" + " }" * n) == "7"  # spaces around each level
+    assert last_boxed("\\fbox{\\boxed {" * (n // 2) + "7" + "}" * n) == "7"
+    # One closer short: the outermost box never closes and does not count; the one inside it is the answer.
+    assert last_boxed("\\boxed{" * n + "7" + "}" * (n - 1)) == "7"
+    # The innermost content is not one box: kept whole, its own box included.
+    assert last_boxed("\\boxed{" * n + "\\boxed{7}+1" + "}" * n) == "\\boxed{7}+1"
+
+
+@pytest.mark.timeout(5)
+def test_last_boxed_on_a_2_5_mb_random_completion():
+    import random
+
+    rng = random.Random(0)
+    noise = [
+        "\\boxed{3}", "\\fbox{\\frac{1}{2}}", "\\boxed{\\boxed{ 4 }}", "\\boxed ", "\\boxed{", "{", "}",
+        "$x^{2}$", " so ", "\n",
+    ]  # fmt: skip
+    text = "".join(rng.choices(noise, k=400_000))
+    assert len(text) > 2_500_000
+    # Every brace the final box opens, it closes: no earlier unclosed box can take it in.
+    assert last_boxed(text + " the answer is \\boxed{ \\fbox{42} }.") == "42"
+    assert last_boxed(text + "\\boxed{\\frac{1}{2}} and \\boxed 9") == "9"
+
+
 def test_thread_safe_and_matches_main_thread():
     # distinct inputs that need math-verify (not the exact fast path), scored from 4 threads at once
     cases = [

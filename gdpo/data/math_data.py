@@ -84,6 +84,7 @@ HUB_DEFAULTS = {
 _BOX_OPENER = re.compile(r"\\(?:boxed|fbox)\s*\{|\\boxed +(?=[^\s${}])")
 _SPACE_BOX_TOKEN = re.compile(r"[^\s${}]+")
 _BRACE = re.compile(r"[{}]")
+_NON_SPACE = re.compile(r"\S")
 
 
 def _closing_braces(text: str) -> dict[int, int]:
@@ -130,20 +131,22 @@ def last_boxed(text: str) -> str | None:
         return None
     boxes = _boxes(text)
     last, pos = None, 0
-    for start in sorted(boxes):
+    for start in boxes:  # in text order (found left to right)
         if start >= pos:  # top level: not inside the previous box
             last, pos = start, boxes[start][1]
     if last is None:
         return None
-    while True:
+    while True:  # indices, not slices: a slice per level would make 320k nested boxes quadratic
         content, end = boxes[last][0], _content_end(text, boxes[last])
-        inner = text[content:end]
-        lead = len(inner) - len(inner.lstrip())
-        start = content + lead
-        if start in boxes and boxes[start][1] == content + len(inner.rstrip()):
+        first = _NON_SPACE.search(text, content, end)
+        start = first.start() if first else end
+        stop = end
+        while stop > start and text[stop - 1].isspace():
+            stop -= 1
+        if start in boxes and boxes[start][1] == stop:
             last = start  # the whole content is one box: unwrap it
             continue
-        return inner.strip()
+        return text[start:stop]
 
 
 # --------------------------------------------------------------------------------------------------
