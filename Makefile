@@ -108,7 +108,7 @@ reproduce-collapse: setup  ## paper Figure 2 and Figure 3 -> results/collapse/
 	$(PY) -m analysis.run_notebook analysis/notebooks/collapse.ipynb --output-dir $(RESULTS)/collapse
 
 notebook: setup  ## JupyterLab on analysis/notebooks/ (set RUNS_DIR and PRESET in a notebook's first cell)
-	PYTHONPATH=$(CURDIR) $(VENV)/bin/jupyter lab --notebook-dir=analysis/notebooks
+	PYTHONPATH=$(CURDIR) $(VENV)/bin/jupyter lab --allow-root --notebook-dir=analysis/notebooks
 
 clean:  ## remove the virtual environment and generated results
 	rm -rf $(VENV) $(VLLM_VENV) $(BFCL_VENV) $(RESULTS) .pytest_cache .ruff_cache .hypothesis
