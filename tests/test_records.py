@@ -56,3 +56,37 @@ def test_a_hub_dataset_that_cannot_be_loaded_is_named(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", refuse)
     with pytest.raises(RuntimeError, match=r"cannot load hub dataset 'BAAI/TACO' split 'test': .*TACO.py"):
         read_records("BAAI/TACO", "test")
+
+
+def test_bytes_that_are_not_utf8_are_named_by_file_line_and_column(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(b'{"q": "a"}\n{"q": "caf\xe9"}\n')
+    with pytest.raises(ValueError, match=r"latin1\.jsonl line 2: not UTF-8 \(byte 0xe9 at column 11: "):
+        read_records(path)
+    (tmp_path / "latin1.json").write_bytes(b'[\n {"q": "a"},\n {"q": "\xff"}\n]')
+    with pytest.raises(ValueError, match=r"latin1\.json line 3: not UTF-8 \(byte 0xff at column 9: "):
+        read_records(tmp_path / "latin1.json")
+
+
+def test_json_nested_too_deep_to_parse_names_the_file_and_line(tmp_path):
+    deep = "[" * 100_000 + "]" * 100_000
+    (tmp_path / "deep.jsonl").write_text('{"q": "a"}\n\n' + deep + "\n")
+    with pytest.raises(
+        ValueError, match=r"deep\.jsonl line 3: JSON nested 100000 levels deep, too deep to read"
+    ):
+        read_records(tmp_path / "deep.jsonl")
+    # In a JSON file: the line where the nesting is deepest (brackets inside strings do not count).
+    (tmp_path / "deep.json").write_text('[\n {"q": "[[[["},\n ' + deep + "\n]")
+    with pytest.raises(
+        ValueError, match=r"deep\.json line 3: JSON nested 100001 levels deep, too deep to read"
+    ):
+        read_records(tmp_path / "deep.json")
+
+
+def test_jsonl_lines_split_at_newlines_only(tmp_path):
+    # U+2028 and U+0085 are valid unescaped inside JSON strings; str.splitlines() would cut the row there.
+    rows = [{"q": "a\u2028b\x85c"}, {"q": "d"}]
+    (tmp_path / "rows.jsonl").write_text(
+        "\r\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\r\n"
+    )
+    assert read_records(tmp_path / "rows.jsonl")[0] == rows

@@ -42,7 +42,8 @@ def read_records(source: str | Path, split: str = "train") -> tuple[list[dict[st
 
 
 def read_file(path: Path) -> list[dict[str, Any]]:
-    """Rows of one local JSON, JSONL or parquet file; a line or file that is not JSON is an error naming it."""
+    """Rows of one local JSON, JSONL or parquet file. Bytes that are not UTF-8, text that is not JSON and JSON
+    nested too deeply for the parser are errors naming the file and line."""
     if not path.exists():
         raise FileNotFoundError(f"no data file at {path}")
     if path.suffix == ".parquet":
@@ -50,20 +51,12 @@ def read_file(path: Path) -> list[dict[str, Any]]:
 
         # Through arrow, not pandas: pandas turns a null into NaN and a nullable integer column into floats.
         return pq.read_table(path).to_pylist()
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".jsonl":
-        rows = []
-        for i, line in enumerate(text.splitlines()):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path} line {i + 1}: not JSON ({exc})") from None
-        return rows
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not JSON ({exc})") from None
+    text = _decode(path)
+    if (
+        path.suffix == ".jsonl"
+    ):  # split on "\n" only: JSON strings may hold U+2028 and others splitlines() cuts at
+        return [_parse(line, path, i + 1) for i, line in enumerate(text.split("\n")) if line.strip()]
+    data = _parse(text, path)
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):
@@ -71,6 +64,58 @@ def read_file(path: Path) -> list[dict[str, Any]]:
             f"{path}: expected a JSON list of rows (or {{'data': [...]}}), got {type(data).__name__}"
         )
     return data
+
+
+def _decode(path: Path) -> str:
+    """The file's text; bytes that are not UTF-8 are an error naming the file, line and column."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ValueError(
+            f"{path} line {line}: not UTF-8 (byte 0x{data[exc.start]:02x} at column {column}: {exc.reason})"
+        ) from None
+
+
+def _parse(text: str, path: Path, line: int | None = None) -> Any:
+    """``json.loads(text)``, the whole file or its ``line``; an error names the file and line."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:  # its message gives the line and column within ``text``
+        raise ValueError(f"{path}{f' line {line}' if line else ''}: not JSON ({exc})") from None
+    except RecursionError:  # the stdlib parser recurses once per level: about 1000 levels at most
+        depth, deepest_line = _deepest(text)
+        raise ValueError(
+            f"{path} line {line or deepest_line}: JSON nested {depth} levels deep, too deep to read"
+        ) from None
+
+
+def _deepest(text: str) -> tuple[int, int]:
+    """Deepest nesting of arrays and objects in JSON ``text`` (brackets in strings aside) and its first line."""
+    depth = deepest = 0
+    line = deepest_line = 1
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest, deepest_line = depth, line
+        elif ch in "]}":
+            depth -= 1
+        elif ch == "\n":
+            line += 1
+    return deepest, deepest_line
 
 
 def plain(value: Any) -> Any:
