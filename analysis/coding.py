@@ -15,7 +15,7 @@ from analysis.runs import eval_loader
 __all__ = ["METRICS", "PAPER_TABLE5_R1_7B", "load_evals", "table_columns"]
 
 METRICS = ("pass", "exceed", "bug")
-# Paper Table 5 (DeepSeek-R1-7B), in %: Pass, Exceed, Bug per benchmark, as in gdpo-paper.md §8.5 (Taco's Exceed
+# Paper Table 5 (DeepSeek-R1-7B), in %, Pass/Exceed/Bug per benchmark (docs/paper-notes.md §9.5; Taco's Exceed
 # and Bug are not known: NaN).
 _NAN = float("nan")
 PAPER_TABLE5_R1_7B = pd.DataFrame(

@@ -28,7 +28,7 @@ FIGURE2_CASES = {
 }
 
 # Figure 3 as printed in the paper (read from the figure) and extended by enumeration beyond its
-# plotted range (gdpo-paper.md §3). ``PLOTTED_*`` give the last value the paper's plot shows.
+# plotted range (docs/paper-notes.md §3). ``PLOTTED_*`` give the last value the paper's plot shows.
 PAPER_FIGURE3_ROLLOUTS = {  # two binary rewards, G = 2..16
     "grpo": [2, 4, 7, 11, 16, 22, 29, 37, 46, 56, 67, 79, 92, 106, 121],
     "grpo_no_std": [3, 6, 10, 15, 21, 28, 36, 45, 55, 66, 78, 91, 105, 120, 136],

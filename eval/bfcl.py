@@ -1,6 +1,6 @@
 """BFCL-v3 harness: questions and possible answers from ``bfcl-eval==2025.6.8``, verdicts from BFCL's own AST checker.
 
-What is scored, and how (the paper does not say; gdpo-paper.md §7.1):
+What is scored, and how (the paper does not say; docs/paper-notes.md §8.1):
 * AST categories, checked by BFCL's ``ast_checker`` run in its own environment (``make setup-bfcl``) through
   ``eval/bfcl_worker.py``: non-live ``simple``, ``multiple``, ``parallel``, ``parallel_multiple``; live
   ``live_simple``, ``live_multiple``, ``live_parallel``, ``live_parallel_multiple``. Python only (no java/javascript).

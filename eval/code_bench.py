@@ -4,7 +4,7 @@
 
 Generation goes through the project's hf rollout backend (as ``gdpo.evaluate``), ``--samples`` k completions per
 item; every program runs in ``gdpo.sandbox`` (through ``gdpo.tasks.coding``, all runs of a benchmark in one
-parallel pool). The paper defines none of its metrics (gdpo-paper.md §7.3); ours, in %:
+parallel pool). The paper defines none of its metrics (docs/paper-notes.md §8.3); ours, in %:
 
 * **Pass**: share of items whose response passes all tests, averaged over the k samples (pass@1 estimated
   from k samples).

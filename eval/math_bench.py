@@ -3,7 +3,7 @@
     python -m eval.math_bench --model M --benchmarks math500,aime24 --k 16 --out-dir results/math
     python -m eval.math_bench --model M --benchmarks amc,olympiad --data amc=amc.json --data olympiad=ob.json
 
-Protocol (gdpo-paper.md §7.2): temperature 0.6, top_p 0.95, 16 samples per question; Acc = pass@1 averaged over
+Protocol (docs/paper-notes.md §8.2): temperature 0.6, top_p 0.95, k = 16 samples; Acc = pass@1 averaged over
 the samples, then over the questions; Exceed = % of all responses longer than the length limit (4,000 tokens;
 40 for the tiny ``synthetic`` benchmark). What the paper leaves open and we decide:
 

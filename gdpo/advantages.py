@@ -4,7 +4,7 @@ Every estimator is a small pure tensor function over a reward tensor of shape ``
 (B prompts, G rollouts per prompt, K reward components) that returns advantages of shape ``[B, G]``.
 Estimators are registered by name, so a config string picks one (``algorithm.method: gdpo``).
 
-Conventions (the paper leaves these open; see gdpo-paper.md §1.4 and §11):
+Conventions (the paper leaves these open; see docs/paper-notes.md §4 and §10):
 
 * ``unbiased=True`` uses the sample std (divide by N-1) in every std, as the paper's worked numbers
   (±0.7071 for two rollouts with rewards 0 and 1) and all three official codes do.
@@ -12,12 +12,12 @@ Conventions (the paper leaves these open; see gdpo-paper.md §1.4 and §11):
   Default 1e-6, the group step's eps of verl-GDPO and NeMo-RL (TRL uses 1e-4 in both steps; in the batch
   step verl uses ``(var + 1e-8)^-1/2`` and NeMo-RL no eps).
 * GDPO gives exactly 0 to a group whose components cancel exactly (two equally weighted rewards with a
-  constant sum, gdpo-paper.md §1.6). The test runs on eps-free z-scores, so that neither float rounding nor
+  constant sum, docs/paper-notes.md §1.5). The test runs on eps-free z-scores so neither float rounding nor
   the eps residue of components with different spreads reaches the batch step, which would scale it up.
 * A group in which a quantity is constant gets exactly 0 for it. The test is exact equality of the
   group's values (max == min), not ``std < threshold``: this avoids the float residue that
-  ``(x - mean) / (std + eps)`` leaves for constant non-representable rewards (gdpo-paper.md §4.2).
-  For GDPO the test is made per component, never on the sum (peers.md §6).
+  ``(x - mean) / (std + eps)`` leaves for constant non-representable rewards (docs/paper-notes.md §5.2).
+  For GDPO the test is made per component, never on the sum (docs/paper-notes.md §5.6).
 * A group of one rollout carries no signal and gets 0 (verl instead returns the raw reward).
 * NaN marks a component that does not apply to a rollout. GRPO and GRPO w/o std count it as 0 in the
   weighted sum (TRL's convention). GDPO keeps it out of that component's group statistics and gives
@@ -126,7 +126,7 @@ def groups_with_signal(
 
     ``any_component`` (GDPO's view): GDPO's group step gives the group a non-zero advantage, i.e. some component
     with a non-zero weight varies and the weighted per-component z-scores do not cancel. Sums may tie: with three
-    rewards (1,0,0), (0,1,0), (0,0,1), (1,0,0) carry signal (gdpo-paper.md §1.6). With two equally weighted rewards
+    rewards (1,0,0),(0,1,0),(0,0,1),(1,0,0) carry signal (docs/paper-notes.md §1.5). With two equal-weight rewards
     a tied sum always cancels: (1,0) vs (0,1) carries none. ``weighted_sum`` (GRPO's view, DAPO's ``seq_reward``
     filter): the weighted sum varies. NaN ("does not apply") entries are treated as each method's advantages treat
     them: ``any_component`` leaves them out of their component, ``weighted_sum`` counts them 0 in the sum (so a

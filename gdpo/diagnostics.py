@@ -71,7 +71,7 @@ def count_distinct_advantage_groups(
 ) -> int:
     """Count the distinct advantage patterns of G=num_rollouts rollouts with n=num_rewards binary rewards.
 
-    Reproduces the paper's Figure 3 (every value in gdpo-paper.md §3). Zero-variance rewards (and,
+    Reproduces the paper's Figure 3 (every value in docs/paper-notes.md §3). Zero-variance rewards (and,
     for GRPO, a zero-variance sum) give zero advantages, as in every official implementation.
     """
     if num_rollouts < 1 or num_rewards < 1:

@@ -75,7 +75,7 @@ def test_gdpo_batch_step_on_figure2_batch():
 
 
 def test_two_rewards_constant_sum_gives_zero_for_both():
-    """gdpo-paper.md §1.6: with two equal-weight rewards, r2 = c - r1 forces A2 = -A1."""
+    """docs/paper-notes.md §1.5: with two equal-weight rewards, r2 = c - r1 forces A2 = -A1."""
     rows = [(1, 0), (1, 0), (0, 1)]
     assert adv(rows, "gdpo", batch_norm="none") == [0.0, 0.0, 0.0]
     assert adv(rows, "grpo") == [0.0, 0.0, 0.0]
@@ -167,7 +167,7 @@ def test_group_of_size_one_gives_zero():
 
 def test_constant_non_representable_reward_gives_exact_zero():
     """ToolRL-style 6·k/S − 3 values are not exact in float32; x − mean would leave residue that
-    (residue)/(std + 1e-6) turns into |A| up to ~0.19 (gdpo-paper.md §4.2). We must give exactly 0."""
+    (residue)/(std + 1e-6) turns into |A| up to ~0.19 (docs/paper-notes.md §5.2). We must give exactly 0."""
     value = 6 * 5 / 7 - 3
     for g in (4, 8, 16):
         rewards = torch.full((1, g, 2), value, dtype=torch.float32)
@@ -198,7 +198,7 @@ def test_batch_step_of_a_constant_batch_is_zero_not_a_blow_up():
 
 
 def test_token_weighted_batch_step_matches_peers_worked_example():
-    """peers.md §5: group A (1, 0) at 10 and 100 tokens, group B (1, 1) at 50 and 50.
+    """docs/paper-notes.md §5.5: group A (1, 0) at 10 and 100 tokens, group B (1, 1) at 50 and 50.
     Per sequence: (+1.2247, −1.2247, 0, 0); token-weighted: (+2.4437, −0.9775, +0.7331, +0.7331)."""
     rewards = torch.tensor([[(1.0,), (0.0,)], [(1.0,), (1.0,)]], dtype=torch.float64)
     lengths = torch.tensor([[10, 100], [50, 50]])
@@ -486,7 +486,7 @@ def test_groups_with_signal_per_component_and_on_the_sum():
     assert groups_with_signal(rewards, [1.0, 2.0], "any_component").tolist() == [True, False, True, False]
     # A component with weight 0 teaches nothing, however it varies.
     assert groups_with_signal(rewards, [0.0, 1.0], "any_component").tolist() == [True, False, False, False]
-    # Three rewards with a tied sum (gdpo-paper.md §1.6): GDPO's view has signal, GRPO's has none.
+    # Three rewards with a tied sum (docs/paper-notes.md §1.5): GDPO's view has signal, GRPO's has none.
     three = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]])
     assert groups_with_signal(three, [1.0, 1.0, 1.0], "any_component").tolist() == [True]
     assert groups_with_signal(three, [1.0, 1.0, 1.0], "weighted_sum").tolist() == [False]
@@ -502,7 +502,7 @@ def test_groups_with_signal_per_component_and_on_the_sum():
 
 
 def test_gdpo_components_that_cancel_with_different_spreads_give_zero():
-    """Format 1/0 against correctness -3/+3, equal weights: the z-scores cancel exactly (gdpo-paper.md §1.6), but
+    """Format 1/0 vs correctness -3/+3, equal weights: z-scores cancel exactly (docs/paper-notes.md §1.5), but
     with std + eps they differ by about 1e-6. The batch step must not scale that residue up when the batch has no
     other signal (it gave +-0.64 while the cancellation test used the eps z-scores)."""
     from gdpo.advantages import groups_with_signal

@@ -110,7 +110,7 @@ def test_ground_truth_answers_score_close_to_100_percent():
     others = {c: load_category(c, limit=40) for c in AST_CATEGORIES if c != "simple"}
     items = simple + [i for group in others.values() for i in group]
     records = score_category(items, [ground_truth_completion(i) for i in items])
-    assert sum(r["correct"] for r in records[:400]) == 393  # the same count offline-assets.md reports
+    assert sum(r["correct"] for r in records[:400]) == 393  # as in docs/data-sources.md §1
     for category in others:
         mine = [r for r in records if r["category"] == category]
         assert sum(r["correct"] for r in mine) >= 0.9 * len(mine), category

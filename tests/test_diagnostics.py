@@ -15,7 +15,7 @@ from gdpo.diagnostics import (
     num_binary_groups,
 )
 
-# gdpo-paper.md §3, both panels, every value (plotted ones read from the figure, the rest enumerated).
+# docs/paper-notes.md §3, both panels, every value (plotted ones read from the figure, the rest enumerated).
 FIG3_ROLLOUTS = {  # two binary rewards, G = 2..16
     "grpo": [2, 4, 7, 11, 16, 22, 29, 37, 46, 56, 67, 79, 92, 106, 121],
     "grpo_no_std": [3, 6, 10, 15, 21, 28, 36, 45, 55, 66, 78, 91, 105, 120, 136],

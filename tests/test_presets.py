@@ -1,4 +1,4 @@
-"""The paper presets carry the paper's settings (gdpo-paper.md §6.1 Table 6, §6.2 Table 7, §6.4), so that an edit
+"""The paper presets carry Tables 6/7's settings (docs/paper-notes.md §7.1, §7.2, §7.4), so that an edit
 that drifts from them fails here, not silently on a GPU cluster."""
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def test_paper_presets_carry_the_paper_settings(task, preset, settings):
 
 
 def test_smollm2_gsm8k_preset_carries_the_official_example_settings():
-    """gdpo-paper.md §6.4 (TRL/NeMo official example): 32 prompts x 16, lr 5e-6 cosine with warmup, KL 0.04."""
+    """docs/paper-notes.md §7.4 (official TRL example): 32 prompts x 16, lr 5e-6 cosine, warmup, KL 0.04."""
     cfg = load_config(TrainConfig, REPO / "experiments/math/configs/smollm2-gsm8k.yaml")
     got = {
         key: _get(cfg, key)

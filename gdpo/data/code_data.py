@@ -11,7 +11,7 @@ A test is one of three forms (``gdpo.tasks.coding`` runs them in the sandbox):
   style ``class Solution`` methods are found too);
 * check program (HumanEval): ``{"check": str, "entry_point": str, "prompt": str}``.
 
-Sources and what we decide where the data's documentation is silent (offline-assets.md §1.3 and §5):
+Sources and what we decide where the data's documentation is silent (docs/data-sources.md §3 and §6):
 
 * ``synthetic`` (tiny preset): short stdin/stdout problems (two integers, one integer, a list, a word) from
   templates; train and test use disjoint templates (fixed by ``seed``), instances are deterministic in the

@@ -4,7 +4,7 @@ Every loader returns a list of dicts with at least ``problem``, ``answer`` (a st
 a malformed row is an error naming the file (or hub dataset) and the row and field. Nothing is dropped silently
 (the two empty-answer MATH train rows are dropped with a warning that names them).
 
-Sources (see ../shared/reference/offline-assets.md §1.2 and §5):
+Sources (see docs/data-sources.md §2 and §6):
 
 ==================  =========================================================================================
 loader              data

@@ -4,7 +4,7 @@ Model-generated code runs only in ``gdpo.sandbox`` (``run_tests``: one sandbox p
 per stdin input), never in this process: every test form is a small harness program (built here, run there)
 whose output is parsed here.
 
-Rewards (gdpo-paper.md §5.4; the paper's text is incomplete, the definitions below are ours where it is silent):
+Rewards (docs/paper-notes.md §6.4; where the paper's incomplete text is silent, the definitions are ours):
 
 * ``pass_rate`` (R_pass): passed tests / total tests, in [0, 1].
 * ``length`` (R~_length, Eq. 8 through :class:`gdpo.rewards.RewardComponent`): 1 iff ``num_tokens <=

@@ -1,6 +1,6 @@
 """Math reasoning (paper §4.2): correctness + length rewards, and the GSM8K three-reward recipe.
 
-Rewards of the paper's recipe (``recipe: boxed``; gdpo-paper.md §5.2):
+Rewards of the paper's recipe (``recipe: boxed``; docs/paper-notes.md §6.2):
 
 * ``correctness`` in {0, 1}: the final answer equals the reference. The paper does not name its extractor or
   verifier; we decide: the final answer is the content of the **last** top-level ``\\boxed{}`` (balanced braces;
@@ -31,7 +31,7 @@ demand up to ``GDPO_MATH_VERIFY_WORKERS`` (default 2) workers per process; a for
 A worker that cannot start (math-verify missing) raises :class:`MathVerifyUnavailable`: an environment error,
 not a 0 reward. Everything that depends on the input never raises.
 
-GSM8K three-reward recipe (``recipe: gsm8k3``; gdpo-paper.md §5.3), in this order, weights 1:
+GSM8K three-reward recipe (``recipe: gsm8k3``; docs/paper-notes.md §6.3), in this order, weights 1:
 ``correctness`` (extracted string == reference string), ``integer`` (extracted string is ASCII digits only),
 ``format`` (the completion, outer whitespace stripped, is ``<think>…</think>\\n<answer>…</answer>`` with
 ``<answer>`` and ``</answer>`` once each). Extraction: text after the last ``<answer>`` up to the next

@@ -2,7 +2,7 @@
 
 Both rewards take the completion as generated (no chat-template tokens) and the ground-truth answer text of
 the training row, and never raise: any failure to read the completion scores as the rules say (format 0,
-correctness -3). The rules follow ToolRL's scorer as the official verl-GDPO code ships it (gdpo-paper.md §5.1):
+correctness -3). The rules follow ToolRL's scorer as verl-GDPO ships it (docs/paper-notes.md §6.1):
 
 Format, in {0, 1}: the stripped completion must match, in full, the layout the ground truth calls for ("any"
 spans newlines and matches shortest-first):
