@@ -3,8 +3,8 @@
     python -m eval.code_bench --model M --benchmarks humaneval,apps --source apps=data/apps --out runs/eval/code
 
 Generation goes through the project's hf rollout backend (as ``gdpo.evaluate``), ``--samples`` k completions per
-item; every program runs in ``gdpo.sandbox`` (through ``gdpo.tasks.coding``, all runs of a benchmark in one
-parallel pool). The paper defines none of its metrics (docs/paper-notes.md §8.3); ours, in %:
+item; every program is judged by ``gdpo.execution.judge`` (run in ``gdpo.sandbox``, all runs of a benchmark in
+one parallel pool). The paper defines none of its metrics (docs/paper-notes.md §8.3); ours, in %:
 
 * **Pass**: share of items whose response passes all tests, averaged over the k samples (pass@1 estimated
   from k samples).
@@ -18,7 +18,7 @@ parallel pool). The paper defines none of its metrics (docs/paper-notes.md §8.3
 
 Prompts: HumanEval asks to complete the function (the prompt shown in a python block) and the program is
 prompt + completion + test + ``check(entry_point)``; the other benchmarks show the problem statement followed by
-the task's answer instruction (``gdpo.tasks.coding.code_messages``). Items whose prompt exceeds
+the task's answer instruction (``gdpo.execution.programs.code_messages``). Items whose prompt exceeds
 ``--max-prompt-tokens`` are not generated: they count as failed (Pass), not as bugs or exceeding, and the summary
 counts them (``skipped_prompt_too_long``). Sources other than
 HumanEval are not available offline: ``--source NAME=PATH`` gives a local file or folder, otherwise the hub name
@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from gdpo.data import code_data
-from gdpo.tasks.coding import code_messages, extract_program, run_tests_many
+from gdpo.execution.judge import run_tests_many
+from gdpo.execution.programs import code_messages, extract_program
 
 __all__ = ["BENCHMARKS", "generate", "load_benchmark", "messages_for", "run", "score", "summarise"]
 

@@ -9,7 +9,7 @@ import pytest
 
 from eval.code_bench import load_benchmark, main, messages_for, run, score, summarise
 from gdpo.data import code_data
-from gdpo.tasks.coding import run_tests_many
+from gdpo.execution.judge import run_tests_many
 
 FIXTURES = Path(__file__).parent / "fixtures" / "code"
 HUMANEVAL_SUBSET = 20
