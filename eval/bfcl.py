@@ -4,14 +4,17 @@ What is scored, and how (the paper does not say; docs/paper-notes.md §8.1):
 * AST categories, checked by BFCL's ``ast_checker`` run in its own environment (``make setup-bfcl``) through
   ``eval/bfcl_worker.py``: non-live ``simple``, ``multiple``, ``parallel``, ``parallel_multiple``; live
   ``live_simple``, ``live_multiple``, ``live_parallel``, ``live_parallel_multiple``. Python only (no java/javascript).
-* Irrelevance (``irrelevance``, ``live_irrelevance``): correct when the output contains no parseable tool call.
-* Multi-turn: **not scored** (its checker executes stateful API simulations turn by turn); reported as None.
+* Irrelevance (``irrelevance``, ``live_irrelevance``): correct when the output contains no parseable tool call;
+  relevance (``live_relevance``): correct when it contains at least one, as BFCL's relevance runner decides.
+* Multi-turn (``multi_turn_base``, ``_miss_func``, ``_miss_param``, ``_long_context``): played turn by turn in
+  BFCL's simulated APIs and scored by BFCL's multi-turn checker (``eval/bfcl_multi_turn.py``); Multi-turn is
+  the unweighted mean of the four categories' accuracies.
 * Non-Live / Live, as BFCL 2025.6.8 computes its overall accuracies: Non-Live is the unweighted mean of the
   non-live categories' accuracies (irrelevance included; BFCL's ``simple`` also averages java and javascript,
   not scored here), Live the mean over all live items, i.e. the categories weighted by their item counts
-  (irrelevance included; BFCL also counts ``live_relevance``, not scored here).
-* Avg: the plain mean of Live, Non-Live and Multi-turn, as the paper; None while multi-turn is not scored, and
-  ``avg_live_non_live`` gives the mean of the two scored ones.
+  (irrelevance and relevance included).
+* Avg: the plain mean of Live, Non-Live and Multi-turn, as the paper and BFCL's overall accuracy;
+  ``avg_live_non_live`` gives the mean of the first two (None where a part was not evaluated).
 * Correct format: share of outputs with exactly the expected layout (``format_reward``): think + one tool-call
   block for call categories, think + response for irrelevance.
 
@@ -28,45 +31,54 @@ from pathlib import Path
 from typing import Any
 
 from gdpo.assets import package_file
-from gdpo.tasks.tool_calling import _tool_call_lines, format_reward, render_system_prompt, render_user_turn
+from gdpo.data.toolrl import tool_call_lines
+from gdpo.tasks.tool_calling import format_reward, render_system_prompt, render_user_turn
 
 __all__ = [
     "AST_CATEGORIES",
     "IRRELEVANCE",
+    "RELEVANCE",
+    "SINGLE_TURN",
     "check",
     "ground_truth_completion",
     "load_category",
     "messages_for",
     "parse_calls",
+    "read_package_jsonl",
     "score_category",
     "summarise",
 ]
 
 VERSION = "2025.6.8"
 NON_LIVE = ("simple", "multiple", "parallel", "parallel_multiple")
+MULTI_TURN = ("multi_turn_base", "multi_turn_miss_func", "multi_turn_miss_param", "multi_turn_long_context")
 LIVE = ("live_simple", "live_multiple", "live_parallel", "live_parallel_multiple")
 AST_CATEGORIES = NON_LIVE + LIVE
 IRRELEVANCE = ("irrelevance", "live_irrelevance")
+RELEVANCE = ("live_relevance",)
+SINGLE_TURN = AST_CATEGORIES + IRRELEVANCE + RELEVANCE
 REPO = Path(__file__).resolve().parent.parent
 BFCL_PYTHON = Path(os.environ.get("GDPO_BFCL_PYTHON", REPO / ".venv-bfcl" / "bin" / "python"))
 
 
-def _jsonl(member: str) -> list[dict]:
+def read_package_jsonl(member: str) -> list[dict]:
+    """The JSON lines of a data file inside the ``bfcl-eval`` wheel (``bfcl_eval/data/...``)."""
     path = package_file("bfcl-eval", VERSION, member)
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def load_category(category: str, limit: int | None = None) -> list[dict[str, Any]]:
     """Items of a BFCL-v3 category (read line by line with json), with ``possible_answer`` where BFCL has one."""
-    if category not in AST_CATEGORIES + IRRELEVANCE:
+    if category not in SINGLE_TURN:
         raise ValueError(
-            f"unknown or unscored BFCL category {category!r}; scored: {list(AST_CATEGORIES + IRRELEVANCE)}"
+            f"unknown or multi-turn BFCL category {category!r}; single-turn: {list(SINGLE_TURN)} "
+            "(multi-turn: eval.bfcl_multi_turn.load_multi_turn)"
         )
-    items = _jsonl(f"bfcl_eval/data/BFCL_v3_{category}.json")[:limit]
+    items = read_package_jsonl(f"bfcl_eval/data/BFCL_v3_{category}.json")[:limit]
     if category in AST_CATEGORIES:
         answers = {
             a["id"]: a["ground_truth"]
-            for a in _jsonl(f"bfcl_eval/data/possible_answer/BFCL_v3_{category}.json")
+            for a in read_package_jsonl(f"bfcl_eval/data/possible_answer/BFCL_v3_{category}.json")
         }
         for item in items:
             if item["id"] not in answers:
@@ -103,7 +115,7 @@ def messages_for(item: dict, *, compact: bool = False) -> list[dict]:
 def parse_calls(completion: str) -> list[dict] | None:
     """BFCL's model output ``[{name: {param: value}}]`` from the first tool-call block; None if unparseable."""
     try:
-        lines = _tool_call_lines(completion)
+        lines = tool_call_lines(completion)
         if lines is None:
             return None
         calls = []
@@ -123,7 +135,13 @@ def parse_calls(completion: str) -> list[dict] | None:
 
 def ground_truth_completion(item: dict) -> str:
     """A completion that states BFCL's first allowed value of every parameter (optional ones left out when "" is
-    allowed first): what a perfect model would write. Used to check the harness end to end."""
+    allowed first): what a perfect model would write. Used to check the harness end to end. An irrelevance item
+    gets a reply without a call, a relevance item (no possible answer in BFCL) a call of its first function."""
+    if item["category"] in IRRELEVANCE:
+        return "<think>No tool fits the request.</think>\n<response>I cannot do that with these tools.</response>"
+    if item["category"] in RELEVANCE:
+        call = json.dumps({"name": item["function"][0]["name"], "parameters": {}})
+        return f"<think>Calling the tool.</think>\n<tool_call>\n{call}\n</tool_call>"
     calls = []
     for answer in item["possible_answer"]:
         ((name, params),) = answer.items()
@@ -186,7 +204,11 @@ def score_category(
         record["well_formatted"] = format_reward(completion, layout) == 1.0 and (
             calls is not None or not relevant
         )
-        if not relevant:
+        if item["category"] in RELEVANCE:
+            record["well_formatted"] = format_reward(completion, "<tool_call>") == 1.0 and bool(calls)
+            record["correct"] = bool(calls)
+            record["error_type"] = "" if record["correct"] else "relevance:no_tool_call"
+        elif not relevant:
             record["correct"] = calls is None or calls == []
             record["error_type"] = "" if record["correct"] else "irrelevance:called_a_tool"
         elif calls is None:
@@ -210,29 +232,56 @@ def score_category(
 
 
 def summarise(records: list[dict]) -> dict[str, Any]:
-    """Accuracy per category, Non-Live, Live, Multi-turn (None), Avg and the correct-format ratio, in %."""
+    """Accuracy per category, Non-Live, Live, Multi-turn, Avg and the correct-format ratio, in %.
+
+    Multi-turn records (from ``eval.bfcl_multi_turn.play``) count in Multi-turn only; the correct-format ratio
+    is over the single-turn outputs (a multi-turn entry has many)."""
     by_category: dict[str, list[dict]] = {}
     for r in records:
         by_category.setdefault(r["category"], []).append(r)
     acc = {c: 100 * sum(r["correct"] for r in rs) / len(rs) for c, rs in by_category.items()}
     non_live = [acc[c] for c in NON_LIVE + ("irrelevance",) if c in acc]
-    live = [r for c in LIVE + ("live_irrelevance",) for r in by_category.get(c, [])]
+    live = [r for c in LIVE + ("live_irrelevance", "live_relevance") for r in by_category.get(c, [])]
+    multi_turn = [acc[c] for c in MULTI_TURN if c in acc]
     summary: dict[str, Any] = {"categories": acc, "items": {c: len(rs) for c, rs in by_category.items()}}
     summary["non_live"] = sum(non_live) / len(non_live) if non_live else None
     summary["live"] = 100 * sum(r["correct"] for r in live) / len(live) if live else None  # item-weighted
-    summary["multi_turn"] = None  # not scored: see the module docstring
-    summary["avg"] = None
-    scored = [v for v in (summary["live"], summary["non_live"]) if v is not None]
+    summary["multi_turn"] = sum(multi_turn) / len(multi_turn) if multi_turn else None
+    parts = (summary["live"], summary["non_live"], summary["multi_turn"])
+    summary["avg"] = sum(parts) / 3 if None not in parts else None
+    scored = [v for v in parts[:2] if v is not None]
     summary["avg_live_non_live"] = sum(scored) / len(scored) if scored else None
-    summary["correct_format"] = 100 * sum(r["well_formatted"] for r in records) / max(len(records), 1)
+    single = [r for r in records if "well_formatted" in r]
+    summary["correct_format"] = 100 * sum(r["well_formatted"] for r in single) / max(len(single), 1)
     return summary
+
+
+def hf_responder(model, tokenizer, rollout, batch_prompts: int = 8):
+    """A responder (``eval.bfcl_multi_turn.Responder``): greedy completions of ``model`` through the hf rollout
+    backend, ``batch_prompts`` prompts at a time; None for a prompt longer than ``rollout.max_prompt_tokens``."""
+    from gdpo.rollout import HFRollout, encode_prompt
+
+    backend = HFRollout(model, tokenizer, rollout)
+
+    def respond(batch: list[tuple[str, list[dict]]]) -> list[str | None]:
+        prompts = [encode_prompt(tokenizer, messages) for _, messages in batch]
+        texts: list[str | None] = [None] * len(batch)
+        fits = [i for i, prompt in enumerate(prompts) if len(prompt) <= rollout.max_prompt_tokens]
+        for start in range(0, len(fits), batch_prompts):
+            chunk = fits[start : start + batch_prompts]
+            ro = backend.generate([prompts[i] for i in chunk], [0] * len(chunk), 1, greedy=True)
+            for i, text in zip(chunk, ro.completions):
+                texts[i] = text
+        return texts
+
+    return respond
 
 
 def generate_and_score(
     model,
     tokenizer,
     rollout,
-    categories=AST_CATEGORIES + IRRELEVANCE,
+    categories=SINGLE_TURN + MULTI_TURN,
     *,
     limit: int | None = None,
     compact: bool = False,
@@ -243,31 +292,25 @@ def generate_and_score(
     """Answer BFCL items with ``model`` (greedy, through the hf rollout backend), score them, write the files.
 
     Items whose prompt exceeds ``rollout.max_prompt_tokens`` are not generated: they count as wrong and
-    badly formatted (irrelevance items too), and the summary lists how many were skipped per category.
-    Writes ``outputs.jsonl`` (per item: id, category, completion, verdict) and ``summary.json`` to ``out_dir``.
+    badly formatted (irrelevance items too), and the summary lists how many were skipped per category (a
+    multi-turn entry whose dialogue outgrows the limit fails at that step, counted the same way).
+    Writes ``outputs.jsonl`` (per item: id, category, completion or transcript, verdict) and ``summary.json``
+    to ``out_dir``.
     """
-    from gdpo.rollout import HFRollout, encode_prompt
+    from eval.bfcl_multi_turn import load_multi_turn, play
 
-    backend = HFRollout(model, tokenizer, rollout)
-    items, completions, skipped = [], [], {}
-    for category in categories:
-        for item in load_category(category, limit=limit):
-            prompt = encode_prompt(tokenizer, messages_for(item, compact=compact))
-            items.append((item, prompt))
-    for start in range(0, len(items), batch_prompts):
-        chunk = items[start : start + batch_prompts]
-        fits = [i for i, (_, prompt) in enumerate(chunk) if len(prompt) <= rollout.max_prompt_tokens]
-        texts: list[str | None] = [None] * len(chunk)  # None: not generated, scored as wrong
-        if fits:
-            ro = backend.generate([chunk[i][1] for i in fits], [0] * len(fits), 1, greedy=True)
-            for i, text in zip(fits, ro.completions):
-                texts[i] = text
-        for item, prompt in chunk:
-            if len(prompt) > rollout.max_prompt_tokens:
-                skipped[item["category"]] = skipped.get(item["category"], 0) + 1
-        completions.extend(texts)
-    records = score_category([item for item, _ in items], completions, python)
+    respond = hf_responder(model, tokenizer, rollout, batch_prompts)
+    items = [item for c in categories if c not in MULTI_TURN for item in load_category(c, limit=limit)]
+    completions = respond([(item["id"], messages_for(item, compact=compact)) for item in items])
+    records = score_category(items, completions, python)
+    entries = [e for c in categories if c in MULTI_TURN for e in load_multi_turn(c, limit=limit)]
+    system_prompt = lambda tools: render_system_prompt(tools, compact=compact)  # noqa: E731
+    records += play(entries, respond, system_prompt=system_prompt, python=python)
     summary = summarise(records)
+    skipped: dict[str, int] = {}
+    for r in records:
+        if r["error_type"] == "skipped:prompt_too_long":
+            skipped[r["category"]] = skipped.get(r["category"], 0) + 1
     summary["skipped_prompt_too_long"] = skipped
     if out_dir is not None:
         out_dir = Path(out_dir)
@@ -275,3 +318,45 @@ def generate_and_score(
         (out_dir / "outputs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def ground_truth_check(categories=SINGLE_TURN + MULTI_TURN, limit: int | None = None, python=BFCL_PYTHON):
+    """BFCL's own answers replayed through this harness as a model's completions: ``{category: (correct,
+    total)}``. AST items answer with BFCL's first allowed values, irrelevance items with a reply and no call,
+    relevance items with a call of their first function, multi-turn entries with each turn's ground-truth
+    calls in one step."""
+    from eval.bfcl_multi_turn import ground_truth_responder, load_multi_turn, play
+
+    out = {}
+    for category in categories:
+        if category in MULTI_TURN:
+            entries = load_multi_turn(category, limit=limit)
+            records = play(entries, ground_truth_responder(entries), python=python)
+        else:
+            items = load_category(category, limit=limit)
+            records = score_category(items, [ground_truth_completion(item) for item in items], python)
+        out[category] = (sum(r["correct"] for r in records), len(records))
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="BFCL-v3 harness checks")
+    parser.add_argument(
+        "--ground-truth", action="store_true", help="replay BFCL's ground truth; one line per category"
+    )
+    parser.add_argument("--limit", type=int, default=None, help="items per category (default: all)")
+    parser.add_argument("--categories", nargs="*", default=list(SINGLE_TURN + MULTI_TURN))
+    args = parser.parse_args(argv)
+    if not args.ground_truth:
+        parser.error("nothing to do: pass --ground-truth")
+    unknown = sorted(set(args.categories) - set(SINGLE_TURN + MULTI_TURN))
+    if unknown:
+        parser.error(f"unknown categories {unknown}; known: {list(SINGLE_TURN + MULTI_TURN)}")
+    for category, (correct, total) in ground_truth_check(args.categories, args.limit).items():
+        print(f"{category}: {correct}/{total}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -38,8 +38,10 @@ def test_data_comes_from_the_package():
     ]
     assert len(load_category("live_multiple")) == 1053 and len(load_category("irrelevance")) == 240
     assert "possible_answer" not in load_category("irrelevance", limit=1)[0]
-    with pytest.raises(ValueError, match="unknown or unscored BFCL category 'multi_turn_base'"):
+    with pytest.raises(ValueError, match="unknown or multi-turn BFCL category 'multi_turn_base'"):
         load_category("multi_turn_base")
+    relevance = load_category("live_relevance")
+    assert len(relevance) == 18 and "possible_answer" not in relevance[0]
 
 
 def test_prompt_and_parsing():
@@ -148,6 +150,23 @@ def test_summary_arithmetic():
     # Live weights its categories by item count, as BFCL's overall live accuracy: 2 of 3 items, not (50 + 100) / 2.
     s = summarise([*records, rec("live_irrelevance", True)])
     assert s["live"] == pytest.approx(200 / 3) and s["non_live"] == pytest.approx(250 / 3)
+    # Relevance counts in Live; Multi-turn is the unweighted mean of its categories; Avg the mean of the three.
+    multi = [{"category": "multi_turn_base", "correct": c} for c in (True, True, False, False)]
+    multi += [{"category": "multi_turn_miss_func", "correct": True}]
+    s = summarise([*records, rec("live_relevance", False), *multi])
+    assert s["live"] == pytest.approx(100 / 3) and s["multi_turn"] == pytest.approx((50 + 100) / 2)
+    assert s["avg"] == pytest.approx((100 / 3 + 250 / 3 + 75) / 3)
+    assert s["correct_format"] == pytest.approx(600 / 7)  # the 7 single-turn outputs only
+
+
+@needs_checker
+def test_relevance_is_correct_with_any_call():
+    item = load_category("live_relevance", limit=1)[0]
+    name = item["function"][0]["name"]
+    no_call = "<think>x</think>\n<response>no</response>"
+    records = score_category([item] * 3, [completion((name, {})), no_call, None])
+    assert [r["correct"] for r in records] == [True, False, False]
+    assert records[0]["well_formatted"] and records[1]["error_type"] == "relevance:no_tool_call"
 
 
 @needs_checker
@@ -159,11 +178,23 @@ def test_generate_and_score_with_a_model(tmp_path, toy_policy):
     model, tokenizer = toy_policy
     rollout = RolloutConfig(max_new_tokens=8, max_prompt_tokens=500)
     summary = generate_and_score(
-        model, tokenizer, rollout, ["simple", "irrelevance"], limit=6, compact=True, out_dir=tmp_path
+        model,
+        tokenizer,
+        rollout,
+        ["simple", "irrelevance", "multi_turn_base"],
+        limit=6,
+        compact=True,
+        out_dir=tmp_path,
     )
     records = [json.loads(line) for line in (tmp_path / "outputs.jsonl").read_text().splitlines()]
-    assert len(records) == 12 and {r["category"] for r in records} == {"simple", "irrelevance"}
-    assert summary["items"] == {"simple": 6, "irrelevance": 6}
+    assert len(records) == 18 and {r["category"] for r in records} == {
+        "simple",
+        "irrelevance",
+        "multi_turn_base",
+    }
+    assert summary["items"] == {"simple": 6, "irrelevance": 6, "multi_turn_base": 6}
+    # A multi-turn system prompt (the file system's 18 function docs) is far beyond the tiny model's context.
+    assert summary["skipped_prompt_too_long"]["multi_turn_base"] == 6 and summary["multi_turn"] == 0.0
     assert summary["categories"]["simple"] == 0.0  # the toy model never writes a tool call
     assert json.loads((tmp_path / "summary.json").read_text())["categories"] == summary["categories"]
     from eval.bfcl import messages_for
