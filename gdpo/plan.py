@@ -1,17 +1,18 @@
-"""Memory plan of a training run, per GPU, before anything is loaded: ``python -m gdpo.plan --config <preset>``.
+"""Memory plan of a training run per GPU, made before anything is loaded.
 
-    python -m gdpo.plan --config experiments/math/configs/paper-r1-7b.yaml [--gpus 8] [--gpu-memory-gib 80] [key=value ...]
+    python -m gdpo.plan --config experiments/math/configs/paper-r1-7b.yaml [--gpus 8] [--gpu-memory-gib 80]
+        [key=value ...]
 
-Prints, per GPU and per phase (generation, update): parameters, gradients and optimizer states (by ZeRO stage and
-optimizer offload), ZeRO-3's gathered parameters and DeepSpeed's reduce bucket, activations of one micro-batch
-(with and without gradient checkpointing), the log-prob working set, the reference model, the rollout batch, the
-vLLM engine (its memory fraction while generating, asleep during the update) and a fixed CUDA context; then the
-peak and a last line ``plan: fits (peak X GiB of M)`` (exit 0) or ``plan: does not fit (peak X GiB of M)``
-(exit 1). Bad input is a one-line error (exit 2).
+Prints, per GPU and per phase (generation, update): parameters, gradients and optimizer states (by ZeRO stage
+and optimizer offload), ZeRO-3's gathered parameters and DeepSpeed's reduce bucket, activations of one
+micro-batch (with and without gradient checkpointing), the log-prob working set, the reference model, the
+rollout batch, the vLLM engine (its memory fraction while generating, asleep during the update) and a CUDA
+context allowance; then the peak and a last line ``plan: fits (peak X GiB of M)`` (exit 0) or
+``plan: does not fit (peak X GiB of M)`` (exit 1). Bad input is a one-line error (exit 2).
 
-Model shapes come from the model's ``config.json`` when ``model.name_or_path`` is a local folder, from the tiny
-model's settings for ``tiny``, else from ``MODEL_TABLE`` (the public ``config.json`` values of the paper's models).
-Every formula and assumption is in docs/memory-plan.md; the tests check them by hand arithmetic.
+Model shapes come from ``config.json`` when ``model.name_or_path`` is a local folder, from ``model.tiny`` for
+``tiny``, else from ``MODEL_TABLE`` (the public ``config.json`` values of the paper presets' models).
+The formulas and assumptions are in docs/memory-plan.md; tests/test_plan.py checks them by hand arithmetic.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from gdpo.config import ConfigError, TrainConfig, load_config
 
 __all__ = [
     "CUDA_CONTEXT_BYTES",
+    "LOGIT_FP32_BUFFERS",
     "MODEL_TABLE",
     "PER_TOKEN_VECTORS",
     "VLLM_ASLEEP_BYTES",
@@ -44,13 +46,14 @@ __all__ = [
 
 GIB = 2**30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-CUDA_CONTEXT_BYTES = (
-    1 * GIB
-)  # CUDA context, cuBLAS/NCCL workspaces of one process (an allowance, not measured)
-VLLM_ASLEEP_BYTES = GIB // 2  # vLLM asleep at level 2: CUDA graphs and workspace stay (an allowance)
-PER_TOKEN_VECTORS = (
-    16  # fp32 [micro_batch, T] vectors of the loss (log-probs, old/ref, ratio, KL, ... + grads)
-)
+# Allowances, not measurements (docs/memory-plan.md): CUDA context and cuBLAS/NCCL workspaces of one process;
+# what a vLLM engine asleep at level 2 keeps (CUDA graphs, workspace).
+CUDA_CONTEXT_BYTES = 1 * GIB
+VLLM_ASLEEP_BYTES = GIB // 2
+# fp32 [micro_batch, T] vectors of the loss live at once (log-probs, old/ref, ratio, KL, entropy, ... + grads)
+PER_TOKEN_VECTORS = 16
+# fp32 [chunk, V] buffers of one log-prob chunk live at once: log-softmax, its exp (entropy), two gradients
+LOGIT_FP32_BUFFERS = 4
 DEFAULT_REDUCE_BUCKET = 500_000_000  # DeepSpeed's zero_optimization.reduce_bucket_size default (elements)
 PAPER_GPUS = 8  # the official scripts run one node of 8 GPUs (NVlabs/GDPO verl-GDPO/train_gdpo.sh)
 
@@ -142,8 +145,8 @@ def model_shape(cfg: TrainConfig) -> ModelShape:
     if key in MODEL_TABLE:
         return dataclasses.replace(MODEL_TABLE[key], source=f"gdpo.plan's table: {key} config.json")
     raise PlanError(
-        f"model.name_or_path {name!r} is unknown: not a local folder, not 'tiny' and not in gdpo.plan's table "
-        f"({', '.join(sorted(MODEL_TABLE))})"
+        f"model.name_or_path {name!r} is unknown: not a local folder, not 'tiny' and not in gdpo.plan's "
+        f"table ({', '.join(sorted(MODEL_TABLE))})"
     )
 
 
@@ -167,7 +170,7 @@ def parameter_count(s: ModelShape) -> int:
 
 
 def largest_module(s: ModelShape) -> int:
-    """Parameters of the largest module ZeRO-3 gathers at once: a decoder layer, the embedding or LM head."""
+    """Parameters of the largest module ZeRO-3 gathers at once: a decoder layer, the embedding, the head."""
     return max(layer_parameters(s), s.vocab_size * s.hidden_size)
 
 
@@ -175,10 +178,10 @@ def activation_bytes_per_token_layer(s: ModelShape, dtype_bytes: int, attn: str,
     """Bytes one token leaves saved for backward in one decoder layer (HF Llama/Qwen layer, no dropout).
 
     RMSNorm inputs in fp32 (2 x 4h); q/k/v inputs, MLP input (2 x h); q, k, v for attention; the attention
-    output and o_proj's input (2 x q); the SwiGLU's gate, up, SiLU output and product (4 x intermediate), all in
-    the model dtype; flash / memory-efficient SDPA keeps a fp32 log-sum-exp per head. Eager attention instead
-    keeps the fp32 softmax and its model-dtype copy, ``heads x seq_len`` each (the s^2 term). Qwen3's q/k norms
-    keep their fp32 inputs.
+    output and o_proj's input (2 x q); the SwiGLU's gate, up, SiLU output and product (4 x intermediate), all
+    in the model dtype; flash / memory-efficient SDPA keeps a fp32 log-sum-exp per head. Eager attention
+    instead keeps the fp32 softmax and its model-dtype copy, ``heads x seq_len`` each (the s^2 term). Qwen3's
+    q/k norms keep their fp32 inputs.
     """
     h, q, kv, f = s.hidden_size, s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim, s.intermediate_size
     out = 2 * 4 * h + dtype_bytes * (2 * h + 2 * q + 2 * kv + 4 * f)  # q, k, v, o_proj input, MLP
@@ -278,11 +281,14 @@ def make_plan(cfg: TrainConfig, shape: ModelShape, gpus: int, gpu_gib: float) ->
     h = shape.hidden_size
     per_layer = activation_bytes_per_token_layer(shape, p_bytes, m.attn_implementation, seq)
     outside = 4 * h + p_bytes * h  # final norm's fp32 input and its output (read by the LM head chunks)
-    act_full = tokens * (shape.num_layers * per_layer + outside)
-    act_ckpt = tokens * (shape.num_layers * p_bytes * h + per_layer + outside)
+    # The padding mask transformers builds for SDPA (bool) or eager attention (model dtype), [micro, 1, S, S].
+    mask = 0 if m.attn_implementation == "flash_attention_2" else micro * seq * seq
+    mask *= p_bytes if m.attn_implementation == "eager" else 1
+    act_full = tokens * (shape.num_layers * per_layer + outside) + mask
+    act_ckpt = tokens * (shape.num_layers * p_bytes * h + per_layer + outside) + mask
     completion_tokens = micro * new
     chunk = min(o.logprob_chunk_tokens, completion_tokens)
-    logprob = chunk * shape.vocab_size * (p_bytes + 4 + 4) + completion_tokens * (
+    logprob = chunk * shape.vocab_size * (p_bytes + 4 * LOGIT_FP32_BUFFERS) + completion_tokens * (
         4 * PER_TOKEN_VECTORS + p_bytes * h
     )
 
@@ -318,11 +324,13 @@ def make_plan(cfg: TrainConfig, shape: ModelShape, gpus: int, gpu_gib: float) ->
         generation_rows = [Row("vLLM engine (weights + KV cache)", engine, asleep)]
         sync = largest_module(shape) * p_bytes if stage == 3 and world > 1 else None
         generation_rows.append(Row("ZeRO-3 weight sync buffer", sync, None))
+        gathered_generating = None
     else:  # hf: the policy samples itself, all of this rank's rows at once with a KV cache for prompt + new
         rows = layout.sequences_per_rank
         cache = rows * seq * kv_per_token
         logits = rows * shape.vocab_size * 4 * 2  # fp32 logits of the last position and their softmax
         prefill = layout.prompts_per_rank * prompt * per_layer  # one layer's transient intermediates
+        gathered_generating = gathered  # its forward passes gather as in training
         generation_rows = [
             Row("hf generation: KV cache", cache, None),
             Row("hf generation: logits + prefill", logits + prefill, None),
@@ -341,7 +349,7 @@ def make_plan(cfg: TrainConfig, shape: ModelShape, gpus: int, gpu_gib: float) ->
             optimizer,
             optimizer,
         ),
-        Row("ZeRO-3 gathered parameters (2 x largest module)", None, gathered),
+        Row("ZeRO-3 gathered parameters (2 x largest module)", gathered_generating, gathered),
         Row("DeepSpeed reduce bucket", None, bucket),
         Row(f"activations, gradient checkpointing{'' if ckpt else ' (not used)'}", None, act_ckpt, ckpt),
         Row(f"activations, no checkpointing{' (not used)' if ckpt else ''}", None, act_full, not ckpt),
@@ -420,9 +428,11 @@ def main(argv: list[str] | None = None) -> int:
     o, r = cfg.optim, cfg.rollout
     header = [
         f"memory plan of {args.config or 'the default config'}",
-        f"model: {cfg.model.name_or_path} ({shape.source}), {parameter_count(shape):,} parameters, {cfg.model.dtype}",
+        f"model: {cfg.model.name_or_path} ({shape.source}), {parameter_count(shape):,} parameters, "
+        f"{cfg.model.dtype}",
         f"gpus: {gpus} ({why}), {gpu_gib:g} GiB each",
-        f"training: ZeRO-{o.zero_stage}, {o.precision}, optimizer {'offloaded' if o.offload_optimizer else 'on GPU'}, "
+        f"training: ZeRO-{o.zero_stage}, {o.precision}, "
+        f"optimizer {'offloaded' if o.offload_optimizer else 'on GPU'}, "
         f"gradient checkpointing {'on' if cfg.model.gradient_checkpointing else 'off'}, "
         f"KL {'on (reference model)' if cfg.algorithm.kl_coef > 0 else 'off'}",
         f"rollout: {r.backend}"
