@@ -97,3 +97,15 @@ def test_smollm2_gsm8k_preset_carries_the_official_example_settings():
         "rollout.max_new_tokens": 1024,
     }
     assert cfg.optim.warmup_steps > 0 and cfg.steps == 233
+
+
+@pytest.mark.parametrize(("task", "preset", "settings"), PRESETS, ids=[f"{t}/{p}" for t, p, _ in PRESETS])
+def test_paper_presets_state_the_gdpo_batch_step_with_its_reason(task, preset, settings):
+    """The paper leaves the batch step's weighting open; each preset states it in its YAML, with the reason on
+    the line (token-weighted, as verl-GDPO, which the presets' recipes follow)."""
+    import re
+
+    path = REPO / "experiments" / task / "configs" / f"{preset}.yaml"
+    (line,) = [line for line in path.read_text().splitlines() if line.strip().startswith("batch_norm:")]
+    assert re.fullmatch(r"\s+batch_norm: token\s+# .*verl-GDPO.*", line), line
+    assert load_config(TrainConfig, path).algorithm.batch_norm == "token"
