@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gdpo.tasks.tool_calling import correctness_reward, format_reward, parse_ground_truth_calls
+from gdpo.data.toolrl import parse_ground_truth_calls
+from gdpo.tasks.tool_calling import correctness_reward, format_reward
 
 THOUGHT = (
     "<think>I should use the appropriate tool with proper parameters to respond to the user's need.</think>"

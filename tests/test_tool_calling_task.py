@@ -10,13 +10,12 @@ import pandas as pd
 import pytest
 
 from gdpo.data.synthetic_tools import CATALOGUE, generate_split, split_functions
-from gdpo.data.toolrl import load_toolrl
+from gdpo.data.toolrl import load_toolrl, parse_ground_truth_calls
 from gdpo.tasks import build_task
 from gdpo.tasks.tool_calling import (
     correctness_reward,
     demonstration,
     format_reward,
-    parse_ground_truth_calls,
     render_system_prompt,
     render_user_turn,
     skip_think,

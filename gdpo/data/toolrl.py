@@ -1,4 +1,8 @@
-"""Loader of ToolRL's training data (rlla_4k: ToolACE 2k, Hammer 1k, xLAM 1k), as published.
+"""ToolRL's data (rlla_4k: ToolACE 2k, Hammer 1k, xLAM 1k) as published, and its answers' tool-call blocks.
+
+The answer format (read by the loader, the tool-calling rewards and the BFCL harness): a ``<tool_call>`` block
+holds one JSON object ``{"name": ..., "parameters": {...}}`` per line, up to the next ``</tool_call>``
+(:func:`tool_call_lines`, :func:`parse_ground_truth_calls`).
 
 Forms read:
 * the verl parquet files ``train.parquet`` / ``test.parquet`` (fields ``data_source``, ``prompt`` = [system,
@@ -15,13 +19,54 @@ errors that name the file and the row; nothing is dropped silently.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from gdpo.data.records import read_file
-from gdpo.tasks.tool_calling import parse_ground_truth_calls
 
-__all__ = ["is_raw_toolrl", "load_toolrl"]
+__all__ = ["is_raw_toolrl", "load_toolrl", "parse_ground_truth_calls", "tool_call_lines"]
+
+
+def tool_call_lines(text: str) -> list[str] | None:
+    """Lines between the first <tool_call> and the next </tool_call>, or None if either tag is missing."""
+    start = text.find("<tool_call>")
+    if start < 0:
+        return None
+    end = text.find("</tool_call>", start + len("<tool_call>"))
+    if end < 0:
+        return None
+    return text[start + len("<tool_call>") : end].strip().split("\n")
+
+
+def parse_ground_truth_calls(ground_truth: str) -> list[dict[str, Any]] | None:
+    """The ground truth's tool calls (its first tool-call block, one JSON object per line); None if it has none.
+
+    Raises ValueError naming the line when the ground truth itself is malformed (a data error).
+    """
+    if "<tool_call>" not in ground_truth:
+        return None
+    lines = tool_call_lines(ground_truth)
+    if lines is None:
+        raise ValueError("ground truth has <tool_call> but no closing </tool_call>")
+    calls = []
+    for i, line in enumerate(lines):
+        try:
+            call = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f"ground-truth tool-call line {i + 1} is not JSON: {line[:80]!r} ({exc})"
+            ) from None
+        if (
+            not isinstance(call, dict)
+            or not isinstance(call.get("name"), str)
+            or not isinstance(call.get("parameters", {}), dict)
+        ):
+            raise ValueError(
+                f"ground-truth tool-call line {i + 1} is not a {{name, parameters}} object: {line[:80]!r}"
+            )
+        calls.append(call)
+    return calls
 
 
 def load_toolrl(source: str | Path, split: str = "train") -> list[dict[str, Any]]:

@@ -35,7 +35,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-__all__ = ["correctness_reward", "format_reward", "parse_ground_truth_calls"]
+from gdpo.data.toolrl import parse_ground_truth_calls, tool_call_lines
+
+__all__ = ["correctness_reward", "format_reward"]
 
 _TAGS = ("<tool_call>", "</tool_call>", "<response>", "</response>")
 _LAYOUTS = {
@@ -61,47 +63,6 @@ def format_reward(completion: str, ground_truth: str) -> float:
         return 0.0
 
 
-def _tool_call_lines(text: str) -> list[str] | None:
-    """Lines between the first <tool_call> and the next </tool_call>, or None if either tag is missing."""
-    start = text.find("<tool_call>")
-    if start < 0:
-        return None
-    end = text.find("</tool_call>", start + len("<tool_call>"))
-    if end < 0:
-        return None
-    return text[start + len("<tool_call>") : end].strip().split("\n")
-
-
-def parse_ground_truth_calls(ground_truth: str) -> list[dict[str, Any]] | None:
-    """The ground truth's tool calls (its first tool-call block, one JSON object per line); None if it has none.
-
-    Raises ValueError naming the line when the ground truth itself is malformed (a data error).
-    """
-    if "<tool_call>" not in ground_truth:
-        return None
-    lines = _tool_call_lines(ground_truth)
-    if lines is None:
-        raise ValueError("ground truth has <tool_call> but no closing </tool_call>")
-    calls = []
-    for i, line in enumerate(lines):
-        try:
-            call = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(
-                f"ground-truth tool-call line {i + 1} is not JSON: {line[:80]!r} ({exc})"
-            ) from None
-        if (
-            not isinstance(call, dict)
-            or not isinstance(call.get("name"), str)
-            or not isinstance(call.get("parameters", {}), dict)
-        ):
-            raise ValueError(
-                f"ground-truth tool-call line {i + 1} is not a {{name, parameters}} object: {line[:80]!r}"
-            )
-        calls.append(call)
-    return calls
-
-
 def _list_jaccard(a: list, b: list) -> float:
     """ToolRL's overlap of two lists: 1 if identical, 0 if either is empty, else the multiset Jaccard."""
     if a == b:
@@ -114,7 +75,7 @@ def _list_jaccard(a: list, b: list) -> float:
 
 def _predicted_calls(completion: str, truth_names: set[str]) -> list[dict[str, Any]] | None:
     """The completion's calls, or None where the rules score -3."""
-    lines = _tool_call_lines(completion)
+    lines = tool_call_lines(completion)
     if lines is None:
         return None
     calls = []
