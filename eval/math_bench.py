@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from eval.decontaminate import TrainingSet, decontaminate
 from gdpo.data import math_data
 from gdpo.tasks.math import boxed_messages, correctness_reward
 
@@ -166,17 +167,23 @@ def run_benchmark(
     source: str | None = None,
     batch_prompts: int = 4,
     seed: int = 0,
+    training: TrainingSet | None = None,
 ) -> dict[str, Any]:
     """Generate ``k`` samples for each of the first ``limit`` items, score them, write the files; the summary.
 
     ``rollout_cfg`` defaults to :func:`paper_rollout_config`; ``length_limit`` to 4,000 (40 for synthetic).
+    With ``training`` (the run's training prompts), items the run trained on are left out first
+    (``eval.decontaminate``); the summary counts them in ``decontaminated``.
     """
     from gdpo.rollout import HFRollout, encode_prompt
 
     rollout_cfg = rollout_cfg or paper_rollout_config()
     if length_limit is None:
         length_limit = DEFAULT_LENGTH_LIMIT.get(benchmark_name, PAPER_LENGTH_LIMIT)
-    items = load_benchmark(benchmark_name, source)[:limit]
+    items, dropped = decontaminate(
+        load_benchmark(benchmark_name, source), training, lambda item: item["problem"]
+    )
+    items = items[:limit]
     prompts = [encode_prompt(tokenizer, boxed_messages(item["problem"])) for item in items]
     skipped = [len(p) > rollout_cfg.max_prompt_tokens for p in prompts]
     completions: list[list[str]] = [[""] * k for _ in items]
@@ -197,6 +204,7 @@ def run_benchmark(
         temperature=rollout_cfg.temperature,
         top_p=rollout_cfg.top_p,
         max_new_tokens=rollout_cfg.max_new_tokens,
+        decontaminated=len(dropped),
     )
     if out_dir is not None:
         _write(Path(out_dir), benchmark_name, scored)

@@ -245,3 +245,24 @@ def test_a_row_of_the_aime_file_that_is_not_an_object_is_an_error(monkeypatch):
         math_data.load_aime24()
     rows.pop()  # other benchmarks' rows are left out by design
     assert [item["answer"] for item in math_data.load_aime24()] == ["2"]
+
+
+def test_items_the_run_trained_on_are_left_out_and_counted(tmp_path, toy_policy):
+    from eval.decontaminate import TrainingSet
+    from gdpo.config import RolloutConfig
+
+    model, tokenizer = toy_policy
+    seen = math_bench.load_benchmark("synthetic")[:2]
+    training = TrainingSet([{"messages": [{"role": "user", "content": item["problem"]}]} for item in seen])
+    rollout = RolloutConfig(temperature=0.6, top_p=0.95, max_new_tokens=4, max_prompt_tokens=256)
+    summary = math_bench.run_benchmark(
+        model, tokenizer, "synthetic", rollout, k=1, limit=3, out_dir=tmp_path, training=training
+    )
+    assert summary["decontaminated"] == 2 and summary["items"] == 3
+    records = [
+        json.loads(line) for line in (tmp_path / "synthetic" / "records.jsonl").read_text().splitlines()
+    ]
+    assert [r["id"] for r in records] == [f"synthetic/test/{k}" for k in (2, 3, 4)]
+    assert (
+        math_bench.run_benchmark(model, tokenizer, "synthetic", rollout, k=1, limit=1)["decontaminated"] == 0
+    )
