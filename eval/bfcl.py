@@ -30,6 +30,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from eval.decontaminate import TrainingSet, decontaminate
 from gdpo.assets import package_file
 from gdpo.data.toolrl import tool_call_lines
 from gdpo.tasks.tool_calling import format_reward, render_system_prompt, render_user_turn
@@ -45,6 +46,7 @@ __all__ = [
     "messages_for",
     "parse_calls",
     "read_package_jsonl",
+    "user_text",
     "score_category",
     "summarise",
 ]
@@ -256,6 +258,11 @@ def summarise(records: list[dict]) -> dict[str, Any]:
     return summary
 
 
+def user_text(item: dict) -> str:
+    """Every user message of a BFCL item or multi-turn entry, one per line (what decontamination compares)."""
+    return "\n".join(m["content"] for turn in item["question"] for m in turn if m["role"] == "user")
+
+
 def hf_responder(model, tokenizer, rollout, batch_prompts: int = 8):
     """A responder (``eval.bfcl_multi_turn.Responder``): greedy completions of ``model`` through the hf rollout
     backend, ``batch_prompts`` prompts at a time; None for a prompt longer than ``rollout.max_prompt_tokens``."""
@@ -288,8 +295,13 @@ def generate_and_score(
     batch_prompts: int = 8,
     out_dir: Path | None = None,
     python: Path = BFCL_PYTHON,
+    training: TrainingSet | None = None,
 ) -> dict[str, Any]:
     """Answer BFCL items with ``model`` (greedy, through the hf rollout backend), score them, write the files.
+
+    With ``training`` (the run's training prompts), items whose question the run trained on are left out
+    (``eval.decontaminate``; a multi-turn entry by any of its user turns) and counted per category in
+    ``decontaminated``.
 
     Items whose prompt exceeds ``rollout.max_prompt_tokens`` are not generated: they count as wrong and
     badly formatted (irrelevance items too), and the summary lists how many were skipped per category (a
@@ -300,10 +312,15 @@ def generate_and_score(
     from eval.bfcl_multi_turn import load_multi_turn, play
 
     respond = hf_responder(model, tokenizer, rollout, batch_prompts)
-    items = [item for c in categories if c not in MULTI_TURN for item in load_category(c, limit=limit)]
+    items, entries, decontaminated = [], [], {}
+    for category in categories:
+        multi = category in MULTI_TURN
+        loaded = load_multi_turn(category) if multi else load_category(category)
+        kept, dropped = decontaminate(loaded, training, user_text)
+        (entries if multi else items).extend(kept[:limit])
+        decontaminated[category] = len(dropped)
     completions = respond([(item["id"], messages_for(item, compact=compact)) for item in items])
     records = score_category(items, completions, python)
-    entries = [e for c in categories if c in MULTI_TURN for e in load_multi_turn(c, limit=limit)]
     system_prompt = lambda tools: render_system_prompt(tools, compact=compact)  # noqa: E731
     records += play(entries, respond, system_prompt=system_prompt, python=python)
     summary = summarise(records)
@@ -312,6 +329,7 @@ def generate_and_score(
         if r["error_type"] == "skipped:prompt_too_long":
             skipped[r["category"]] = skipped.get(r["category"], 0) + 1
     summary["skipped_prompt_too_long"] = skipped
+    summary["decontaminated"] = decontaminated
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)

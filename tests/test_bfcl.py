@@ -211,3 +211,23 @@ def test_generate_and_score_with_a_model(tmp_path, toy_policy):
         assert all(r["completion"] == "" for r, skip in zip(mine, too_long) if skip)
         assert all(r["error_type"] == "skipped:prompt_too_long" for r, s in zip(mine, too_long) if s)
         assert all(not r["correct"] for r, skip in zip(mine, too_long) if skip)
+
+
+@needs_checker
+def test_questions_the_run_trained_on_are_left_out(tmp_path, toy_policy):
+    from eval.bfcl import generate_and_score, user_text
+    from eval.decontaminate import TrainingSet
+    from gdpo.config import RolloutConfig
+
+    model, tokenizer = toy_policy
+    first = load_category("simple", limit=1)[0]
+    training = TrainingSet(
+        [{"messages": [{"role": "user", "content": f"<user> {user_text(first)} </user>"}]}]
+    )
+    rollout = RolloutConfig(max_new_tokens=4, max_prompt_tokens=64)
+    summary = generate_and_score(
+        model, tokenizer, rollout, ["simple", "irrelevance"], limit=2, out_dir=tmp_path, training=training
+    )
+    assert summary["decontaminated"] == {"simple": 1, "irrelevance": 0}
+    records = [json.loads(line) for line in (tmp_path / "outputs.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in records] == ["simple_1", "simple_2", "irrelevance_0", "irrelevance_1"]
