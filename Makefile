@@ -93,16 +93,16 @@ bench: setup  ## benchmarks (advantages, hf generation, sandbox, our trainer vs 
 
 PRESET ?= tiny
 reproduce-tool: setup setup-bfcl  ## tool calling (Table 1/2, Fig. 4, 1b): PRESET=tiny | paper-qwen2.5-1.5b | ...
-	$(PY) experiments/tool_calling/reproduce.py --preset $(PRESET)
+	$(PY) -m experiments.tool_calling.reproduce --preset $(PRESET)
 
 reproduce-math: setup  ## math (Table 3/4, Fig. 5): PRESET=tiny | paper-r1-1.5b | paper-r1-7b | paper-qwen3-4b
-	$(PY) experiments/math/reproduce.py --preset $(PRESET)
+	$(PY) -m experiments.math.reproduce --preset $(PRESET)
 
 reproduce-math-sweep: setup  ## math with the w_length sweep (Fig. 6 / Table 8)
-	$(PY) experiments/math/reproduce.py --preset $(PRESET) --sweep
+	$(PY) -m experiments.math.reproduce --preset $(PRESET) --sweep
 
 reproduce-code: setup  ## coding (Table 5, 2 and 3 objectives): PRESET=tiny | paper-r1-7b
-	$(PY) experiments/coding/reproduce.py --preset $(PRESET)
+	$(PY) -m experiments.coding.reproduce --preset $(PRESET)
 
 reproduce-collapse: setup  ## paper Figure 2 and Figure 3 -> results/collapse/
 	$(PY) -m analysis.run_notebook analysis/notebooks/collapse.ipynb --output-dir $(RESULTS)/collapse

@@ -1,4 +1,4 @@
-"""gdpo/reproduce.py: jobs on long-lived workers, skip what is done, name the job that failed."""
+"""experiments/reproduce.py: jobs on long-lived workers, skip what is done, name the job that failed."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gdpo.reproduce import Job, run_jobs
+from experiments.reproduce import Job, run_jobs
 from tests.conftest import REPO, TEST_OVERRIDES
 
 CONFIG = REPO / "experiments/toy/configs/tiny.yaml"
@@ -86,8 +86,8 @@ def test_jobs_train_evaluate_and_are_not_redone(tmp_path, toy_model_dir):
 
 
 def test_evaluation_settings_hold_the_evaluation_options_and_the_config_but_not_logging():
+    from experiments.reproduce import evaluation_settings
     from gdpo.config import TrainConfig, load_config
-    from gdpo.reproduce import evaluation_settings
 
     cfg = load_config(TrainConfig, CONFIG, ["steps=2"])
     settings = evaluation_settings(partial(count_reward_means, fail_on="x"), cfg)
@@ -120,7 +120,7 @@ def test_a_failed_job_is_named(tmp_path, toy_model_dir):
 
 
 def test_benchmarks_without_a_source_are_left_out_of_evaluation_and_tables(capsys):
-    from gdpo.reproduce import available_benchmarks
+    from experiments.reproduce import available_benchmarks
 
     benchmarks = ("math500", "aime24", "amc", "minerva", "olympiad")
     kept = available_benchmarks(
@@ -134,9 +134,9 @@ def test_the_math_reproduction_refuses_a_recipe_it_does_not_reproduce(subprocess
     import subprocess
     import sys
 
-    script = REPO / "experiments/math/reproduce.py"
     out = subprocess.run(
-        [sys.executable, str(script), "--preset", "smollm2-gsm8k"],
+        [sys.executable, "-m", "experiments.math.reproduce", "--preset", "smollm2-gsm8k"],
+        cwd=REPO,
         env=subprocess_env,
         capture_output=True,
         text=True,
@@ -150,7 +150,7 @@ def test_the_math_reproduction_refuses_a_recipe_it_does_not_reproduce(subprocess
 
 
 def test_run_and_result_folders_are_made_absolute(tmp_path, monkeypatch):
-    from gdpo.reproduce import reproduce_parser
+    from experiments.reproduce import reproduce_parser
 
     monkeypatch.chdir(tmp_path)  # the notebook later runs from the repository root, not from here
     args = reproduce_parser("x").parse_args(["--runs", "runs2", "--results", "out"])

@@ -20,7 +20,8 @@ from .conftest import REPO
 def test_pipeline_end_to_end(tmp_path, subprocess_env):
     cmd = [
         sys.executable,
-        str(REPO / "experiments/tool_calling/reproduce.py"),
+        "-m",
+        "experiments.tool_calling.reproduce",
         "--preset",
         "tiny",
         "--seeds",

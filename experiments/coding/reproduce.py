@@ -1,12 +1,12 @@
 """Reproduce the paper's coding experiment (Table 5): train, evaluate, tabulate, plot.
 
-    python experiments/coding/reproduce.py --preset tiny             # what `make reproduce-code` runs
-    python experiments/coding/reproduce.py --preset paper-r1-7b --parallel 1 --source apps=data/apps ...
+    python -m experiments.coding.reproduce --preset tiny             # what `make reproduce-code` runs
+    python -m experiments.coding.reproduce --preset paper-r1-7b --parallel 1 --source apps=data/apps ...
 
 1. Build the starting model once (the tiny model and its warm start are cached and shared by every run).
-2. Train every variant over the seeds on ``--parallel`` worker processes (gdpo/reproduce.py): GRPO and GDPO with
-   two objectives (R_pass + R~_length: folders ``grpo``, ``gdpo``) and three (+ R_bug: ``grpo-3obj``,
-   ``gdpo-3obj``). A finished run is skipped; an interrupted one is resumed.
+2. Train every variant over the seeds on ``--parallel`` worker processes (experiments/reproduce.py): GRPO and
+   GDPO with two objectives (R_pass + R~_length: folders ``grpo``, ``gdpo``) and three (+ R_bug:
+   ``grpo-3obj``, ``gdpo-3obj``). A finished run is skipped; an interrupted one is resumed.
 3. Evaluate the base model and every final model with eval/code_bench.py (Pass, Exceed, Bug in %; programs run
    in gdpo/sandbox.py). The tiny preset uses its synthetic test split (task templates never trained on); the
    paper preset uses Apps, CodeContests, Codeforces and Taco (files or hub names via --source) and HumanEval.
@@ -17,15 +17,11 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from functools import partial
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from gdpo.cli import named_values  # noqa: E402
-from gdpo.reproduce import (  # noqa: E402
+from experiments.reproduce import (
     REPO,
     Job,
     available_benchmarks,
@@ -34,7 +30,8 @@ from gdpo.reproduce import (  # noqa: E402
     reproduce_parser,
     run_and_tabulate,
 )
-from gdpo.runlog import atomic_write_text  # noqa: E402
+from gdpo.cli import named_values
+from gdpo.runlog import atomic_write_text
 
 # variant -> (method, objectives)
 VARIANTS = {"grpo": ("grpo", 2), "gdpo": ("gdpo", 2), "grpo-3obj": ("grpo", 3), "gdpo-3obj": ("gdpo", 3)}

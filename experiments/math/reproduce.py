@@ -1,13 +1,13 @@
 """Reproduce the paper's math experiments: train, evaluate, tabulate, plot.
 
-    python experiments/math/reproduce.py --preset tiny               # what `make reproduce-math` runs
-    python experiments/math/reproduce.py --preset tiny --sweep       # + the w_length sweep (make reproduce-math-sweep)
-    python experiments/math/reproduce.py --preset paper-r1-7b --parallel 1
+    python -m experiments.math.reproduce --preset tiny               # what `make reproduce-math` runs
+    python -m experiments.math.reproduce --preset tiny --sweep       # + the sweep (make reproduce-math-sweep)
+    python -m experiments.math.reproduce --preset paper-r1-7b --parallel 1
 
 1. Build the starting model once (the tiny model and its warm start are cached and shared by every run).
-2. Train every variant over the seeds on ``--parallel`` worker processes (gdpo/reproduce.py): GRPO and GDPO with
-   the length reward R_length (Table 3) and with the correctness-conditioned R~_length (Table 4); with
-   ``--sweep`` also w_length in {0.75, 0.5, 0.25} for all four (Figure 6 / Table 8; 1.0 is the main run).
+2. Train every variant over the seeds on ``--parallel`` worker processes (experiments/reproduce.py): GRPO and
+   GDPO with the length reward R_length (Table 3) and with the correctness-conditioned R~_length (Table 4);
+   with ``--sweep`` also w_length in {0.75, 0.5, 0.25} for all four (Figure 6 / Table 8; 1.0 is the main run).
    Run folders: ``runs/math/<preset>/<variant>/seed<k>``, variants ``grpo``, ``gdpo``, ``grpo-condlen``,
    ``gdpo-condlen`` and ``<variant>-w<weight>``. A finished run is skipped; an interrupted one is resumed.
 3. Evaluate the base model and every final model with eval/math_bench.py (k samples per question at
@@ -21,16 +21,12 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from functools import partial
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from analysis.math import PAPER_BENCHMARKS  # noqa: E402
-from gdpo.cli import named_values  # noqa: E402
-from gdpo.reproduce import (  # noqa: E402
+from analysis.math import PAPER_BENCHMARKS
+from experiments.reproduce import (
     REPO,
     Job,
     available_benchmarks,
@@ -39,7 +35,8 @@ from gdpo.reproduce import (  # noqa: E402
     reproduce_parser,
     run_and_tabulate,
 )
-from gdpo.runlog import atomic_write_text  # noqa: E402
+from gdpo.cli import named_values
+from gdpo.runlog import atomic_write_text
 
 # variant -> (method, conditioned length reward)
 VARIANTS = {

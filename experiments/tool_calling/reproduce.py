@@ -1,12 +1,12 @@
 """Reproduce the paper's tool-calling experiment: train, evaluate, tabulate, plot.
 
-    python experiments/tool_calling/reproduce.py --preset tiny            # what `make reproduce-tool` runs
-    python experiments/tool_calling/reproduce.py --preset paper-qwen2.5-1.5b --parallel 1
+    python -m experiments.tool_calling.reproduce --preset tiny            # what `make reproduce-tool` runs
+    python -m experiments.tool_calling.reproduce --preset paper-qwen2.5-1.5b --parallel 1
 
 1. Build the starting model once (the tiny model and its warm start are cached and shared by every run).
 2. Train every (method, seed): GRPO, GRPO w/o std and GDPO over the seeds, on ``--parallel`` long-lived worker
-   processes with the cores split between them (gdpo/reproduce.py). A finished run is skipped; an interrupted
-   one is resumed. Each worker evaluates a run right after training it, and the base model once: the task's
+   processes with the cores split between them (experiments/reproduce.py). A finished run is skipped; an
+   interrupted one is resumed. Each worker evaluates a run right after training it, and the base model once: the task's
    test split (format ratio, mean correctness; greedy and sampled) and BFCL-v3 (eval/bfcl.py), written to ``<run>/eval/``
    (``<results>/base_eval/`` for the base model).
 4. Execute ``analysis/notebooks/tool_calling.ipynb``: Table 1/2 (Markdown + CSV), Figure 4 and Figure 1b (PNG)
@@ -16,15 +16,12 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from functools import partial
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from gdpo.reproduce import REPO, Job, config_path, prepare_base, reproduce_parser, run_and_tabulate  # noqa: E402
-from gdpo.runlog import atomic_write_text  # noqa: E402
+from experiments.reproduce import REPO, Job, config_path, prepare_base, reproduce_parser, run_and_tabulate
+from gdpo.runlog import atomic_write_text
 
 METHODS = ("grpo", "grpo_no_std", "gdpo")
 # Evaluation sizes per preset (BFCL items per category, test-split prompts); None = everything. The tiny model's

@@ -1,5 +1,5 @@
 """Train and evaluate many runs of one preset on one machine, several at a time: the engine of
-``make reproduce-<task>``.
+``make reproduce-<task>`` (the ``experiments/<task>/reproduce.py`` modules).
 
 Each job trains one (method, seed, ...) run, or only evaluates a model (the base model), and then evaluates
 with the task's own function. Jobs go to ``parallel`` long-lived worker processes, each using
