@@ -143,7 +143,7 @@ def model_shape(cfg: TrainConfig) -> ModelShape:
         return shape_from_hf_config(config, f"{name}/config.json")
     key = ALIASES.get(name, name)
     if key in MODEL_TABLE:
-        return dataclasses.replace(MODEL_TABLE[key], source=f"gdpo.plan's table: {key} config.json")
+        return dataclasses.replace(MODEL_TABLE[key], source="gdpo.plan's table of its hub config.json")
     raise PlanError(
         f"model.name_or_path {name!r} is unknown: not a local folder, not 'tiny' and not in gdpo.plan's "
         f"table ({', '.join(sorted(MODEL_TABLE))})"
@@ -197,7 +197,7 @@ def activation_bytes_per_token_layer(s: ModelShape, dtype_bytes: int, attn: str,
 def default_gpus(config_path: str | None) -> tuple[int, str]:
     """(GPU count, why): 8 for the paper presets (``paper-*.yaml``), else 1."""
     if config_path and Path(config_path).name.startswith("paper-"):
-        return PAPER_GPUS, "default for paper-* presets: one node of 8 GPUs, as the official scripts"
+        return PAPER_GPUS, "default for paper-* presets: one node of 8 GPUs, as in the official GDPO scripts"
     return 1, "default for presets other than paper-*"
 
 
