@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ __all__ = [
     "ground_truth_completion",
     "load_category",
     "messages_for",
+    "tools_of",
     "parse_calls",
     "read_package_jsonl",
     "user_text",
@@ -60,6 +62,7 @@ IRRELEVANCE = ("irrelevance", "live_irrelevance")
 RELEVANCE = ("live_relevance",)
 SINGLE_TURN = AST_CATEGORIES + IRRELEVANCE + RELEVANCE
 REPO = Path(__file__).resolve().parent.parent
+SystemPrompt = Callable[[list[dict]], str]  # tools -> the system turn
 BFCL_PYTHON = Path(os.environ.get("GDPO_BFCL_PYTHON", REPO / ".venv-bfcl" / "bin" / "python"))
 
 
@@ -91,19 +94,25 @@ def load_category(category: str, limit: int | None = None) -> list[dict[str, Any
     return items
 
 
-def messages_for(item: dict, *, compact: bool = False) -> list[dict]:
-    """ToolRL-style chat messages for a single-turn BFCL item."""
-    tools = [
+def tools_of(functions: list[dict]) -> list[dict]:
+    """BFCL function docs as the prompt's tools: name, description, the parameters' properties."""
+    return [
         {
             "name": f["name"],
             "description": f.get("description", ""),
             "parameters": f.get("parameters", {}).get("properties", {}),
         }
-        for f in item["function"]
+        for f in functions
     ]
+
+
+def messages_for(item: dict, system_prompt: SystemPrompt = render_system_prompt) -> list[dict]:
+    """Chat messages for a single-turn BFCL item, in the training prompts' layout: ``system_prompt`` renders the
+    tools (``gdpo.tasks.tool_calling.system_prompt_like`` of a training row gives the run's own), the user turn
+    is the dialogue history."""
     turns = item["question"][0]
     system_extra = "\n".join(t["content"] for t in turns if t["role"] == "system")
-    system = render_system_prompt(tools, compact=compact) + (f"\n\n{system_extra}" if system_extra else "")
+    system = system_prompt(tools_of(item["function"])) + (f"\n\n{system_extra}" if system_extra else "")
     dialogue = [t for t in turns if t["role"] != "system"]
     if len(dialogue) == 1:
         user = render_user_turn(dialogue[0]["content"])
@@ -291,13 +300,16 @@ def generate_and_score(
     categories=SINGLE_TURN + MULTI_TURN,
     *,
     limit: int | None = None,
-    compact: bool = False,
+    system_prompt: SystemPrompt = render_system_prompt,
     batch_prompts: int = 8,
     out_dir: Path | None = None,
     python: Path = BFCL_PYTHON,
     training: TrainingSet | None = None,
 ) -> dict[str, Any]:
     """Answer BFCL items with ``model`` (greedy, through the hf rollout backend), score them, write the files.
+
+    ``system_prompt`` renders an item's tools as the system turn: pass the run's training layout
+    (``gdpo.tasks.tool_calling.system_prompt_like``), so that the model is asked as it was trained.
 
     With ``training`` (the run's training prompts), items whose question the run trained on are left out
     (``eval.decontaminate``; a multi-turn entry by any of its user turns) and counted per category in
@@ -319,9 +331,8 @@ def generate_and_score(
         kept, dropped = decontaminate(loaded, training, user_text)
         (entries if multi else items).extend(kept[:limit])
         decontaminated[category] = len(dropped)
-    completions = respond([(item["id"], messages_for(item, compact=compact)) for item in items])
+    completions = respond([(item["id"], messages_for(item, system_prompt)) for item in items])
     records = score_category(items, completions, python)
-    system_prompt = lambda tools: render_system_prompt(tools, compact=compact)  # noqa: E731
     records += play(entries, respond, system_prompt=system_prompt, python=python)
     summary = summarise(records)
     skipped: dict[str, int] = {}

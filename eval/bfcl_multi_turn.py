@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eval.bfcl import BFCL_PYTHON, MULTI_TURN, REPO, parse_calls, read_package_jsonl
+from eval.bfcl import BFCL_PYTHON, MULTI_TURN, REPO, SystemPrompt, parse_calls, read_package_jsonl, tools_of
 from gdpo.tasks.tool_calling import render_system_prompt
 
 __all__ = [
@@ -70,9 +70,13 @@ def load_multi_turn(category: str, limit: int | None = None) -> list[dict[str, A
     if category not in MULTI_TURN:
         raise ValueError(f"unknown multi-turn category {category!r}; known: {list(MULTI_TURN)}")
     entries = read_package_jsonl(f"bfcl_eval/data/BFCL_v3_{category}.json")[:limit]
-    answers = {a["id"]: a["ground_truth"] for a in read_package_jsonl(f"bfcl_eval/data/possible_answer/BFCL_v3_{category}.json")}
+    answers = {
+        a["id"]: a["ground_truth"]
+        for a in read_package_jsonl(f"bfcl_eval/data/possible_answer/BFCL_v3_{category}.json")
+    }
     docs = {
-        name: read_package_jsonl(f"bfcl_eval/data/multi_turn_func_doc/{file}") for name, file in FUNCTION_DOCS.items()
+        name: read_package_jsonl(f"bfcl_eval/data/multi_turn_func_doc/{file}")
+        for name, file in FUNCTION_DOCS.items()
     }
     for entry in entries:
         if entry["id"] not in answers:
@@ -88,20 +92,14 @@ def load_multi_turn(category: str, limit: int | None = None) -> list[dict[str, A
     return entries
 
 
-def tools_of(functions: Sequence[dict]) -> list[dict]:
-    """BFCL function docs as the prompt's tools: name, description, the parameters' properties."""
-    return [
-        {"name": f["name"], "description": f.get("description", ""), "parameters": f.get("parameters", {}).get("properties", {})}
-        for f in functions
-    ]
-
-
 class BFCLWorker:
     """The BFCL worker (``eval/bfcl_worker.py``) kept running in the BFCL environment, one request at a time."""
 
     def __init__(self, python: Path = BFCL_PYTHON):
         if not Path(python).exists():
-            raise FileNotFoundError(f"no BFCL environment at {python}: run `make setup-bfcl` (or set GDPO_BFCL_PYTHON)")
+            raise FileNotFoundError(
+                f"no BFCL environment at {python}: run `make setup-bfcl` (or set GDPO_BFCL_PYTHON)"
+            )
         self.process = subprocess.Popen(
             [str(python), str(REPO / "eval" / "bfcl_worker.py")],
             stdin=subprocess.PIPE,
@@ -168,7 +166,7 @@ def play(
     entries: Sequence[dict],
     respond: Responder,
     *,
-    system_prompt: Callable[[list[dict]], str] = render_system_prompt,
+    system_prompt: SystemPrompt = render_system_prompt,
     python: Path = BFCL_PYTHON,
 ) -> list[dict]:
     """Play every entry to its end with ``respond`` and score it with BFCL's checker.

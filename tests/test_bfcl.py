@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import pytest
 
@@ -16,6 +17,7 @@ from eval.bfcl import (
     score_category,
     summarise,
 )
+from gdpo.tasks.tool_calling import render_system_prompt
 
 needs_checker = pytest.mark.skipif(
     not BFCL_PYTHON.exists(), reason="BFCL environment missing: make setup-bfcl"
@@ -177,13 +179,14 @@ def test_generate_and_score_with_a_model(tmp_path, toy_policy):
 
     model, tokenizer = toy_policy
     rollout = RolloutConfig(max_new_tokens=8, max_prompt_tokens=500)
+    compact = partial(render_system_prompt, compact=True)
     summary = generate_and_score(
         model,
         tokenizer,
         rollout,
         ["simple", "irrelevance", "multi_turn_base"],
         limit=6,
-        compact=True,
+        system_prompt=compact,
         out_dir=tmp_path,
     )
     records = [json.loads(line) for line in (tmp_path / "outputs.jsonl").read_text().splitlines()]
@@ -202,8 +205,7 @@ def test_generate_and_score_with_a_model(tmp_path, toy_policy):
 
     for category in ("simple", "irrelevance"):
         lengths = [
-            len(encode_prompt(tokenizer, messages_for(i, compact=True)))
-            for i in load_category(category, limit=6)
+            len(encode_prompt(tokenizer, messages_for(i, compact))) for i in load_category(category, limit=6)
         ]
         too_long = [n > 500 for n in lengths]
         assert summary["skipped_prompt_too_long"].get(category, 0) == sum(too_long)

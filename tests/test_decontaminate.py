@@ -48,3 +48,12 @@ def test_whole_words_only_and_nothing_dropped_without_a_training_set():
     part_of_a_word = {"id": "a", "q": "xxxxx longer words here longer words here longer words here"}
     assert decontaminate([part_of_a_word], training, lambda item: item["q"]) == ([part_of_a_word], [])
     assert decontaminate([part_of_a_word], None, lambda item: item["q"]) == ([part_of_a_word], [])
+
+
+def test_on_by_default_for_the_paper_presets_only():
+    from eval.decontaminate import training_set_for
+
+    assert isinstance(training_set_for(ROWS, "paper-r1-7b", None), TrainingSet)
+    assert training_set_for(ROWS, "tiny", None) is None
+    assert training_set_for(ROWS, "paper-r1-7b", False) is None
+    assert ("what is 2 2", None) in training_set_for(ROWS, "tiny", True)

@@ -32,12 +32,20 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from gdpo.data.toolrl import parse_ground_truth_calls, tool_call_lines
 
-__all__ = ["correctness_reward", "format_reward"]
+__all__ = [
+    "correctness_reward",
+    "format_reward",
+    "render_system_prompt",
+    "render_tools",
+    "render_user_turn",
+    "system_prompt_like",
+]
 
 _TAGS = ("<tool_call>", "</tool_call>", "<response>", "</response>")
 _LAYOUTS = {
@@ -153,21 +161,44 @@ _FORMAT = """**Output Format**
 <response> your reply to the user </response>"""
 
 
+def render_tools(tools: list[dict]) -> str:
+    """The numbered tool list of a system turn: name, description, parameters as JSON, per tool."""
+    return "\n".join(
+        f"{i}. Name: {t['name']}\nDescription: {t.get('description', '')}\nParameters: {json.dumps(t.get('parameters', {}))}"
+        for i, t in enumerate(tools, 1)
+    )
+
+
 def render_system_prompt(tools: list[dict], *, compact: bool = False) -> str:
     """The system turn: role, numbered tools (name, description, parameters as JSON), output format.
 
     ``compact`` leaves out the steps and notes sections (the tiny preset's context is short).
     """
-    listed = "\n".join(
-        f"{i}. Name: {t['name']}\nDescription: {t.get('description', '')}\nParameters: {json.dumps(t.get('parameters', {}))}"
-        for i, t in enumerate(tools, 1)
-    )
     parts = [
         "You are a helpful multi-turn dialogue assistant that can use tools.",
-        f"**Available Tools**\n{listed}",
+        f"**Available Tools**\n{render_tools(tools)}",
     ]
     parts += [_FORMAT] if compact else [_STEPS, _FORMAT, _NOTES]
     return "\n\n".join(parts)
+
+
+_TOOL_LIST = re.compile(r"^1\. Name: .*?(?=\n\n\*\*|\Z)", re.DOTALL | re.MULTILINE)
+
+
+def system_prompt_like(system: str) -> Callable[[list[dict]], str]:
+    """A renderer of system turns laid out as ``system``, a training row's system turn: its own text, with its
+    numbered tool list (from "1. Name:" to the next "**" section) replaced by the given tools.
+
+    Evaluation prompts (BFCL) then read exactly as the run's training prompts, whether they came from ToolRL's
+    files (their wording kept verbatim) or from the synthetic task; the tool list is assumed to be laid out as
+    :func:`render_tools` writes it."""
+    match = _TOOL_LIST.search(system)
+    if match is None:
+        raise ValueError(
+            f"a training system prompt without a numbered tool list ('1. Name: ...'): {system[:120]!r}"
+        )
+    head, tail = system[: match.start()], system[match.end() :]
+    return lambda tools: head + render_tools(tools) + tail
 
 
 def render_user_turn(request: str) -> str:
