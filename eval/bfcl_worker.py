@@ -46,7 +46,12 @@ def load_ast_checker():
 def check_ast(item: dict) -> dict:
     try:
         verdict = load_ast_checker()(
-            item["function"], item["model_output"], item["possible_answer"], "Python", item["category"], MODEL_NAME
+            item["function"],
+            item["model_output"],
+            item["possible_answer"],
+            "Python",
+            item["category"],
+            MODEL_NAME,
         )
         return {
             "valid": bool(verdict["valid"]),
@@ -122,7 +127,11 @@ class MultiTurn:
                 request["decoded"], request["ground_truth"], entry, entry["category"], MODEL_NAME
             )
         except Exception as exc:  # as BFCL's runner: a crash on the model's calls fails the entry
-            return {"valid": False, "error_type": "checker_exception", "error": f"{type(exc).__name__}: {exc}"}
+            return {
+                "valid": False,
+                "error_type": "checker_exception",
+                "error": f"{type(exc).__name__}: {exc}",
+            }
         return {
             "valid": bool(verdict["valid"]),
             "error_type": verdict.get("error_type", ""),

@@ -196,6 +196,12 @@ def reproduce_parser(description: str, seeds: Sequence[int] = (0, 1, 2, 3, 4)) -
     absolute = lambda text: Path(text).resolve()  # noqa: E731
     parser.add_argument("--runs", type=absolute, default=REPO / "runs", help="root of the run folders")
     parser.add_argument("--results", type=absolute, default=None, help="default results/<task>/<preset>")
+    parser.add_argument(
+        "--decontaminate",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="leave out benchmark items the run trained on (eval/decontaminate.py); default: on for paper-* presets",
+    )
     parser.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. steps=10")
     return parser
 

@@ -33,15 +33,25 @@ SAMPLES_PER_PROMPT = 2
 
 
 def evaluate_model(
-    model_dir: Path, cfg, out_dir: Path, *, bfcl_limit: int | None, test_limit: int | None
+    model_dir: Path,
+    cfg,
+    out_dir: Path,
+    *,
+    bfcl_limit: int | None,
+    test_limit: int | None,
+    decontaminate: bool | None,
 ) -> dict:
-    """Test-split rewards and BFCL summary of one model, written to ``out_dir``."""
+    """Test-split rewards and BFCL summary of one model, written to ``out_dir``. BFCL items are asked in the run's
+    own training layout; with ``decontaminate`` (default: on for paper presets) the questions the run trained on
+    are left out."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from eval.bfcl import generate_and_score
+    from eval.decontaminate import training_set_for
     from gdpo.evaluate import evaluate, summarise
-    from gdpo.tasks import bool_option, build_task
+    from gdpo.tasks import build_task
+    from gdpo.tasks.tool_calling import system_prompt_like
 
     task = build_task(cfg.task, cfg.data.options, cfg.seed)
 
@@ -58,8 +68,9 @@ def evaluate_model(
         tokenizer,
         cfg.rollout,
         limit=bfcl_limit,
-        compact=bool_option(cfg.data.options.get("compact_prompt", False), "compact_prompt"),
+        system_prompt=system_prompt_like(task.train[0]["messages"][0]["content"]),  # as the run was trained
         out_dir=out_dir / "bfcl",
+        training=training_set_for(task.train, cfg.preset, decontaminate),
     )
     out = {"bfcl": bfcl}
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -92,7 +103,9 @@ def main() -> None:
             run_dir = args.runs / "tool_calling" / args.preset / method / f"seed{seed}"
             overrides = (*args.overrides, f"algorithm.method={method}", f"seed={seed}")
             jobs.append(Job(f"{method}/seed{seed}", overrides, run_dir=run_dir))
-    evaluate = partial(evaluate_model, bfcl_limit=bfcl_limit, test_limit=test_limit)
+    evaluate = partial(
+        evaluate_model, bfcl_limit=bfcl_limit, test_limit=test_limit, decontaminate=args.decontaminate
+    )
     run_and_tabulate(
         config,
         jobs,
