@@ -82,6 +82,18 @@ def test_rewards_exact_values_and_the_length_condition():
     assert executor.sandbox_jobs == 5  # cached: nothing runs twice
 
 
+def test_verdicts_are_kept_by_the_tests_content_not_the_list_object():
+    """The digest of a tests list was kept by the list's id(): a list changed in place kept its old verdicts."""
+    executor = CodeExecutor(timeout_s=1.0)
+    tests = [dict(t) for t in SUM_TESTS]
+    sample = dict(rollout(SUM, 10), tests=tests)
+    assert executor.execute_many([sample])[0].pass_rate == 1.0
+    tests[1]["output"] = "7"  # the same list object, other content
+    assert executor.execute_many([sample])[0].pass_rate == 0.5
+    assert executor.execute_many([dict(sample, tests=[dict(t) for t in tests])])[0].pass_rate == 0.5
+    assert executor.sandbox_jobs == 2  # equal content in another list: judged once
+
+
 def test_two_objectives_and_weights_keep_the_executor():
     executor = CodeExecutor(timeout_s=1.0)
     rewards = coding_rewards(2, executor)

@@ -1,27 +1,13 @@
-"""The script the sandbox runs around a model-written program (``gdpo.execution.judge`` sends its text).
+"""The script the sandbox runs around a model-written program: ``gdpo.execution.judge`` sends this file's text
+followed by one call of an entry point, the run's values as Python literals (``run_call('<token>', ...)``).
+Standard library only; the program stays a string literal until an entry point compiles it.
 
-Never imported by the judge: the judge reads this file's text, appends one call of an entry point with the run's
-values as Python literals (``run_call('<token>', '<program>', ...)``), and the sandbox runs the whole as
-``solution.py`` under its own interpreter, with the standard library only. The program's text stays a string
-literal here and is compiled by the entry point, so nothing of it is ever re-scanned as code of this script.
-
-Entry points, one per test form:
-
-* :func:`run_stdio`: compiles the program (a syntax error is reported on stderr as ``<token> C <name>`` and
-  exits 1) and runs it as ``__main__`` on the sandbox's stdin; its stdout is the answer.
-* :func:`run_call`: loads the program as module ``solution`` and calls ``fn_name(*args)`` per case, each under
-  its own alarm (repeated every 0.1 s, so a program that catches it is still stopped).
-* :func:`run_check`: HumanEval: runs the program, then the test code, then ``check(entry_point)``.
-
-``run_call`` and ``run_check`` send the program's own stdout to /dev/null and write their reports on a copy of
-the original stdout, one line each, ``<token> <fields>``: ``C name`` (does not compile), ``L name`` (raised
-while loading), ``M`` (no such function); per case ``i V json`` (returned this value), ``i E name`` (raised),
-``i T`` (over its time limit), ``i X`` (returned a value JSON cannot encode), and ``H i`` (case i ignored its
-alarm: later cases not run); check: ``P`` / ``F`` (passed / AssertionError) / ``E name``. The judge compares
-values in its own process; only HumanEval's ``check`` verdict is decided here.
-
-Names of this module's globals (``_OUT``, ``_TOKEN``) are visible to a program that inspects its caller's frame:
-the judge's protocol is built so that knowing them does not forge a pass (see ``gdpo.execution.judge``).
+``run_call`` and ``run_check`` send the program's stdout to /dev/null and report on a copy of the original
+stdout, one line each, ``<token> <fields>``: ``C name`` (does not compile), ``L name`` (raised while loading),
+``M`` (no such function); per case ``i V json`` (returned), ``i E name`` (raised), ``i T`` (over its time
+limit), ``i X`` (not JSON), ``H i`` (case i ignored its alarm: later cases not run); HumanEval: ``P`` / ``F`` /
+``E name``. A program that reads ``_OUT`` and ``_TOKEN`` from its caller's frame can write such lines, which
+is why the judge compares the values itself and fails a case reported twice.
 """
 
 import os

@@ -30,8 +30,9 @@ Test forms and how they are judged:
   become lists; floats within 1e-6 relative/1e-9 absolute; booleans only match booleans), or when the expected
   value is a one-element list holding the value (APPS/TACO wrap returns that way). A return value JSON cannot
   encode is a wrong answer.
-* check program ``{"check", "entry_point", "prompt"}`` (HumanEval): the prompt followed by the code
-  (:func:`gdpo.execution.programs.humaneval_program`), then the test code, then ``check(entry_point)``, in one
+* check program ``{"check", "entry_point", "prompt"}`` (HumanEval): the prompt followed by the code (on new
+  lines when the code defines ``entry_point`` itself, so it replaces the prompt's stub and keeps its imports;
+  directly, as the function's body, otherwise), then the test code, then ``check(entry_point)``, in one
   namespace, ``timeout_s`` for the whole run. An ``AssertionError`` from ``check`` is a wrong answer; any other
   exception is a runtime error. This verdict is decided inside the sandbox, as HumanEval's design requires, so
   a program that deliberately introspects the harness could forge it; check programs serve evaluation only,
@@ -52,7 +53,6 @@ from importlib import resources
 from typing import Any
 
 from gdpo import sandbox
-from gdpo.execution.programs import humaneval_program
 
 __all__ = [
     "BUG_STATUSES",
@@ -61,7 +61,6 @@ __all__ = [
     "outputs_match",
     "run_tests",
     "run_tests_many",
-    "test_kind",
     "values_match",
 ]
 
@@ -163,7 +162,7 @@ def values_match(actual: Any, expected: Any) -> bool:
 # --------------------------------------------------------------------------------------------------
 
 
-def test_kind(test: Any, where: str = "test") -> str:
+def _test_kind(test: Any, where: str = "test") -> str:
     """``stdio``, ``call`` or ``check``; a malformed test raises ValueError naming ``where`` and the field."""
     if not isinstance(test, Mapping):
         raise ValueError(f"{where}: a test must be an object, got {type(test).__name__}")
@@ -319,12 +318,19 @@ def _call_case(reports: list[list[str]], test: Mapping, result: sandbox.SandboxR
     return CaseResult("pass" if values_match(value, test["output"]) else "fail")
 
 
+def _humaneval_program(prompt: str, code: str, entry_point: str) -> str:
+    """The prompt then the code on new lines when it defines ``entry_point``, else prompt + code (the body)."""
+    if re.search(rf"^def\s+{re.escape(entry_point)}\s*\(", code, re.MULTILINE):
+        return f"{prompt}\n\n{code}\n"
+    return f"{prompt}{code}\n"
+
+
 _CHECK_STATUS = {"P": "pass", "F": "fail", "C": "compile_error", "L": "runtime_error", "E": "runtime_error"}
 
 
 def _plan_check(program: str, test: Mapping, timeout_s: float) -> tuple[list[_Run], Finish]:
     token = secrets.token_hex(16)
-    full = humaneval_program(test["prompt"], program, test["entry_point"])
+    full = _humaneval_program(test["prompt"], program, test["entry_point"])
     run = _Run(_script("run_check", token, full, test["check"], test["entry_point"]), ("",), timeout_s)
 
     def finish(results: list[list[sandbox.SandboxResult]]) -> list[CaseResult]:
@@ -368,7 +374,7 @@ def _plan(program: str | None, tests: Sequence[Mapping], timeout_s: float) -> _P
     """Stdio tests share one run, call tests one run per function name, check tests one run each."""
     if not tests:
         raise ValueError("a problem needs at least one test")
-    kinds = [test_kind(t, f"test {i}") for i, t in enumerate(tests)]
+    kinds = [_test_kind(t, f"test {i}") for i, t in enumerate(tests)]
     if program is None:
         return _Plan(None, len(tests), ())
     groups = []

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["INSTRUCTION", "PYTHON_TAGS", "code_messages", "extract_program", "humaneval_program"]
+__all__ = ["INSTRUCTION", "code_messages", "extract_program"]
 
 INSTRUCTION = "Answer with a Python program in a ```python block."
-PYTHON_TAGS = frozenset({"python", "py", "python3", "py3"})
+_PYTHON_TAGS = frozenset({"python", "py", "python3", "py3"})
 
 _OPEN = re.compile(r"^([ \t]*)```[ \t]*([^`\n]*)$")
 _CLOSE = re.compile(r"^[ \t]*```[ \t]*$")
@@ -53,16 +53,8 @@ def _fenced_blocks(text: str) -> list[tuple[str, str]]:
 def extract_program(completion: str) -> str | None:
     """The program of a completion (see the module docstring), or None when it has none."""
     blocks = [(tag, body) for tag, body in _fenced_blocks(completion) if body.strip()]
-    for wanted in (lambda t: t in PYTHON_TAGS, lambda t: t == ""):
+    for wanted in (lambda t: t in _PYTHON_TAGS, lambda t: t == ""):
         chosen = [body for tag, body in blocks if wanted(tag)]
         if chosen:
             return chosen[-1]
     return None
-
-
-def humaneval_program(prompt: str, code: str, entry_point: str) -> str:
-    """HumanEval program: the prompt then the code on new lines when the code defines ``entry_point`` itself
-    (it replaces the prompt's stub and keeps its imports), else prompt + code (the code is the body)."""
-    if re.search(rf"^def\s+{re.escape(entry_point)}\s*\(", code, re.MULTILINE):
-        return f"{prompt}\n\n{code}\n"
-    return f"{prompt}{code}\n"
