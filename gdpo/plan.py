@@ -28,19 +28,23 @@ __all__ = [
     "CUDA_CONTEXT_BYTES",
     "LOGIT_FP32_BUFFERS",
     "MODEL_TABLE",
-    "PER_TOKEN_VECTORS",
-    "VLLM_ASLEEP_BYTES",
     "MemoryPlan",
     "ModelShape",
+    "PER_TOKEN_VECTORS",
     "PlanError",
     "Row",
+    "VLLM_ASLEEP_BYTES",
+    "activation_bytes",
     "activation_bytes_per_token_layer",
-    "layer_parameters",
     "default_gpus",
+    "largest_module",
+    "layer_parameters",
+    "logprob_working_set",
     "main",
     "make_plan",
     "model_shape",
     "parameter_count",
+    "rollout_batch_bytes",
     "shape_from_hf_config",
 ]
 
@@ -238,6 +242,99 @@ class MemoryPlan:
         return self.peak <= self.gpu_bytes and not self.problems
 
 
+def _bytes_per_parameter(cfg: TrainConfig) -> tuple[int, int, int]:
+    """(parameter and gradient bytes, optimizer-state bytes, bytes of ``model.dtype``) per parameter.
+
+    DeepSpeed's bf16 mode casts the module to bf16 and keeps fp32 master weights + 2 AdamW moments (12 bytes);
+    fp32 training keeps the 2 moments only.
+    """
+    model_bytes = DTYPE_BYTES[cfg.model.dtype]
+    p_bytes = 2 if cfg.optim.precision == "bf16" else model_bytes
+    return p_bytes, 12 if cfg.optim.precision == "bf16" else 2 * p_bytes, model_bytes
+
+
+def activation_bytes(cfg: TrainConfig, shape: ModelShape, micro: int) -> tuple[int, int]:
+    """(with gradient checkpointing, without) bytes of one micro-batch's activations, padded to
+    ``max_prompt_tokens + max_new_tokens``, plus the padding mask transformers builds for SDPA (bool) or eager
+    attention (model dtype), ``[micro, 1, S, S]``."""
+    p_bytes, attn = _bytes_per_parameter(cfg)[0], cfg.model.attn_implementation
+    seq, h = cfg.rollout.max_prompt_tokens + cfg.rollout.max_new_tokens, shape.hidden_size
+    per_layer = activation_bytes_per_token_layer(shape, p_bytes, attn, seq)
+    outside = 4 * h + p_bytes * h  # the final norm's fp32 input and its output (read by the LM head chunks)
+    mask = 0 if attn == "flash_attention_2" else micro * seq * seq * (p_bytes if attn == "eager" else 1)
+    with_ckpt = micro * seq * (shape.num_layers * p_bytes * h + per_layer + outside) + mask
+    without = micro * seq * (shape.num_layers * per_layer + outside) + mask
+    return with_ckpt, without
+
+
+def logprob_working_set(cfg: TrainConfig, shape: ModelShape, micro: int) -> tuple[int, int]:
+    """(chunk tokens, bytes) of the chunked log-probs of one micro-batch (``gdpo.losses.token_logprobs``): one
+    chunk's logits in the training dtype and ``LOGIT_FP32_BUFFERS`` fp32 ``[chunk, V]`` buffers, plus per
+    completion token ``PER_TOKEN_VECTORS`` fp32 values and its gathered hidden state."""
+    p_bytes = _bytes_per_parameter(cfg)[0]
+    completion_tokens = micro * cfg.rollout.max_new_tokens
+    chunk = min(cfg.optim.logprob_chunk_tokens, completion_tokens)
+    logits = chunk * shape.vocab_size * (p_bytes + 4 * LOGIT_FP32_BUFFERS)
+    return chunk, logits + completion_tokens * (4 * PER_TOKEN_VECTORS + p_bytes * shape.hidden_size)
+
+
+def rollout_batch_bytes(cfg: TrainConfig, layout) -> int:
+    """This GPU's rollouts: ids and attention mask (int64) per position; completion mask, sample log-probs and
+    (when needed) old and reference log-probs per completion token; every round's with dynamic sampling."""
+    a, seq, new = (
+        cfg.algorithm,
+        cfg.rollout.max_prompt_tokens + cfg.rollout.max_new_tokens,
+        cfg.rollout.max_new_tokens,
+    )
+    rounds = max(1, a.max_sampling_rounds) if a.dynamic_sampling != "off" else 1
+    old = layout.sequences_per_rank // layout.sequences_per_mini_batch * a.num_iterations > 1
+    per_row = seq * 16 + new * (1 + 4 + 4 * old + 4 * (a.kl_coef > 0))
+    return rounds * layout.sequences_per_rank * per_row
+
+
+def _vllm_rows(cfg, shape, gpu_gib, sync, notes, problems) -> list[Row]:
+    """The colocated vLLM engine: its budget while generating, an allowance asleep (or all of it awake)."""
+    r, model_bytes = cfg.rollout, DTYPE_BYTES[cfg.model.dtype]
+    seq = r.max_prompt_tokens + r.max_new_tokens
+    weights = parameter_count(shape) * model_bytes
+    if r.vllm_kv_cache_gib > 0:
+        engine = int(weights + r.vllm_kv_cache_gib * GIB)
+        how = f"weights + vllm_kv_cache_gib {r.vllm_kv_cache_gib:g}"
+    else:
+        engine = int(r.vllm_gpu_memory_utilization * gpu_gib * GIB)
+        how = f"gpu_memory_utilization {r.vllm_gpu_memory_utilization:g} x {gpu_gib:g} GiB"
+    kv_cache = max(0, engine - weights)
+    kv_tokens = kv_cache // (2 * shape.num_layers * shape.num_kv_heads * shape.head_dim * model_bytes)
+    notes.append(
+        f"vLLM engine: {how}; weights {weights / GIB:.2f} GiB, KV cache {kv_cache / GIB:.2f} GiB "
+        f"= {kv_tokens:,} tokens (one sequence: {seq:,})"
+    )
+    if kv_tokens < seq:
+        problems.append(
+            f"the vLLM engine's KV cache holds {kv_tokens:,} tokens, less than one sequence of {seq:,} "
+            "(raise rollout.vllm_gpu_memory_utilization or rollout.vllm_kv_cache_gib)"
+        )
+    asleep = VLLM_ASLEEP_BYTES if r.vllm_sleep else engine
+    return [
+        Row("vLLM engine (weights + KV cache)", engine, asleep),
+        Row("ZeRO-3 weight sync buffer", sync, None),
+    ]
+
+
+def _hf_rows(cfg, shape, layout) -> list[Row]:
+    """The policy sampling itself: all of this GPU's rows at once, a KV cache for prompt + completion."""
+    r, p_bytes = cfg.rollout, _bytes_per_parameter(cfg)[0]
+    seq, n_rows = r.max_prompt_tokens + r.max_new_tokens, layout.sequences_per_rank
+    cache = n_rows * seq * 2 * shape.num_layers * shape.num_kv_heads * shape.head_dim * p_bytes
+    logits = n_rows * shape.vocab_size * 4 * 2  # fp32 logits of the last position and their softmax
+    per_layer = activation_bytes_per_token_layer(shape, p_bytes, cfg.model.attn_implementation, seq)
+    prefill = layout.prompts_per_rank * r.max_prompt_tokens * per_layer  # one layer's transient intermediates
+    return [
+        Row("hf generation: KV cache", cache, None),
+        Row("hf generation: logits + prefill", logits + prefill, None),
+    ]
+
+
 def make_plan(cfg: TrainConfig, shape: ModelShape, gpus: int, gpu_gib: float) -> MemoryPlan:
     """The per-GPU memory plan of ``cfg`` on ``gpus`` GPUs of ``gpu_gib`` GiB (see docs/memory-plan.md)."""
     from gdpo.trainer import check_training_settings, plan_layout
@@ -246,7 +343,7 @@ def make_plan(cfg: TrainConfig, shape: ModelShape, gpus: int, gpu_gib: float) ->
         raise PlanError(f"--gpus must be >= 1 (got {gpus})")
     if not gpu_gib > 0:
         raise PlanError(f"--gpu-memory-gib must be > 0 (got {gpu_gib})")
-    o, r, m = cfg.optim, cfg.rollout, cfg.model
+    o, m = cfg.optim, cfg.model
     if o.zero_stage not in (0, 1, 2, 3):
         raise PlanError(f"optim.zero_stage must be 0-3 (got {o.zero_stage})")
     if o.offload_optimizer and o.zero_stage == 0:
@@ -260,85 +357,40 @@ def make_plan(cfg: TrainConfig, shape: ModelShape, gpus: int, gpu_gib: float) ->
         raise PlanError(str(exc)) from None
 
     n_params, stage, world = parameter_count(shape), o.zero_stage, gpus
-    model_bytes = DTYPE_BYTES[m.dtype]  # the reference model and vLLM load in model.dtype
-    p_bytes = 2 if o.precision == "bf16" else model_bytes  # DeepSpeed bf16 casts the module to bf16
-    opt_bytes = 12 if o.precision == "bf16" else 2 * p_bytes  # fp32 master + 2 moments / moments only
+    p_bytes, opt_bytes, model_bytes = _bytes_per_parameter(cfg)
 
-    def share(nbytes: float, from_stage: int) -> int:
-        return int(nbytes // world) if stage >= from_stage else int(nbytes)
+    def share(nbytes: int, from_stage: int) -> int:
+        """Bytes per GPU of a state that ZeRO partitions over the GPUs from stage ``from_stage`` on."""
+        return nbytes // world if stage >= from_stage else nbytes
 
-    params = share(n_params * p_bytes, 3)
-    grads = share(n_params * p_bytes, 2)
+    params, grads = share(n_params * p_bytes, 3), share(n_params * p_bytes, 2)
     optimizer = 0 if o.offload_optimizer else share(n_params * opt_bytes, 1)
-    zero = o.deepspeed_config.get("zero_optimization", {}) if isinstance(o.deepspeed_config, dict) else {}
+    zero = o.deepspeed_config.get("zero_optimization", {})
     bucket_elements = min(int(zero.get("reduce_bucket_size", DEFAULT_REDUCE_BUCKET)), n_params)
     bucket = bucket_elements * p_bytes if stage else None  # gradients are reduced in the training dtype
-    gathered = 2 * largest_module(shape) * p_bytes if stage == 3 and world > 1 else None
-
-    micro, prompt, new = layout.micro_batch_size, r.max_prompt_tokens, r.max_new_tokens
-    seq = prompt + new
-    tokens = micro * seq
-    h = shape.hidden_size
-    per_layer = activation_bytes_per_token_layer(shape, p_bytes, m.attn_implementation, seq)
-    outside = 4 * h + p_bytes * h  # final norm's fp32 input and its output (read by the LM head chunks)
-    # The padding mask transformers builds for SDPA (bool) or eager attention (model dtype), [micro, 1, S, S].
-    mask = 0 if m.attn_implementation == "flash_attention_2" else micro * seq * seq
-    mask *= p_bytes if m.attn_implementation == "eager" else 1
-    act_full = tokens * (shape.num_layers * per_layer + outside) + mask
-    act_ckpt = tokens * (shape.num_layers * p_bytes * h + per_layer + outside) + mask
-    completion_tokens = micro * new
-    chunk = min(o.logprob_chunk_tokens, completion_tokens)
-    logprob = chunk * shape.vocab_size * (p_bytes + 4 * LOGIT_FP32_BUFFERS) + completion_tokens * (
-        4 * PER_TOKEN_VECTORS + p_bytes * h
-    )
-
-    kl = cfg.algorithm.kl_coef > 0
-    reference = share(n_params * model_bytes, 3) if kl else None
-    rounds = cfg.algorithm.max_sampling_rounds if cfg.algorithm.dynamic_sampling != "off" else 1
-    old = layout.sequences_per_rank // layout.sequences_per_mini_batch * cfg.algorithm.num_iterations > 1
-    per_row = seq * 16 + new * (1 + 4 + 4 * old + 4 * kl)  # ids + mask (int64), completion mask, log-probs
-    rollouts = max(1, rounds) * layout.sequences_per_rank * per_row
+    zero3 = stage == 3 and world > 1
+    gathered = 2 * largest_module(shape) * p_bytes if zero3 else None
+    act_ckpt, act_full = activation_bytes(cfg, shape, layout.micro_batch_size)
+    chunk, logprob = logprob_working_set(cfg, shape, layout.micro_batch_size)
+    reference = share(n_params * model_bytes, 3) if cfg.algorithm.kl_coef > 0 else None
+    rollouts = rollout_batch_bytes(cfg, layout)
 
     notes, problems = [], []
-    kv_per_token = 2 * shape.num_layers * shape.num_kv_heads * shape.head_dim * model_bytes
-    if r.backend == "vllm":
-        weights = n_params * model_bytes
-        if r.vllm_kv_cache_gib > 0:
-            engine, kv_cache = int(weights + r.vllm_kv_cache_gib * GIB), int(r.vllm_kv_cache_gib * GIB)
-            how = f"weights + vllm_kv_cache_gib {r.vllm_kv_cache_gib:g}"
-        else:
-            engine = int(r.vllm_gpu_memory_utilization * gpu_gib * GIB)
-            kv_cache = engine - weights
-            how = f"gpu_memory_utilization {r.vllm_gpu_memory_utilization:g} x {gpu_gib:g} GiB"
-        kv_tokens = max(0, kv_cache) // kv_per_token
-        notes.append(
-            f"vLLM engine: {how}; weights {weights / GIB:.2f} GiB, KV cache {max(0, kv_cache) / GIB:.2f} GiB "
-            f"= {kv_tokens:,} tokens (one sequence: {seq:,})"
-        )
-        if kv_tokens < seq:
-            problems.append(
-                f"the vLLM engine's KV cache holds {kv_tokens:,} tokens, less than one sequence of {seq:,} "
-                "(raise rollout.vllm_gpu_memory_utilization or rollout.vllm_kv_cache_gib)"
-            )
-        asleep = VLLM_ASLEEP_BYTES if r.vllm_sleep else engine
-        generation_rows = [Row("vLLM engine (weights + KV cache)", engine, asleep)]
-        sync = largest_module(shape) * p_bytes if stage == 3 and world > 1 else None
-        generation_rows.append(Row("ZeRO-3 weight sync buffer", sync, None))
-        gathered_generating = None
-    else:  # hf: the policy samples itself, all of this rank's rows at once with a KV cache for prompt + new
-        rows = layout.sequences_per_rank
-        cache = rows * seq * kv_per_token
-        logits = rows * shape.vocab_size * 4 * 2  # fp32 logits of the last position and their softmax
-        prefill = layout.prompts_per_rank * prompt * per_layer  # one layer's transient intermediates
-        gathered_generating = gathered  # its forward passes gather as in training
-        generation_rows = [
-            Row("hf generation: KV cache", cache, None),
-            Row("hf generation: logits + prefill", logits + prefill, None),
-        ]
+    if cfg.rollout.backend == "vllm":
+        sync = largest_module(shape) * p_bytes if zero3 else None
+        engine_rows, gathered_generating = _vllm_rows(cfg, shape, gpu_gib, sync, notes, problems), None
+    else:  # the hf policy's forward passes gather as in training
+        engine_rows, gathered_generating = _hf_rows(cfg, shape, layout), gathered
     if o.offload_optimizer:
         notes.append(
             f"host memory for this GPU's optimizer states: {share(n_params * opt_bytes, 1) / GIB:.2f} GiB"
         )
+    seq = cfg.rollout.max_prompt_tokens + cfg.rollout.max_new_tokens
+    notes.insert(
+        0,
+        f"micro-batch {layout.micro_batch_size} x {seq:,} tokens (prompt {cfg.rollout.max_prompt_tokens:,} "
+        f"+ completion {cfg.rollout.max_new_tokens:,})",
+    )
     ckpt = m.gradient_checkpointing
     rows = [
         Row(f"parameters ({n_params:,} x {p_bytes} B{_part(3, stage, world)})", params, params),
@@ -355,17 +407,17 @@ def make_plan(cfg: TrainConfig, shape: ModelShape, gpus: int, gpu_gib: float) ->
         Row(f"activations, no checkpointing{' (not used)' if ckpt else ''}", None, act_full, not ckpt),
         Row(f"log-prob working set (chunk {chunk:,} x vocab {shape.vocab_size:,})", None, logprob),
         Row(f"reference model ({model_bytes} B{_part(3, stage, world)})", reference, reference),
-        Row(
-            f"rollout batch ({layout.sequences_per_rank} rows x {max(1, rounds)} round(s))",
-            rollouts,
-            rollouts,
-        ),
-        *generation_rows,
+        Row(f"rollout batch ({layout.sequences_per_rank} rows{_rounds(cfg)})", rollouts, rollouts),
+        *engine_rows,
         Row("CUDA context and workspaces", CUDA_CONTEXT_BYTES, CUDA_CONTEXT_BYTES),
     ]
-    notes.insert(0, f"micro-batch {micro} x {seq:,} tokens (prompt {prompt:,} + completion {new:,})")
-    rows = [r for r in rows if (r.generation, r.update) != (None, None)]
+    rows = [row for row in rows if (row.generation, row.update) != (None, None)]
     return MemoryPlan(rows, notes, problems, gpu_gib * GIB)
+
+
+def _rounds(cfg: TrainConfig) -> str:
+    a = cfg.algorithm
+    return f" x {max(1, a.max_sampling_rounds)} sampling rounds" if a.dynamic_sampling != "off" else ""
 
 
 def _part(from_stage: int, stage: int, world: int) -> str:

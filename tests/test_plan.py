@@ -17,11 +17,13 @@ from gdpo.plan import (
     GIB,
     MODEL_TABLE,
     VLLM_ASLEEP_BYTES,
+    activation_bytes,
     activation_bytes_per_token_layer,
     main,
     make_plan,
     model_shape,
     parameter_count,
+    rollout_batch_bytes,
     shape_from_hf_config,
 )
 
@@ -194,6 +196,44 @@ def test_gradient_checkpointing_by_hand(small_model):
     assert rows(off)["activations, no checkpointing"] == (None, ACT_FULL)
     assert rows(on)["activations, gradient checkpointing"] == (None, ACT_CKPT)
     assert off.update - on.update == ACT_FULL - ACT_CKPT == 198144
+
+
+def test_eager_attention_keeps_the_s2_terms_by_hand(small_model):
+    cfg = small_cfg(small_model, "model.attn_implementation=eager")
+    per_layer = 512 + 1664 + 4 * 48 * 6  # the softmax in fp32 and bf16 instead of SDPA's output and lse
+    mask = 2 * 48 * 48 * 2  # transformers' additive mask in the model dtype
+    assert activation_bytes(cfg, model_shape(cfg), 2) == (
+        96 * (2 * 2 * 64 + per_layer + 384) + mask,
+        96 * (2 * per_layer + 384) + mask,
+    )
+
+
+def test_rollout_batch_with_old_logprobs_and_dynamic_sampling_by_hand(small_model):
+    from gdpo.trainer import plan_layout
+
+    cfg = small_cfg(
+        small_model,
+        "algorithm.num_iterations=2",  # more than one update: the old log-probs are kept
+        "algorithm.dynamic_sampling=any_component",
+        "algorithm.max_sampling_rounds=3",
+    )
+    # 48 x 16 (ids + mask) + 16 x (1 + 4 + 4), 4 rows per GPU, 3 rounds
+    assert rollout_batch_bytes(cfg, plan_layout(cfg, 2)) == 3 * 4 * (48 * 16 + 16 * 9) == 10944
+
+
+def test_the_tiny_model_is_planned_from_its_settings():
+    cfg = load_config(TrainConfig, REPO / "experiments/math/configs/tiny.yaml")
+    t = cfg.model.tiny
+    built = LlamaConfig(
+        vocab_size=t.vocab_size,
+        hidden_size=t.hidden_size,
+        intermediate_size=t.intermediate_size,
+        num_hidden_layers=t.num_layers,
+        num_attention_heads=t.num_heads,
+        num_key_value_heads=t.num_kv_heads,
+        tie_word_embeddings=True,
+    )  # as gdpo.tiny builds it (its tokenizer has at most vocab_size tokens)
+    assert parameter_count(model_shape(cfg)) == built_count(built)
 
 
 def test_offload_moves_optimizer_states_to_host(small_model):
