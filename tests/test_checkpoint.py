@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import json
 import os
+import random
+import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
-from gdpo.checkpoint import latest_checkpoint, save_checkpoint
+from gdpo.checkpoint import Restored, latest_checkpoint, load_checkpoint, restore_checkpoint, save_checkpoint
 from gdpo.runlog import RunLog, read_jsonl
+
+from .conftest import REPO, TEST_OVERRIDES
 
 
 @pytest.fixture
@@ -74,9 +82,237 @@ def test_rewound_lines_are_synced_in_the_discarded_file_before_they_leave_the_lo
     assert [r["step"] for r in read_jsonl(tmp_path / "metrics.discarded.jsonl")] == [2, 3]
 
 
-def test_latest_naming_a_missing_checkpoint_is_an_error(tmp_path):
+def test_the_manifest_is_written_last_and_lists_every_file(tmp_path, disk_events):
+    final = save_checkpoint(tmp_path, 3, _FakeEngine())
+    staged = tmp_path / ".tmp-step_000003"
+    manifest_written = disk_events.index(("replace", str(staged / "manifest.json")))
+    assert disk_events.index(("replace", str(staged / "trainer_state.json"))) < manifest_written
+    assert manifest_written < disk_events.index(("replace", str(final)))  # then the folder moves into place
+    files = json.loads((final / "manifest.json").read_text())["files"]
+    assert files == {
+        "rng_rank0.pt": {
+            "size": (final / "rng_rank0.pt").stat().st_size,
+            "sha256": _sha256(final / "rng_rank0.pt"),
+        },
+        "state/mp_rank_00_model_states.pt": {"size": 7, "sha256": hashlib.sha256(b"weights").hexdigest()},
+        "trainer_state.json": {"size": 11, "sha256": hashlib.sha256(b'{"step": 3}').hexdigest()},
+    }
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_folder_without_manifest_is_incomplete_and_never_resumed(tmp_path):
     assert latest_checkpoint(tmp_path) is None  # no checkpoint yet: a fresh start
     (tmp_path / "latest").write_text("step_000004")
-    (tmp_path / "step_000004").mkdir()  # without trainer_state.json: incomplete
-    with pytest.raises(FileNotFoundError, match="latest names step_000004, which is missing or incomplete"):
+    (tmp_path / "step_000004").mkdir()
+    (tmp_path / "step_000004/trainer_state.json").write_text('{"step": 4}')
+    with pytest.raises(
+        RuntimeError,
+        match=r"^no intact checkpoint to resume from in .*: step_000004: no manifest\.json \(an interrupted save: "
+        r"incomplete\)$",
+    ):
         latest_checkpoint(tmp_path)
+
+
+# -- A full disk ----------------------------------------------------------------------------------------------
+
+
+class _FullDisk(_FakeEngine):
+    """Fails the way a write to a full disk fails: an OSError, or torch's zip writer's RuntimeError (no errno)."""
+
+    def __init__(self, error):
+        self.error = error
+
+    def save_checkpoint(self, folder, tag, save_latest):
+        super().save_checkpoint(folder, tag, save_latest)
+        raise self.error
+
+
+def test_a_full_disk_is_named_and_the_previous_checkpoint_stays_the_latest(tmp_path):
+    save_checkpoint(tmp_path, 3, _FakeEngine())
+    full = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / ".tmp-step_000006/state/x.pt"))
+    with pytest.raises(OSError) as caught:
+        save_checkpoint(tmp_path, 6, _FullDisk(full))
+    assert caught.value.errno == errno.ENOSPC
+    assert str(caught.value) == (
+        f"[Errno 28] checkpoint of step 6 not saved: no space left on device (ENOSPC) writing "
+        f"{tmp_path}/.tmp-step_000006/state/x.pt; step_000003 stays the latest"
+    )
+    assert not (tmp_path / ".tmp-step_000006").exists()  # its space is given back
+    assert (tmp_path / "latest").read_text() == "step_000003" and latest_checkpoint(
+        tmp_path
+    ) == tmp_path / "step_000003"
+
+
+def test_torchs_write_error_on_a_full_disk_is_named_enospc(tmp_path, monkeypatch):
+    torch_error = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 4480 vs 4372")
+    with pytest.raises(OSError) as caught:  # plenty of space here: a write error, not a full disk
+        save_checkpoint(tmp_path, 2, _FullDisk(torch_error))
+    assert caught.value.errno == errno.EIO and "ENOSPC" not in str(caught.value)
+    assert f"writing {tmp_path}/.tmp-step_000002 failed ([enforce fail" in str(caught.value)
+    real_statvfs = os.statvfs
+
+    def full(path):  # what the file system reports once the disk is full
+        stats = real_statvfs(path)
+        return os.statvfs_result((*stats[:4], 0, *stats[5:]))  # f_bavail = 0
+
+    monkeypatch.setattr(os, "statvfs", full)
+    with pytest.raises(
+        OSError, match=r"no space left on device \(ENOSPC\) writing .*\.tmp-step_000002; no earlier"
+    ):
+        save_checkpoint(tmp_path, 2, _FullDisk(torch_error))
+    assert latest_checkpoint(tmp_path) is None and not list(tmp_path.iterdir())
+
+
+# -- Damaged checkpoints, on a real DeepSpeed engine (the tiny model) -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def engine(toy_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from gdpo.config import TrainConfig, load_config
+    from gdpo.distributed import init_distributed
+    from gdpo.trainer import build_engine, plan_layout
+
+    cfg = load_config(TrainConfig, REPO / "experiments/toy/configs/tiny.yaml", TEST_OVERRIDES)
+    environ = dict(os.environ)
+    started = not torch.distributed.is_initialized()
+    init_distributed(torch.device("cpu"))  # a world of one, in this process
+    model = AutoModelForCausalLM.from_pretrained(toy_model_dir)  # its own copy: training changes it
+    yield build_engine(cfg, model, plan_layout(cfg, 1), 1)
+    if started:  # leave the process as the other test modules expect it: no process group, no RANK
+        torch.distributed.destroy_process_group()
+        os.environ.clear()
+        os.environ.update(environ)
+
+
+def _update(engine) -> None:
+    """One optimizer step on a made-up loss: the weights change."""
+    for _ in range(engine.gradient_accumulation_steps()):
+        logits = engine(torch.arange(8).view(1, -1)).logits
+        engine.backward(logits.float().pow(2).mean())
+        engine.step()
+
+
+def _weights(engine) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in engine.module.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def saved(engine, tmp_path_factory):
+    """Checkpoints of steps 2 and 4 with different weights, the weights, and the draw after each save."""
+    root = tmp_path_factory.mktemp("saved")
+    weights, draws = {}, {}
+    for step in (2, 4):
+        _update(engine)
+        save_checkpoint(root, step, engine)
+        weights[step], draws[step] = _weights(engine), random.random()
+    _update(engine)  # the engine moves on: a resume must bring it back
+    return root, weights, draws
+
+
+def _restored_to(engine, saved, step) -> bool:
+    _, weights, draws = saved
+    now = _weights(engine)
+    assert now.keys() == weights[step].keys()
+    return all(torch.equal(now[k], weights[step][k]) for k in now) and random.random() == draws[step]
+
+
+def _scribble(path: Path) -> None:  # 4 KiB of random bytes in the middle of the file
+    with path.open("r+b") as f:
+        f.seek(path.stat().st_size // 2)
+        f.write(os.urandom(4096))
+
+
+def _truncate(path: Path) -> None:
+    with path.open("r+b") as f:
+        f.truncate(path.stat().st_size // 2)
+
+
+def _unreadable(path: Path) -> None:  # a folder where the file was: open() fails
+    path.unlink()
+    path.mkdir()
+
+
+MODEL = "state/mp_rank_00_model_states.pt"
+DAMAGE = {  # file, how it is spoilt, what the resume says ({size}: the file's size as saved, {half}: half of it)
+    "random bytes": (MODEL, _scribble, "{name} differs from its manifest (sha256 checksum)"),
+    "truncated model": (MODEL, _truncate, "{name} has {half} bytes, its manifest says {size}"),
+    "truncated rng": ("rng_rank0.pt", _truncate, "{name} has {half} bytes, its manifest says {size}"),
+    "missing rng": ("rng_rank0.pt", Path.unlink, "{name} is missing"),
+    "empty state": (
+        "trainer_state.json",
+        lambda p: p.write_text(""),
+        "{name} has 0 bytes, its manifest says 11",
+    ),
+    "unreadable model": (MODEL, _unreadable, "{name} cannot be read (Is a directory)"),
+    "no manifest": ("manifest.json", Path.unlink, "no manifest.json (an interrupted save: incomplete)"),
+    "torn manifest": (
+        "manifest.json",
+        lambda p: p.write_text('{"files": {'),
+        "manifest.json unreadable (JSONDecodeError",
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_damaged_checkpoint_falls_back_to_the_newest_intact_one(damage, engine, saved, tmp_path, capsys):
+    name, spoil, why = DAMAGE[damage]
+    root = tmp_path / "checkpoints"
+    shutil.copytree(saved[0], root)
+    size = (root / "step_000004" / name).stat().st_size
+    spoil(root / "step_000004" / name)
+    assert load_checkpoint(root, engine) == 2
+    assert _restored_to(engine, saved, 2)
+    err = capsys.readouterr().err
+    assert f"checkpoint step_000004 is damaged: {why.format(name=name, size=size, half=size // 2)}" in err
+    assert err.endswith("; resuming from step_000002 instead\n")
+
+
+def test_the_fallback_is_reported_for_metadata(engine, saved, tmp_path, capsys):
+    root = tmp_path / "checkpoints"
+    shutil.copytree(saved[0], root)
+    _scribble(root / "step_000004" / MODEL)
+    restored = restore_checkpoint(root, engine)
+    assert restored == Restored(
+        2, root / "step_000002", {"step_000004": f"{MODEL} differs from its manifest (sha256 checksum)"}
+    )
+    assert capsys.readouterr().err == (
+        f"checkpoint step_000004 is damaged: {MODEL} differs from its manifest (sha256 checksum); "
+        "resuming from step_000002 instead\n"
+    )
+
+
+def test_an_intact_checkpoint_restores_weights_and_random_states(engine, saved, tmp_path):
+    root = tmp_path / "checkpoints"
+    shutil.copytree(saved[0], root)
+    assert restore_checkpoint(root, engine) == Restored(4, root / "step_000004", {})
+    assert _restored_to(engine, saved, 4)
+    assert restore_checkpoint(tmp_path / "none", engine) == Restored(0)  # nothing saved yet: a fresh start
+
+
+def test_with_no_intact_checkpoint_the_resume_stops_naming_each(engine, saved, tmp_path):
+    root = tmp_path / "checkpoints"
+    shutil.copytree(saved[0], root)
+    (root / "step_000004/rng_rank0.pt").unlink()
+    (root / "step_000002/trainer_state.json").write_text("")
+    with pytest.raises(RuntimeError) as caught:
+        load_checkpoint(root, engine)
+    assert str(caught.value) == (
+        f"no intact checkpoint to resume from in {root}: step_000004: rng_rank0.pt is missing; "
+        "step_000002: trainer_state.json has 0 bytes, its manifest says 11"
+    )
+
+
+@pytest.mark.parametrize("keep, left", [(1, ["step_000003"]), (2, ["step_000002", "step_000003"])])
+def test_pruning_after_a_fallback_keeps_the_new_checkpoint(keep, left, engine, saved, tmp_path):
+    root = tmp_path / "checkpoints"
+    shutil.copytree(saved[0], root)
+    _truncate(root / "step_000004" / MODEL)
+    assert load_checkpoint(root, engine) == 2
+    save_checkpoint(root, 3, engine, keep=keep)  # step_000004 (damaged, later) must not outlive it
+    assert sorted(p.name for p in root.iterdir()) == ["latest", *left]
+    assert latest_checkpoint(root) == root / "step_000003"
