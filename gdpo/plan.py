@@ -21,8 +21,12 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gdpo.config import ConfigError, TrainConfig, load_config
+
+if TYPE_CHECKING:  # gdpo.trainer (torch, DeepSpeed glue) is imported only when a plan is made
+    from gdpo.trainer import Layout
 
 __all__ = [
     "CUDA_CONTEXT_BYTES",
@@ -278,14 +282,11 @@ def logprob_working_set(cfg: TrainConfig, shape: ModelShape, micro: int) -> tupl
     return chunk, logits + completion_tokens * (4 * PER_TOKEN_VECTORS + p_bytes * shape.hidden_size)
 
 
-def rollout_batch_bytes(cfg: TrainConfig, layout) -> int:
+def rollout_batch_bytes(cfg: TrainConfig, layout: Layout) -> int:
     """This GPU's rollouts: ids and attention mask (int64) per position; completion mask, sample log-probs and
     (when needed) old and reference log-probs per completion token; every round's with dynamic sampling."""
-    a, seq, new = (
-        cfg.algorithm,
-        cfg.rollout.max_prompt_tokens + cfg.rollout.max_new_tokens,
-        cfg.rollout.max_new_tokens,
-    )
+    a, new = cfg.algorithm, cfg.rollout.max_new_tokens
+    seq = cfg.rollout.max_prompt_tokens + new
     rounds = max(1, a.max_sampling_rounds) if a.dynamic_sampling != "off" else 1
     old = layout.sequences_per_rank // layout.sequences_per_mini_batch * a.num_iterations > 1
     per_row = seq * 16 + new * (1 + 4 + 4 * old + 4 * (a.kl_coef > 0))
@@ -321,7 +322,7 @@ def _vllm_rows(cfg, shape, gpu_gib, sync, notes, problems) -> list[Row]:
     ]
 
 
-def _hf_rows(cfg, shape, layout) -> list[Row]:
+def _hf_rows(cfg: TrainConfig, shape: ModelShape, layout: Layout) -> list[Row]:
     """The policy sampling itself: all of this GPU's rows at once, a KV cache for prompt + completion."""
     r, p_bytes = cfg.rollout, _bytes_per_parameter(cfg)[0]
     seq, n_rows = r.max_prompt_tokens + r.max_new_tokens, layout.sequences_per_rank
