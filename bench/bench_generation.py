@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.bench_advantages import device_name  # noqa: E402
-from bench.bench_trainer import NEW_TOKENS, PROMPTS, ROLLOUTS, _config  # noqa: E402
+from bench.bench_trainer import NEW_TOKENS, PROMPTS, ROLLOUTS, toy_config  # noqa: E402
 
 REPEATS = 5
 
@@ -88,7 +88,7 @@ def main() -> None:
     from gdpo.tasks import build_task
     from gdpo.trainer import load_policy, prepare_model
 
-    cfg = _config(2, "unused")
+    cfg = toy_config(2, "unused")
     task = build_task("toy", {}, 0)
     tokenizer, model = load_policy(cfg, prepare_model(cfg), torch.device("cpu"))
     model.eval()

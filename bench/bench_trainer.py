@@ -37,7 +37,8 @@ PROMPTS, ROLLOUTS, NEW_TOKENS, LR = 8, 8, 64, 1e-5
 PROFILED_STEPS = [3, 4, 5]  # after two warm-up steps
 
 
-def _config(steps: int, run_dir: str, profile_steps: tuple[int, ...] = ()):
+def toy_config(steps: int, run_dir: str, profile_steps: tuple[int, ...] = ()):
+    """The toy task's tiny config at this benchmark's batch shape (bench_generation uses it too)."""
     from gdpo.config import TrainConfig, load_config
 
     return load_config(
@@ -132,10 +133,10 @@ def run_ours(steps: int, profile: bool = False) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         if profile:
-            run_dir = train(_config(max(PROFILED_STEPS), f"{tmp}/run", profile_steps=PROFILED_STEPS))
+            run_dir = train(toy_config(max(PROFILED_STEPS), f"{tmp}/run", profile_steps=PROFILED_STEPS))
             return [json.loads((run_dir / "profile" / f"step{k}.json").read_text()) for k in PROFILED_STEPS]
         with ModelClock().installed() as clock:
-            run_dir = train(_config(steps, f"{tmp}/run"))
+            run_dir = train(toy_config(steps, f"{tmp}/run"))
         rows = read_jsonl(run_dir / "metrics.jsonl")
     if len(clock.steps) != len(rows):
         raise RuntimeError(f"model clock counted {len(clock.steps)} generations for {len(rows)} steps")
@@ -160,7 +161,7 @@ def run_trl(steps: int, profile: bool = False) -> dict:
     from gdpo.trainer import prepare_model
 
     task = build_task("toy", {}, 0)
-    path = prepare_model(_config(steps, "unused"))
+    path = prepare_model(toy_config(steps, "unused"))
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     dataset = Dataset.from_list([{"prompt": row["messages"], "answer": row["answer"]} for row in task.train])
@@ -232,7 +233,7 @@ def run_trl(steps: int, profile: bool = False) -> dict:
     return profiled if profile else timings
 
 
-def _side(side: str, steps: int, profile: bool = False):
+def run_side(side: str, steps: int, profile: bool = False):
     """Run one side in a fresh subprocess (each initialises its own distributed/accelerate state)."""
     env = dict(os.environ, PYTHONPATH=str(REPO), TOKENIZERS_PARALLELISM="false")
     cmd = [sys.executable, __file__, "--side", side, "--steps", str(steps)] + (
@@ -301,9 +302,9 @@ def main() -> None:
     runs = {"ours": [], "trl": []}
     for _ in range(args.repeats):
         for side in runs:
-            runs[side].append(_side(side, args.steps))
+            runs[side].append(run_side(side, args.steps))
     ours, trl = _summary(runs["ours"]), _summary(runs["trl"])
-    profiled = {side: _profile_summary(_side(side, args.steps, profile=True)) for side in runs}
+    profiled = {side: _profile_summary(run_side(side, args.steps, profile=True)) for side in runs}
     ratio = ours["median_step_s"] / trl["median_step_s"]
     floor = profiled["ours"]["median_matmul_s"] / trl["median_step_s"]
     in_model = ours["median_model_s"]["total"] / trl["median_step_s"]

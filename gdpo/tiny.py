@@ -25,7 +25,15 @@ from gdpo.assets import build_folder_once
 from gdpo.config import TinyModelConfig, WarmStartConfig
 from gdpo.rollout import encode_prompt
 
-__all__ = ["CHAT_TEMPLATE", "SPECIAL_TOKENS", "build_tiny_model", "warm_start"]
+__all__ = [
+    "CHAT_TEMPLATE",
+    "SPECIAL_TOKENS",
+    "build_tiny_model",
+    "completion_loss",
+    "pad_batch",
+    "sft_example",
+    "warm_start",
+]
 
 FORMAT_VERSION = 1
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
@@ -130,7 +138,7 @@ def _sft(model_dir: Path, out: Path, demonstrations, cfg: WarmStartConfig, seed:
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    examples = [_sft_example(tokenizer, messages, completion) for messages, completion in demonstrations]
+    examples = [sft_example(tokenizer, messages, completion) for messages, completion in demonstrations]
     gen = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -139,8 +147,8 @@ def _sft(model_dir: Path, out: Path, demonstrations, cfg: WarmStartConfig, seed:
     model.train()
     for _ in range(cfg.steps):
         idx = torch.randint(len(examples), (min(cfg.batch_size, len(examples)),), generator=gen).tolist()
-        input_ids, attention_mask, labels = _pad_batch([examples[i] for i in idx], tokenizer.pad_token_id)
-        loss = _completion_loss(model, input_ids, attention_mask, labels)
+        input_ids, attention_mask, labels = pad_batch([examples[i] for i in idx], tokenizer.pad_token_id)
+        loss = completion_loss(model, input_ids, attention_mask, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -151,7 +159,7 @@ def _sft(model_dir: Path, out: Path, demonstrations, cfg: WarmStartConfig, seed:
     (out / "warm_start.json").write_text(json.dumps({"final_loss": loss.item(), **asdict(cfg)}, indent=2))
 
 
-def _completion_loss(model, input_ids, attention_mask, labels) -> torch.Tensor:
+def completion_loss(model, input_ids, attention_mask, labels) -> torch.Tensor:
     """Next-token cross-entropy on the labelled (completion) positions only.
 
     The LM head runs on those positions alone: prompts are most of the tokens, and their logits are unused.
@@ -163,13 +171,14 @@ def _completion_loss(model, input_ids, attention_mask, labels) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits.float(), targets[keep])
 
 
-def _sft_example(tokenizer, messages: list[dict], completion: str) -> tuple[list[int], list[int]]:
+def sft_example(tokenizer, messages: list[dict], completion: str) -> tuple[list[int], list[int]]:
+    """Token ids of prompt + completion + EOS, and labels that are -100 on the prompt."""
     prompt_ids = encode_prompt(tokenizer, messages)
     completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     return prompt_ids + completion_ids, [-100] * len(prompt_ids) + completion_ids
 
 
-def _pad_batch(examples, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pad_batch(examples, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-pad (SFT only; generation pads left). Returns input ids, attention mask and labels."""
     width = max(len(ids) for ids, _ in examples)
     input_ids = torch.full((len(examples), width), pad_id)

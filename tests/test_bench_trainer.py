@@ -6,7 +6,7 @@ import torch
 
 import gdpo.rollout
 import gdpo.trainer
-from bench.bench_trainer import NEW_TOKENS, ModelClock, _side
+from bench.bench_trainer import NEW_TOKENS, ModelClock, run_side
 
 
 def _patch_points():
@@ -23,7 +23,7 @@ def test_model_clock_patches_only_inside_its_block():
 def test_model_clock_counts_each_steps_forwards_and_backward_and_stays_inside_the_step():
     # In a subprocess, as the benchmark runs it: a training run in the test process would leave its process
     # group (and RANK/MASTER_PORT in the environment) to the tests that launch runs after it.
-    out = _side("ours", 2)
+    out = run_side("ours", 2)
     # Random init: every completion runs to the limit. One prefill, then one forward per new token but the
     # last; the update runs the shared prompt pass and the completion pass, then one backward.
     assert (

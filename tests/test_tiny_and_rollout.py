@@ -127,13 +127,13 @@ def test_shared_prompt_forward_matches_the_full_forward(toy_policy, toy_task):
 
 
 def test_warm_start_loss_is_the_causal_lm_loss(toy_policy, toy_task):
-    from gdpo.tiny import _completion_loss, _pad_batch, _sft_example
+    from gdpo.tiny import completion_loss, pad_batch, sft_example
 
     model, tokenizer = toy_policy
-    examples = [_sft_example(tokenizer, messages, text) for messages, text in toy_task.demonstrations[:5]]
-    input_ids, attention_mask, labels = _pad_batch(examples, tokenizer.pad_token_id)
+    examples = [sft_example(tokenizer, messages, text) for messages, text in toy_task.demonstrations[:5]]
+    input_ids, attention_mask, labels = pad_batch(examples, tokenizer.pad_token_id)
     with torch.no_grad():
-        ours = _completion_loss(model, input_ids, attention_mask, labels)
+        ours = completion_loss(model, input_ids, attention_mask, labels)
         reference = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
     assert ours.item() == pytest.approx(reference.item(), rel=1e-5)
 
