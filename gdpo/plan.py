@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -447,14 +448,15 @@ def render(plan: MemoryPlan, header: list[str]) -> str:
 
 
 def _positive(text: str, flag: str, kind: type):
+    """``text`` as a finite ``kind`` (int or float) > 0, else a ``PlanError`` naming ``flag``."""
     try:
         value = kind(text)
     except ValueError:
         raise PlanError(
             f"{flag} must be a positive {'integer' if kind is int else 'number'} (got {text!r})"
         ) from None
-    if not value > 0 or value != value:
-        raise PlanError(f"{flag} must be > 0 (got {text!r})")
+    if not (value > 0 and math.isfinite(value)):
+        raise PlanError(f"{flag} must be a finite number > 0 (got {text!r})")
     return value
 
 

@@ -326,9 +326,10 @@ def test_overrides_and_the_default_gpu_count_of_other_presets(capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--gpus", "0"], "error: --gpus must be > 0 (got '0')"),
+        (["--gpus", "0"], "error: --gpus must be a finite number > 0 (got '0')"),
         (["--gpus", "two"], "error: --gpus must be a positive integer (got 'two')"),
-        (["--gpu-memory-gib", "-8"], "error: --gpu-memory-gib must be > 0 (got '-8')"),
+        (["--gpu-memory-gib", "-8"], "error: --gpu-memory-gib must be a finite number > 0 (got '-8')"),
+        (["--gpu-memory-gib", "inf"], "error: --gpu-memory-gib must be a finite number > 0 (got 'inf')"),
         (["model.name_or_path=org/unknown-7b"], "error: model.name_or_path 'org/unknown-7b' is unknown"),
         (
             ["--gpus", "3"],
