@@ -1,6 +1,10 @@
 """Command line of the trainer: ``--config`` YAML, dotted overrides, ``--resume``, ``--describe``.
 
 python experiments/toy/train.py --config experiments/toy/configs/tiny.yaml algorithm.method=gdpo seed=3
+
+A user's mistake (a config error: an unknown key, a value out of its bounds, a missing, unreadable or invalid
+file, a malformed override) is one line on stderr and exit code 2, before torch is imported; a traceback means a
+bug of ours.
 """
 
 from __future__ import annotations
@@ -8,8 +12,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Collection, Sequence
+from typing import NoReturn
 
 from gdpo.config import ConfigError, TrainConfig, describe, load_config
+from gdpo.tasks.options import TASK_OPTIONS
 
 __all__ = ["main", "named_values"]
 
@@ -26,17 +32,34 @@ def main(argv: list[str] | None = None, *, task: str | None = None) -> None:
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. algorithm.method=gdpo seed=3")
     args = parser.parse_args(argv)
     if args.describe:
-        print(describe(TrainConfig))
+        print(describe_all())
         return
     overrides = ([f"task={task}"] if task else []) + args.overrides
     try:
         cfg = load_config(TrainConfig, args.config, overrides)
     except ConfigError as exc:
-        sys.exit(f"config error: {exc}")
+        user_error(f"config error: {exc}")
     from gdpo.trainer import train
 
-    run_dir = train(cfg, resume=args.resume)
+    try:
+        run_dir = train(cfg, resume=args.resume)
+    except ConfigError as exc:  # a setting the trainer or a task refuses before training
+        user_error(f"config error: {exc}")
     print(f"run folder: {run_dir}")
+
+
+def user_error(message: str) -> NoReturn:
+    """A user's mistake: ``message`` as one line on stderr, exit code 2."""
+    print(" ".join(str(message).split()), file=sys.stderr)
+    raise SystemExit(2)
+
+
+def describe_all() -> str:
+    """``--describe``: every key of the run config, then the ``data.options`` of each built-in task."""
+    parts = [describe(TrainConfig)]
+    for name, options in TASK_OPTIONS.items():
+        parts.append(f"\n# data.options of task {name!r}\n{describe(options, 'data.options')}")
+    return "\n".join(parts)
 
 
 def named_values(values: Sequence[str], flag: str, names: Collection[str] | None = None) -> dict[str, str]:

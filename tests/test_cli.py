@@ -24,3 +24,49 @@ def test_named_values_name_the_flag_and_the_item(item, message):
     with pytest.raises(SystemExit) as err:
         named_values([item], "--source", ("apps", "taco"))
     assert str(err.value) == message
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["steps=-5"], "config error: steps must be a positive integer, got -5"),
+        (["optim.lr=.inf"], "config error: optim.lr must be a finite number, got inf"),
+        (["algorithm.methd=grpo"], "config error: unknown config key 'algorithm.methd'; known keys under algorithm:"),
+        (["novalue"], "config error: override 'novalue' must look like key.subkey=value"),
+        (["data.options.length_limit=-7"], "config error: data.options.length_limit must be a positive integer, got -7"),
+        (["--config", "missing.yaml"], "config error: config file missing.yaml does not exist"),
+    ],
+)  # fmt: skip
+def test_user_errors_are_one_line_and_exit_code_2(args, message, capsys):
+    from gdpo.cli import main
+
+    with pytest.raises(SystemExit) as err:
+        main(args, task="math")
+    assert err.value.code == 2
+    out = capsys.readouterr()
+    assert out.out == "" and out.err.startswith(message) and out.err.count("\n") == 1
+
+
+def test_config_files_that_cannot_be_read_exit_2(tmp_path, capsys):
+    from gdpo.cli import main
+
+    (tmp_path / "bad.yaml").write_bytes(b"steps: \xff\n")
+    for path, message in [
+        (tmp_path, f"config error: config file {tmp_path} is a directory, not a YAML file\n"),
+        (
+            tmp_path / "bad.yaml",
+            f"config error: {tmp_path / 'bad.yaml'}: not UTF-8 text (byte 0xff at offset 7)\n",
+        ),
+    ]:
+        with pytest.raises(SystemExit) as err:
+            main(["--config", str(path)])
+        assert err.value.code == 2 and capsys.readouterr().err == message
+
+
+def test_describe_lists_the_run_config_and_every_task_option(capsys):
+    from gdpo.cli import main
+
+    main(["--describe"])
+    text = capsys.readouterr().out
+    assert "optim.lr" in text and "# data.options of task 'math'" in text
+    assert "data.options.length_limit" in text and "[a positive integer]" in text

@@ -166,7 +166,7 @@ def test_evaluation_scores_with_the_task_limits():
     "options, message",
     [
         ({"bogus": 1, "other": 2}, r"unknown data.options for task 'coding': \['bogus', 'other'\]"),
-        ({"source": "apps"}, "unknown source 'apps'"),
+        ({"source": "apps"}, "data.options.source must be 'synthetic' or 'eurus', got 'apps'"),
         ({"objectives": 1}, "objectives must be 2 or 3"),
         ({"objectives": 3.9}, "objectives must be 2 or 3"),
         ({"objectives": 2.0}, r"objectives must be 2 or 3, got 2.0"),

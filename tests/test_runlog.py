@@ -124,9 +124,13 @@ def test_saved_config_reads_back_unchanged_under_yaml_1_1_and_1_2(tmp_path):
     cfg = load_config(
         TrainConfig,
         None,
-        [f"rollout.stop={json.dumps(tricky)}", "data.options={path: '1e-6', flag: 'no'}", "task=toy"],
+        [
+            f"rollout.stop={json.dumps(tricky)}",
+            "data.options={source: '1e-6', test_source: 'no'}",
+            "task=tool_calling",
+        ],
     )
-    assert cfg.rollout.stop == tricky and cfg.data.options == {"path": "1e-6", "flag": "no"}
+    assert cfg.rollout.stop == tricky and cfg.data.options == {"source": "1e-6", "test_source": "no"}
     run = RunLog(tmp_path)
     run.write_config(cfg)
     saved = tmp_path / "config.yaml"
@@ -136,5 +140,5 @@ def test_saved_config_reads_back_unchanged_under_yaml_1_1_and_1_2(tmp_path):
     # A config.yaml written the old way (PyYAML's YAML 1.1 dump, '1e5' unquoted) still matches its own settings.
     saved.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     assert "- 1e5" in saved.read_text() and run.config_changes(cfg) == []
-    other = load_config(TrainConfig, None, ["rollout.stop=[x]", "task=toy"])
+    other = load_config(TrainConfig, None, ["rollout.stop=[x]", "task=tool_calling"])
     assert run.config_changes(other) == ["rollout.stop"]  # options only one side has are not compared

@@ -296,25 +296,34 @@ def test_task_from_toolrl_files(toolrl_dir):
     assert task.rewards.names == ("format", "correctness")
 
 
-def test_no_demonstrations_is_allowed_and_the_option_helpers_name_the_bound():
-    from gdpo.tasks import bool_option, number_option, positive_int_option
+def test_no_demonstrations_is_allowed_and_the_options_name_the_bound():
+    from gdpo.tasks.options import task_options
 
     task = build_task("tool_calling", {"num_demonstrations": 0, "train_size": 4, "test_size": 2}, 0)
     assert task.demonstrations == [] and len(task.train) == 4 and len(task.test) == 2
-    assert positive_int_option(0, "n", allow_zero=True) == 0
-    with pytest.raises(ValueError, match=r"data.options.n must be a positive integer, got 0"):
-        positive_int_option(0, "n")
-    with pytest.raises(ValueError, match=r"data.options.x must be >= 2, got 1"):
-        number_option(1, "x", low=2)
-    with pytest.raises(ValueError, match=r"data.options.x must be <= 2, got 3"):
-        number_option(3, "x", high=2)
-    with pytest.raises(ValueError, match=r"data.options.x must be positive, got 0"):
-        number_option(0, "x", positive=True)
-    with pytest.raises(ValueError, match=r"data.options.x must be a finite number, got -inf"):
-        number_option(float("-inf"), "x")
-    assert number_option(2, "x", low=0.0, high=2.0) == 2.0
-    with pytest.raises(ValueError, match=r"data.options.x must be a finite number, got 1000"):
-        number_option(10**400, "x")
-    assert bool_option("False", "b") is False and bool_option(True, "b") is True
-    with pytest.raises(ValueError, match=r"data.options.b must be true or false, got 0"):
-        bool_option(0, "b")
+    assert task_options("tool_calling", {"num_demonstrations": 0}).num_demonstrations == 0
+    bad = [
+        ({"train_size": 0}, "data.options.train_size must be a positive integer, got 0"),
+        (
+            {"num_demonstrations": -1},
+            "data.options.num_demonstrations must be a non-negative integer, got -1",
+        ),
+        ({"demo_format_noise": 1.5}, "data.options.demo_format_noise must be in [0, 1], got 1.5"),
+        (
+            {"demo_content_noise": float("-inf")},
+            "data.options.demo_content_noise must be a finite number, got -inf",
+        ),
+        (
+            {"demo_content_noise": 10**400},
+            "data.options.demo_content_noise must be a finite number, got 1000",
+        ),
+        ({"compact_prompt": 0}, "data.options.compact_prompt must be true or false, got 0"),
+        ({"test_size": "5"}, "data.options.test_size must be a positive integer, got '5'"),
+    ]
+    for options, message in bad:
+        with pytest.raises(ValueError) as err:
+            build_task("tool_calling", options, 0)
+        assert str(err.value).startswith(message)
+    assert task_options("tool_calling", {"demo_format_noise": 1}).demo_format_noise == 1.0
+    assert task_options("tool_calling", {"compact_prompt": "False"}).compact_prompt is False
+    assert task_options("tool_calling", {"compact_prompt": True}).compact_prompt is True

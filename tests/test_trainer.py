@@ -390,11 +390,11 @@ def test_option_combinations_train(name, tmp_path, subprocess_env, toy_model_dir
 @pytest.mark.parametrize(
     "override, field",
     [
-        ("rollout.temperature=0", "rollout.temperature must be > 0"),
+        ("rollout.temperature=0", "rollout.temperature must be positive"),
         ("rollout.top_p=0", r"rollout.top_p must be in \(0, 1\]"),
-        ("rollout.max_new_tokens=0", "rollout.max_new_tokens must be >= 1"),
-        ("logging.keep_checkpoints=0", "logging.keep_checkpoints must be >= 1"),
-        ("optim.mini_batches=0", "optim.mini_batches must be >= 1"),
+        ("rollout.max_new_tokens=0", "rollout.max_new_tokens must be a positive integer"),
+        ("logging.keep_checkpoints=0", "logging.keep_checkpoints must be a positive integer"),
+        ("optim.mini_batches=0", "optim.mini_batches must be a positive integer"),
     ],
 )
 def test_unusable_training_settings_are_errors_naming_the_field(override, field):

@@ -33,7 +33,8 @@ from pathlib import Path
 from gdpo.execution.judge import ExecutionResult, run_tests_many
 from gdpo.execution.programs import code_messages, extract_program
 from gdpo.rewards import RewardComponent, RewardSet
-from gdpo.tasks import Task, number_option, positive_int_option, register_task
+from gdpo.tasks import Task, register_task
+from gdpo.tasks.options import task_options
 
 __all__ = [
     "CodeExecutor",
@@ -177,30 +178,13 @@ def _synthetic_demonstration(rng, row: dict, noise: float) -> str:
     return _fenced(padded_program(rng, template))
 
 
-SOURCE_DEFAULTS = {  # length limit (tokens), timeout per test (s), train / test sizes (None = all)
-    "synthetic": {"length_limit": 44, "timeout_s": 2.0, "num_train": 2000, "num_test": 200},
-    "eurus": {"length_limit": 4000, "timeout_s": 5.0, "num_train": None, "num_test": None},
-}
-
-
 def scoring_limits(options: dict) -> dict:
     """``length_limit`` (tokens), ``timeout_s`` and ``memory_mb`` the task scores with, given its ``data.options``.
 
     The evaluation reads them here too, so that Exceed and Bug measure what training rewarded.
     """
-    source = options.get("source", "synthetic")
-    if source not in SOURCE_DEFAULTS:
-        raise ValueError(f"task 'coding': unknown source {source!r}; known: {sorted(SOURCE_DEFAULTS)}")
-    defaults = SOURCE_DEFAULTS[source]
-    return {
-        "length_limit": positive_int_option(
-            options.get("length_limit", defaults["length_limit"]), "length_limit"
-        ),
-        "timeout_s": number_option(
-            options.get("timeout_s", defaults["timeout_s"]), "timeout_s", positive=True
-        ),
-        "memory_mb": positive_int_option(options.get("memory_mb", 512), "memory_mb"),
-    }
+    opts = task_options("coding", options)
+    return {"length_limit": opts.length_limit, "timeout_s": opts.timeout_s, "memory_mb": opts.memory_mb}
 
 
 def _rows(records: list[dict], length_limit: int) -> list[dict]:
@@ -239,37 +223,19 @@ def _eurus_splits(location: str, num_train, num_test, length_limit: int) -> tupl
 @register_task("coding")
 def build_coding_task(options: dict, seed: int) -> Task:
     """Options: source ("synthetic" | "eurus"), path (eurus: a local folder or a hub name), objectives (2 | 3),
-    length_limit, timeout_s, memory_mb, workers, num_train, num_test, demo_noise, num_demonstrations; the
-    defaults that depend on the source are in SOURCE_DEFAULTS."""
+    length_limit, timeout_s, memory_mb, workers, num_train, num_test, demo_noise, num_demonstrations
+    (gdpo.tasks.options.CodingOptions; the defaults that depend on the source are in CODING_SOURCE_DEFAULTS)."""
     import random
 
     from gdpo.data.code_data import HUB_NAMES
 
-    limits = scoring_limits(options)
-    length_limit, timeout_s, memory_mb = limits["length_limit"], limits["timeout_s"], limits["memory_mb"]
-    for key in limits:
-        options.pop(key, None)
-    source = options.pop("source", "synthetic")
-    defaults = SOURCE_DEFAULTS[source]
-    path = options.pop("path", None)
-    objectives = options.pop("objectives", 2)
-    if type(objectives) is not int or objectives not in (2, 3):
-        raise ValueError(f"data.options.objectives must be 2 or 3, got {objectives!r}")
-    workers = positive_int_option(options.pop("workers", None), "workers", allow_none=True)
-    num_train = positive_int_option(
-        options.pop("num_train", defaults["num_train"]), "num_train", allow_none=True
-    )
-    num_test = positive_int_option(options.pop("num_test", defaults["num_test"]), "num_test", allow_none=True)
-    demo_noise = number_option(options.pop("demo_noise", 0.5), "demo_noise", low=0.0, high=1.0)
-    num_demos = positive_int_option(
-        options.pop("num_demonstrations", 2000), "num_demonstrations", allow_zero=True
-    )
-    if options:
-        raise ValueError(f"unknown data.options for task 'coding': {sorted(options)}")
+    opts = task_options("coding", options)
+    source, path, objectives, workers = opts.source, opts.path, opts.objectives, opts.workers
+    length_limit, timeout_s, memory_mb = opts.length_limit, opts.timeout_s, opts.memory_mb
+    num_train, num_test, demo_noise = opts.num_train, opts.num_test, opts.demo_noise
+    num_demos = opts.num_demonstrations
     if source == "synthetic":
-        if path is not None:
-            raise ValueError("task 'coding': 'path' applies to source 'eurus' only")
-        train, test = _synthetic_splits(int(num_train), int(num_test), length_limit)
+        train, test = _synthetic_splits(num_train, num_test, length_limit)
     else:
         train, test = _eurus_splits(path or HUB_NAMES["eurus"], num_train, num_test, length_limit)
     demos = []

@@ -72,7 +72,8 @@ from typing import Any
 
 from gdpo.data.math_data import last_boxed, render_synthetic_solution
 from gdpo.rewards import RewardComponent, RewardSet
-from gdpo.tasks import Task, bool_option, number_option, positive_int_option, register_task
+from gdpo.tasks import Task, register_task
+from gdpo.tasks.options import task_options
 
 __all__ = [
     "GSM8K_SYSTEM_PROMPT",
@@ -545,9 +546,6 @@ def _solution_demo(rng: random.Random, item: dict, recipe: str, noise: float) ->
     return solution.replace("\\boxed", "") if drop else solution
 
 
-SOURCES = ("synthetic", "gsm8k", "math", "deepscaler")
-
-
 def _load_items(source: str, path: str | None, num_train, num_test) -> tuple[list[dict], list[dict]]:
     from gdpo.data import math_data
 
@@ -569,37 +567,16 @@ def _load_items(source: str, path: str | None, num_train, num_test) -> tuple[lis
 def task_length_limit(options: dict) -> int:
     """The length limit (tokens) the task rewards with, given its ``data.options``: 40 for the synthetic
     source, 4000 otherwise, unless ``length_limit`` is set. The evaluation's Exceed reads it here too."""
-    default = 40 if options.get("source", "synthetic") == "synthetic" else 4000
-    return positive_int_option(options.get("length_limit", default), "length_limit")
+    return task_options("math", options).length_limit
 
 
 @register_task("math")
 def build_math_task(options: dict, seed: int) -> Task:
     """The ``math`` task (see the module docstring for the options)."""
-    source = options.pop("source", "synthetic")
-    if source not in SOURCES:
-        raise ValueError(f"data.options.source must be one of {list(SOURCES)}, got {source!r}")
-    path = options.pop("path", None)
-    if path is not None and source != "deepscaler":
-        raise ValueError(f"data.options.path applies only to source 'deepscaler', not {source!r}")
-    recipe = options.pop("recipe", "boxed")
-    if recipe not in ("boxed", "gsm8k3"):
-        raise ValueError(f"data.options.recipe must be 'boxed' or 'gsm8k3', got {recipe!r}")
-    length_only = {k: options.pop(k) for k in ("conditioned_length", "length_weight") if k in options}
-    if length_only and recipe != "boxed":
-        raise ValueError(f"data.options {sorted(length_only)} apply only to recipe 'boxed'")
-    conditioned = bool_option(length_only.get("conditioned_length", False), "conditioned_length")
-    length_weight = number_option(length_only.get("length_weight", 1.0), "length_weight")
-    length_limit = task_length_limit({"source": source, **options})
-    options.pop("length_limit", None)
-    num_train = positive_int_option(options.pop("num_train", None), "num_train", allow_none=True)
-    num_test = positive_int_option(options.pop("num_test", None), "num_test", allow_none=True)
-    noise = number_option(options.pop("demo_noise", 0.5), "demo_noise", low=0.0, high=1.0)
-    num_demos = positive_int_option(
-        options.pop("num_demonstrations", 2000), "num_demonstrations", allow_zero=True
-    )
-    if options:
-        raise ValueError(f"unknown data.options for task 'math': {sorted(options)}")
+    opts = task_options("math", options)
+    source, path, recipe, length_limit = opts.source, opts.path, opts.recipe, opts.length_limit
+    conditioned, length_weight, noise = opts.conditioned_length, opts.length_weight, opts.demo_noise
+    num_train, num_test, num_demos = opts.num_train, opts.num_test, opts.num_demonstrations
 
     train_items, test_items = _load_items(source, path, num_train, num_test)
     train = [_row(item, recipe, length_limit) for item in train_items]

@@ -267,28 +267,14 @@ def demonstration(rng, truth: str, format_noise: float, content_noise: float) ->
 def _build_tool_calling_task(options: dict, seed: int):
     import random
 
-    from gdpo.tasks import Task, bool_option, number_option, positive_int_option
+    from gdpo.schema import ConfigError
+    from gdpo.tasks import Task
+    from gdpo.tasks.options import task_options
 
-    source = options.pop("source", "synthetic")
-    test_source = options.pop("test_source", None)
-    compact = bool_option(options.pop("compact_prompt", False), "compact_prompt")
-    format_noise = number_option(
-        options.pop("demo_format_noise", 0.6), "demo_format_noise", low=0.0, high=1.0
-    )
-    content_noise = number_option(
-        options.pop("demo_content_noise", 0.3), "demo_content_noise", low=0.0, high=1.0
-    )
-    num_demos = positive_int_option(
-        options.pop("num_demonstrations", 2000), "num_demonstrations", allow_zero=True
-    )
-    train_size = positive_int_option(options.pop("train_size", 2000), "train_size")
-    test_size = positive_int_option(options.pop("test_size", 200), "test_size")
-    if options:
-        raise ValueError(f"unknown data.options for task 'tool_calling': {sorted(options)}")
-    if source == "synthetic" and test_source is not None:
-        raise ValueError(
-            "data.options.test_source needs a ToolRL data.options.source, not the synthetic data"
-        )
+    opts = task_options("tool_calling", options)
+    source, test_source, compact = opts.source, opts.test_source, opts.compact_prompt
+    format_noise, content_noise = opts.demo_format_noise, opts.demo_content_noise
+    num_demos, train_size, test_size = opts.num_demonstrations, opts.train_size, opts.test_size
     if source == "synthetic":
         from gdpo.data.synthetic_tools import generate_split, split_functions
 
@@ -307,7 +293,7 @@ def _build_tool_calling_task(options: dict, seed: int):
         test_source = source if test_source is None and _is_folder(source) else test_source
         if test_source is None or _same_file(source, test_source):
             kind = "a raw ToolRL JSON file" if is_raw_toolrl(source) else "one file"
-            raise ValueError(
+            raise ConfigError(
                 f"data.options.source {source} is {kind}, one split only: as the test set too it "
                 "would be the training set again; set data.options.test_source to a different file, or give "
                 "the folder of the verl parquet files (train.parquet, test.parquet)"

@@ -13,7 +13,8 @@ import random
 import re
 
 from gdpo.rewards import RewardComponent, RewardSet
-from gdpo.tasks import Task, number_option, positive_int_option, register_task
+from gdpo.tasks import Task, register_task
+from gdpo.tasks.options import task_options
 
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _FORMAT = re.compile(r"^<answer>[^<>]*</answer>$")
@@ -45,12 +46,8 @@ def _demonstration(rng: random.Random, a: int, b: int, noise: float) -> str:
 
 @register_task("toy")
 def build_toy_task(options: dict, seed: int) -> Task:
-    noise = number_option(options.pop("demo_noise", 0.5), "demo_noise", low=0.0, high=1.0)
-    num_demos = positive_int_option(
-        options.pop("num_demonstrations", 2000), "num_demonstrations", allow_zero=True
-    )
-    if options:
-        raise ValueError(f"unknown data.options for task 'toy': {sorted(options)}")
+    opts = task_options("toy", options)
+    noise, num_demos = opts.demo_noise, opts.num_demonstrations
     pairs = [(a, b) for a in range(10) for b in range(10)]
     rng = random.Random(1234)  # the split is fixed, independent of the run seed
     rng.shuffle(pairs)
