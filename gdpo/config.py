@@ -126,7 +126,11 @@ class RolloutConfig:
     temperature: float = field_(1.0, help="sampling temperature (also used for training log-probs)", gt=0)
     top_p: float = field_(1.0, help="nucleus sampling threshold (1 = off)", gt=0, le=1)
     max_new_tokens: int = field_(64, help="completion length limit; longer completions are truncated", ge=1)
-    max_prompt_tokens: int = field_(384, help="prompts longer than this are an error", ge=1)
+    max_prompt_tokens: int = field_(
+        384,
+        ge=1,
+        help="prompts longer than this are dropped before training or refused (data.overlong_prompts)",
+    )
     stop: list[str] = field_(
         default_factory=list, help="extra stop strings (the tokenizer's EOS always stops)"
     )
@@ -178,6 +182,14 @@ class AlgorithmConfig:
         ge=1,
         help="dynamic sampling: generation rounds per step at most; then the batch is filled with dropped groups",
     )
+    on_nonfinite: typing.Literal["skip", "stop"] = field_(
+        "skip",
+        help="an update whose loss or gradient is not finite is never applied; skip: log the step and go on "
+        "(stop after max_nonfinite_skips such steps in a row), stop: stop the run at the first",
+    )
+    max_nonfinite_skips: int = field_(
+        3, help="on_nonfinite=skip: the run stops after this many consecutive steps with a skipped update"
+    )
 
 
 @dataclasses.dataclass
@@ -219,6 +231,11 @@ class DataConfig:
     shuffle: bool = field_(True, help="reshuffle the prompts every epoch (seeded)")
     options: dict[str, Any] = field_(
         default_factory=dict, help="task-specific data options (sizes, limits, ...)"
+    )
+    overlong_prompts: typing.Literal["drop", "error"] = field_(
+        "drop",
+        help="training prompts longer than rollout.max_prompt_tokens: drop them (counted in the log and "
+        "metadata.json) or refuse the run",
     )
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 __all__ = [
     "KL_ESTIMATORS",
@@ -25,6 +26,7 @@ __all__ = [
     "entropy_from_logits",
     "kl_penalty",
     "policy_loss",
+    "token_logprobs",
 ]
 
 
@@ -74,6 +76,69 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Per-position entropy of the categorical distribution given by ``logits [..., V]``."""
     logp = torch.log_softmax(logits.float(), -1)
     return -(logp.exp() * logp).sum(-1)
+
+
+# The padding token's logit, as a finite number: exp(-1e9 - max) is exactly 0 in fp32, so the log-softmax of
+# the other tokens is the same as with -inf, and the entropy's p * log p and its gradient stay 0 (not NaN).
+FORBIDDEN_LOGIT = -1e9
+
+
+def token_logprobs(
+    hidden: torch.Tensor,
+    head: Callable[[torch.Tensor], torch.Tensor],
+    targets: torch.Tensor,
+    *,
+    temperature: float,
+    forbidden: int | None,
+    chunk_tokens: int,
+    with_entropy: bool,
+    entropy_grad: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs of ``targets [M]`` (and the entropies of their distributions) from final hidden states
+    ``hidden [M, H]``, with the output ``head`` applied ``chunk_tokens`` tokens at a time.
+
+    Each chunk's logits ``[chunk, V]`` are divided by ``temperature`` in fp32, the ``forbidden`` token (padding,
+    never sampled) gets no probability, and the log-softmax runs over the vocabulary. When a gradient is needed,
+    each chunk runs under activation checkpointing and is recomputed in the backward pass: only the chunk's
+    input hidden states are kept, so the logits in memory are one chunk's (a few ``[chunk, V]`` fp32 buffers:
+    logits, log-probs and their gradients), never ``[M, V]``. ``entropy_grad=False`` gives entropies without a
+    graph (for the logs only).
+    """
+    if chunk_tokens < 1:
+        raise ValueError(f"optim.logprob_chunk_tokens must be >= 1 (got {chunk_tokens})")
+    recompute = torch.is_grad_enabled() and hidden.requires_grad
+    logps, entropies = [], []
+    for start in range(0, hidden.shape[0], chunk_tokens):
+        part = (hidden[start : start + chunk_tokens], targets[start : start + chunk_tokens])
+        options = (head, temperature, forbidden, with_entropy)
+        if recompute:
+            logp, entropy = checkpoint(_chunk_logprobs, *part, *options, use_reentrant=False)
+        else:
+            logp, entropy = _chunk_logprobs(*part, *options)
+        logps.append(logp)
+        entropies.append(entropy if entropy_grad else entropy.detach())
+    if not logps:  # no completion token at all
+        empty = hidden.new_zeros(0, dtype=torch.float32)
+        return empty, empty if with_entropy else None
+    return torch.cat(logps), torch.cat(entropies) if with_entropy else None
+
+
+def _chunk_logits(head, hidden: torch.Tensor, temperature: float, forbidden: int | None) -> torch.Tensor:
+    logits = head(hidden).float() / max(temperature, 1e-6)
+    if forbidden is not None:
+        logits[:, forbidden] = FORBIDDEN_LOGIT
+    return logits
+
+
+def _entropy(logp_all: torch.Tensor) -> torch.Tensor:
+    return -(logp_all.exp() * logp_all).sum(-1)
+
+
+def _chunk_logprobs(hidden, targets, head, temperature, forbidden, with_entropy):
+    """One chunk's (log-probs of its targets, entropies or an empty tensor)."""
+    logp_all = torch.log_softmax(_chunk_logits(head, hidden, temperature, forbidden), -1)
+    logp = logp_all.gather(-1, targets[:, None]).squeeze(-1)
+    return logp, _entropy(logp_all) if with_entropy else logp.new_zeros(0)
 
 
 def _seq_mean_token_mean(values, mask, *, num_tokens, num_sequences, max_tokens):

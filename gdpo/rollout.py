@@ -16,7 +16,7 @@ Backends:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Protocol
 
 import torch
@@ -67,6 +67,37 @@ class Rollouts:
     num_tokens: torch.Tensor
     truncated: torch.Tensor
     sample_logprobs: torch.Tensor
+
+    def to(self, device: torch.device | str) -> Rollouts:
+        """The same rollouts with every tensor on ``device`` (the trainer's one move before the update)."""
+        return replace(
+            self,
+            **{
+                f.name: getattr(self, f.name).to(device, non_blocking=True)
+                for f in fields(self)
+                if isinstance(getattr(self, f.name), torch.Tensor)
+            },
+        )
+
+    def micro_batch(self, rows: slice) -> Rollouts:
+        """Rows ``rows``, without the padding columns that all of them share: the prompt is cut to the longest
+        prompt of these rows (prompts are left-padded), the completion to their longest completion (at least
+        one column). Position ids come from the attention mask, so the model sees the same sequences."""
+        prompt_mask = self.attention_mask[rows, : self.prompt_width]
+        completion_mask = self.completion_mask[rows]
+        width = int(prompt_mask.sum(-1).max()) if prompt_mask.shape[0] else 0
+        length = max(1, int(completion_mask.sum(-1).max()) if completion_mask.shape[0] else 1)
+        columns = slice(self.prompt_width - width, self.prompt_width + length)
+        return Rollouts(
+            input_ids=self.input_ids[rows, columns],
+            attention_mask=self.attention_mask[rows, columns],
+            completion_mask=completion_mask[:, :length],
+            prompt_width=width,
+            completions=self.completions[rows],
+            num_tokens=self.num_tokens[rows],
+            truncated=self.truncated[rows],
+            sample_logprobs=self.sample_logprobs[rows, :length],
+        )
 
 
 def pack_rollouts(
@@ -420,10 +451,19 @@ class VLLMRollout:
     """A vLLM engine colocated with the trainer (one per rank, in-process through ``external_launcher``).
 
     The engine holds its own copy of the weights: ``sync_weights`` pushes the trainer's parameters after every
-    update (gathering ZeRO-3 partitions), and on GPU the engine sleeps during the update when ``vllm_sleep``.
-    Each completion is one request with its own seed (``row_seed``), so rollouts do not depend on the batch
-    layout, as with the ``hf`` backend; the two backends draw different random numbers, so their samples
-    differ for the same seed. Returned log-probs are vLLM's processed (temperature-scaled) log-probs.
+    update (gathering ZeRO-3 partitions). Each completion is one request with its own seed (``row_seed``), so
+    rollouts do not depend on the batch layout, as with the ``hf`` backend; the two backends draw different
+    random numbers, so their samples differ for the same seed. Returned log-probs are vLLM's processed
+    (temperature-scaled) log-probs.
+
+    The engine is driven through ``vllm.LLM``'s public methods only: ``collective_rpc("reload_weights")`` (the
+    worker's in-place reload; with ``external_launcher`` the worker runs in this process, so the weights
+    iterator is handed over, not serialised), ``apply_model``, ``sleep`` / ``wake_up``, ``reset_prefix_cache``.
+
+    Sleep (GPU, ``rollout.vllm_sleep``): ``release`` puts the engine to sleep at level 2, which discards its
+    weights and KV cache. Level 1 would copy every weight to host memory first, for nothing: the next
+    ``sync_weights`` replaces them. ``sync_weights`` wakes the weights, reloads them, then wakes the KV cache;
+    ``generate`` on a released engine that was not synced since is an error.
     """
 
     def __init__(
@@ -437,6 +477,7 @@ class VLLMRollout:
 
         self.tokenizer, self.cfg = tokenizer, cfg
         self.sleep = cfg.vllm_sleep and device.type == "cuda"
+        self.asleep = False  # released (level 2): no weights until the next sync_weights
         kwargs = {
             "model": model_path,
             "dtype": dtype,
@@ -455,22 +496,33 @@ class VLLMRollout:
         self.llm = LLM(**kwargs)
 
     def sync_weights(self, model) -> None:
-        """Reload the trainer's current parameters into the engine, in place (vLLM's ``reload_weights``
+        """Reload the trainer's current parameters into the engine, in place (the worker's ``reload_weights``
         redoes the backend's post-load processing, e.g. the CPU backend's weight repacking).
 
-        ZeRO-3 partitions are gathered one parameter at a time and copied out before release.
+        ZeRO-3 partitions are gathered one parameter at a time and copied out before release. A released
+        engine gets its weight memory back first and its KV cache once the weights are in.
         """
-        if self.sleep:
-            self.llm.wake_up(tags=["weights"])
-        runner = self.llm.llm_engine.model_executor.driver_worker.model_runner
-        runner.reload_weights(weights_iterator=_full_parameters(model), is_checkpoint_format=True)
-        _refresh_tied_lm_head(runner.get_model())
+        if self.asleep:
+            self.llm.wake_up(tags=["weights"])  # memory only: its contents are undefined until the reload
+        self.llm.collective_rpc(
+            "reload_weights",
+            kwargs={"weights_iterator": _full_parameters(model), "is_checkpoint_format": True},
+        )
+        self.llm.apply_model(_refresh_tied_lm_head)
+        if self.asleep:
+            if not self.llm.wake_up(tags=["kv_cache"]):
+                raise RuntimeError(
+                    "the vLLM engine is still partly asleep after waking its weights and KV cache"
+                )
+            self.asleep = False
         self.llm.reset_prefix_cache()
 
     def release(self) -> None:
-        """Free the engine's memory during the policy update (GPU sleep mode)."""
+        """Free the engine's memory during the policy update (GPU sleep mode, level 2: weights and KV cache are
+        discarded, not copied to host memory; ``sync_weights`` reloads the weights)."""
         if self.sleep:
-            self.llm.sleep(level=1)
+            self.llm.sleep(level=2)
+            self.asleep = True
 
     def generate(
         self,
@@ -479,11 +531,13 @@ class VLLMRollout:
         num_rollouts: int,
         greedy: bool = False,
     ) -> Rollouts:
+        if self.asleep:
+            raise RuntimeError(
+                "the vLLM engine discarded its weights in release(): call sync_weights(model) first"
+            )
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        if self.sleep:
-            self.llm.wake_up()
         rows, seeds = expand_rows(prompt_ids, prompt_seeds, num_rollouts)
         # The padding token is never a completion token (as in the hf backend and the trainer's log-probs). A
         # model may list it among its end tokens (Qwen2.5: <|endoftext|>), and vLLM would stop on it and keep it.

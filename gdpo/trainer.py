@@ -21,8 +21,9 @@ from __future__ import annotations
 import math
 import os
 import random
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +34,15 @@ from gdpo.assets import resolve_model
 from gdpo.checkpoint import load_checkpoint, save_checkpoint
 from gdpo.config import TrainConfig, to_dict
 from gdpo.diagnostics import advantage_diagnostics
-from gdpo.distributed import all_gather_cat, all_reduce_sum, barrier, init_distributed
-from gdpo.losses import aggregate, entropy_from_logits, kl_penalty, policy_loss
+from gdpo.distributed import (
+    all_gather_cat,
+    all_reduce_sum,
+    barrier,
+    collective_device,
+    init_distributed,
+    world_size,
+)
+from gdpo.losses import aggregate, kl_penalty, policy_loss, token_logprobs
 from gdpo.profiling import profile_step
 from gdpo.rewards import ScoredBatch
 from gdpo.rollout import Rollouts, encode_prompt, forbidden_token, make_rollout_backend, pack_rollouts
@@ -245,6 +253,29 @@ def build_engine(cfg: TrainConfig, model, layout: Layout, world: int):
     return engine
 
 
+def build_reference(cfg: TrainConfig, model, layout: Layout):
+    """The frozen reference policy for the KL term: the model itself, or under ZeRO-3 an inference-only
+    DeepSpeed engine (no optimizer) that partitions its parameters over the ranks as the policy's are, rather
+    than a full copy on every GPU."""
+    model = model.eval().requires_grad_(False)
+    if cfg.optim.zero_stage != 3:
+        return model
+    import deepspeed
+
+    ds_config = {
+        "train_micro_batch_size_per_gpu": layout.micro_batch_size,
+        "zero_optimization": {"stage": 3},
+        "bf16": {"enabled": cfg.optim.precision == "bf16"},
+        "steps_per_print": 10**9,
+    }
+    zero = merge_config(
+        ds_config["zero_optimization"], cfg.optim.deepspeed_config.get("zero_optimization", {})
+    )
+    zero.pop("offload_optimizer", None)  # there is no optimizer
+    engine, _, _, _ = deepspeed.initialize(model=model, config={**ds_config, "zero_optimization": zero})
+    return engine.eval()
+
+
 def load_policy(cfg: TrainConfig, path: str, device: torch.device):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -276,34 +307,69 @@ def _group_rows(prompt_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return starts.nonzero().squeeze(-1), starts.cumsum(0) - 1
 
 
-def _completion_logits_shared(model, ids, mask, positions, width: int):
-    """Logits predicting the completion tokens, with each distinct prompt run through the model once.
+def unwrap(model):
+    """The Hugging Face model inside a DeepSpeed engine (or the model itself)."""
+    return getattr(model, "module", model)
+
+
+def forward_hidden(model, **inputs):
+    """``(final hidden states [n, L, H], the model's output)`` of one forward pass of ``model``.
+
+    The model runs whole (through a DeepSpeed engine's ``forward`` where there is one, so that ZeRO-3 gathers
+    and releases parameters as in any forward) and is asked for the last position's logits only; the hidden
+    states are the decoder's output, read by a forward hook. That last position's logits are checked against
+    the output head applied to its hidden state: a model that transforms the logits after its head (a logit
+    scale or soft-capping) is refused, since the chunked log-probs apply the head alone.
+    """
+    captured = []
+    decoder = unwrap(model).get_decoder()
+    handle = decoder.register_forward_hook(
+        lambda module, args, out: captured.append(out[0] if isinstance(out, tuple) else out.last_hidden_state)
+    )
+    try:
+        out = model(**inputs, logits_to_keep=1)
+    finally:
+        handle.remove()
+    (hidden,) = captured
+    with torch.no_grad():
+        expected = unwrap(model).get_output_embeddings()(hidden[:, -1:]).float()
+        if not torch.allclose(out.logits.float(), expected, rtol=1e-3, atol=1e-3):
+            raise ValueError(
+                f"{type(unwrap(model)).__name__}'s logits are not its output head applied to its decoder's "
+                "hidden states; the trainer's chunked log-probs do not support this model"
+            )
+    return hidden, out
+
+
+def _completion_hidden_shared(model, ids, mask, positions, width: int):
+    """Hidden states that predict the completion tokens, with each distinct prompt run through the model once.
 
     The prompt pass keeps its KV cache (with gradients); every row then reads its prompt's cache while the
     completions run. Returns None when the model gives no cache (e.g. gradient checkpointing in training).
     """
     first, owner = _group_rows(ids[:, :width])
-    out = model(
+    hidden, out = forward_hidden(
+        model,
         input_ids=ids[first, :width],
         attention_mask=mask[first, :width],
         position_ids=positions[first, :width],
         use_cache=True,
-        logits_to_keep=1,
     )
     cache = out.past_key_values
     if cache is None:
         return None
-    head = out.logits[owner, -1:]  # predicts each row's first completion token
+    head = hidden[owner, -1:]  # predicts each row's first completion token
     if ids.shape[1] - width == 1:
         return head
     cache.batch_select_indices(owner)
-    rest = model(
+    rest, _ = forward_hidden(
+        model,
         input_ids=ids[:, width:-1],
         attention_mask=mask[:, :-1],
         position_ids=positions[:, width:-1],
         past_key_values=cache,
         use_cache=True,
-    ).logits
+    )
     return torch.cat([head, rest], 1)
 
 
@@ -316,33 +382,44 @@ def completion_logprobs(
     with_entropy: bool,
     share_prompt: bool = False,
     entropy_grad: bool = True,
+    chunk_tokens: int = 1024,
 ):
-    """Log-probs ``[n, T]`` of the completion tokens (and their entropies) under ``model``, temperature-scaled."""
-    ids, mask = ro.input_ids[rows], ro.attention_mask[rows]
+    """Log-probs ``[n, T']`` of the completion tokens of ``rows`` (and their entropies) under ``model``,
+    temperature-scaled; 0 on padding.
+
+    The rows are cut to their own longest prompt and completion first (``Rollouts.micro_batch``), so ``T'`` is
+    the longest completion of these rows. The model gives final hidden states; the output head and the
+    log-softmax run over the completion tokens ``chunk_tokens`` at a time (``gdpo.losses.token_logprobs``).
+    """
+    mb = ro.micro_batch(rows)
+    ids, mask, width = mb.input_ids, mb.attention_mask, mb.prompt_width
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    logits = None
+    hidden = None
     if share_prompt:
-        logits = _completion_logits_shared(model, ids, mask, positions, ro.prompt_width)
-    if logits is None:
-        # The LM head runs on the positions that predict completion tokens only.
-        keep = ids.shape[1] - ro.prompt_width + 1
-        logits = model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, logits_to_keep=keep
-        ).logits[:, :-1]
-    logits = logits.float() / max(temperature, 1e-6)
-    if forbidden is not None:
-        logits[..., forbidden] = -torch.inf  # as in sampling: padding is never a completion token
-    completion_mask = ro.completion_mask[rows]
-    targets = ids[:, ro.prompt_width :].masked_fill(~completion_mask, 0)  # padding would gather -inf
-    logp_all = torch.log_softmax(logits, -1)
-    logp = logp_all.gather(-1, targets[..., None]).squeeze(-1).masked_fill(~completion_mask, 0.0)
-    entropy = None
-    if with_entropy and entropy_grad:  # finite logits keep the gradient finite at the forbidden token
-        entropy = entropy_from_logits(logits.masked_fill(torch.isinf(logits), -1e9))
-    elif with_entropy:  # for the logs only: no graph (entr(0) = 0 handles the forbidden token)
-        with torch.no_grad():
-            entropy = torch.special.entr(logp_all.exp()).sum(-1)
-    return logp, entropy
+        hidden = _completion_hidden_shared(model, ids, mask, positions, width)
+    if hidden is None:
+        hidden, _ = forward_hidden(
+            model, input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False
+        )
+        hidden = hidden[:, width - 1 : -1]  # the positions that predict completion tokens
+    completion_mask = mb.completion_mask
+    logp, entropy = token_logprobs(
+        hidden[completion_mask],
+        unwrap(model).get_output_embeddings(),
+        ids[:, width:][completion_mask],
+        temperature=temperature,
+        forbidden=forbidden,
+        chunk_tokens=chunk_tokens,
+        with_entropy=with_entropy,
+        entropy_grad=entropy_grad,
+    )
+    return _spread(completion_mask, logp), _spread(completion_mask, entropy) if entropy is not None else None
+
+
+def _spread(mask: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``values`` of the True positions of ``mask``, in row-major order, as a tensor of ``mask``'s shape."""
+    out = torch.zeros(mask.shape, dtype=values.dtype, device=values.device)
+    return out.masked_scatter(mask, values)
 
 
 def shares_prompt_forward(cfg: TrainConfig, world: int) -> bool:
@@ -362,14 +439,35 @@ def policy_update(
     cfg: TrainConfig,
     layout: Layout,
     forbidden: int | None,
+    guard: NonFiniteGuard | None = None,
 ):
-    """mu passes over the batch, each in mini-batches of micro-batches; returns averaged statistics."""
-    a, world = cfg.algorithm, torch.distributed.get_world_size()
+    """mu passes over the batch, each in mini-batches of micro-batches; returns averaged statistics.
+
+    The rollouts and advantages move to the engine's device first, once: the masks and the old and reference
+    log-probs are then made there. With a ``guard``, an update whose loss (on any rank) or gradients are not
+    finite is skipped; ``nonfinite/skipped`` counts the skipped updates.
+    """
+    a, world = cfg.algorithm, world_size()
+    ro, advantages = ro.to(engine.device), advantages.to(engine.device)
     loss_mask = ro.completion_mask
     if cfg.rollout.mask_truncated:
         loss_mask = loss_mask & ~ro.truncated[:, None]
-    temp, share = cfg.rollout.temperature, shares_prompt_forward(cfg, world)
-    n = advantages.shape[0]
+    n, width = advantages.shape[0], loss_mask.shape[1]
+
+    def logprobs(model, rows: slice, **kwargs):
+        return completion_logprobs(
+            model,
+            ro,
+            rows,
+            cfg.rollout.temperature,
+            forbidden,
+            share_prompt=shares_prompt_forward(cfg, world),
+            chunk_tokens=cfg.optim.logprob_chunk_tokens,
+            **kwargs,
+        )
+
+    def full_width(logp: torch.Tensor) -> torch.Tensor:  # a micro-batch's [n, T'] as [n, T]
+        return torch.nn.functional.pad(logp, (0, width - logp.shape[1]))
 
     def micro_slices(start: int, stop: int) -> list[slice]:
         return [slice(i, i + layout.micro_batch_size) for i in range(start, stop, layout.micro_batch_size)]
@@ -382,17 +480,11 @@ def policy_update(
         # policy's log-probs for the ratio (with one update, the detached current log-probs are the same).
         if updates > 1:
             old_logprobs = torch.cat(
-                [
-                    completion_logprobs(engine, ro, s, temp, forbidden, False, share)[0]
-                    for s in micro_slices(0, n)
-                ]
+                [full_width(logprobs(engine, s, with_entropy=False)[0]) for s in micro_slices(0, n)]
             )
         if a.kl_coef > 0:
             ref_logprobs = torch.cat(
-                [
-                    completion_logprobs(ref_model, ro, s, temp, forbidden, False, share)[0]
-                    for s in micro_slices(0, n)
-                ]
+                [full_width(logprobs(ref_model, s, with_entropy=False)[0]) for s in micro_slices(0, n)]
             )
 
     sums = {
@@ -405,6 +497,7 @@ def policy_update(
     }
     tokens_seen = 0.0
     grad_norms = []
+    skipped, nonfinite_loss = 0, False
     for _ in range(a.num_iterations):
         for start in range(0, n, layout.sequences_per_mini_batch):
             stop = start + layout.sequences_per_mini_batch
@@ -414,36 +507,36 @@ def policy_update(
                 "max_tokens": cfg.rollout.max_new_tokens,
             }
             for rows in micro_slices(start, stop):
-                logp, entropy = completion_logprobs(
-                    engine,
-                    ro,
-                    rows,
-                    temp,
-                    forbidden,
-                    with_entropy=True,
-                    share_prompt=share,
-                    entropy_grad=a.entropy_coef != 0,
-                )
-                old = old_logprobs[rows] if old_logprobs is not None else logp.detach()
+                logp, entropy = logprobs(engine, rows, with_entropy=True, entropy_grad=a.entropy_coef != 0)
+                t = logp.shape[1]  # this micro-batch's longest completion
+                old = old_logprobs[rows, :t] if old_logprobs is not None else logp.detach()
                 pg, clip_low, clip_high = policy_loss(
                     logp, old, advantages[rows], clip_low=a.clip_low, clip_high=a.clip_high
                 )
                 token_loss = pg - a.entropy_coef * entropy
                 kl = (
-                    kl_penalty(logp, ref_logprobs[rows], a.kl_estimator)
+                    kl_penalty(logp, ref_logprobs[rows, :t], a.kl_estimator)
                     if ref_logprobs is not None
                     else torch.zeros_like(logp)
                 )
                 token_loss = token_loss + a.kl_coef * kl
-                mask = loss_mask[rows]
+                mask = loss_mask[rows, :t]
                 loss = aggregate(token_loss, mask, a.loss_agg, **norm)
+                loss_value = loss.item()
+                nonfinite_loss |= not math.isfinite(loss_value)
                 # DeepSpeed averages gradients over ranks; the normalisers already cover all ranks.
                 engine.backward(loss * world, scale_wrt_gas=False)
-                if engine.is_gradient_accumulation_boundary():
+                boundary = engine.is_gradient_accumulation_boundary()
+                if boundary:
                     grad_norms.append(_grad_norm(engine))
+                    if guard is not None:
+                        guard.begin_update(loss_nonfinite=all_reduce_sum(nonfinite_loss) > 0)
+                    nonfinite_loss = False
                 engine.step()
+                if boundary and guard is not None:
+                    skipped += guard.end_update()
                 m = mask.float()
-                sums["loss"] += loss.item()
+                sums["loss"] += loss_value
                 sums["pg_loss"] += aggregate(pg.detach(), mask, a.loss_agg, **norm).item()
                 for key, value in (
                     ("kl", kl),
@@ -460,6 +553,7 @@ def policy_update(
     grad_norms = [g for g in grad_norms if g is not None]
     stats["grad_norm"] = float(np.mean(grad_norms)) if grad_norms else float("nan")
     stats["lr"] = lr
+    stats["nonfinite/skipped"] = skipped
     return stats, all_reduce_sum(tokens_seen) / a.num_iterations
 
 
@@ -476,6 +570,76 @@ def _grad_norm(engine) -> float | None:
         ).item()
     norm = engine.get_global_grad_norm()
     return None if norm is None else float(norm)
+
+
+def all_finite(tensors) -> bool:
+    """Whether every element of every tensor is finite (True for none)."""
+    checks = [torch.isfinite(t).all() for t in tensors]
+    return bool(torch.stack(checks).all()) if checks else True
+
+
+class NonFiniteGuard:
+    """Skips an optimizer update whose loss or gradients are not finite, on every rank alike, and notes an
+    update that made a parameter non-finite.
+
+    It wraps the ``step`` of the optimizer that DeepSpeed drives (``engine.basic_optimizer``): DeepSpeed's
+    ZeRO and bf16 wrappers reduce and clip the gradients, hand them to this optimizer's parameters (the model's
+    own, or fp32 partitions of them) and copy its parameters back into the model afterwards. A skipped inner
+    step leaves the parameters and the Adam states as they were; DeepSpeed's counters (micro-steps, the LR
+    schedule) move on as after any update. Every rank takes the same decision (the flags are summed over
+    ranks). Under ZeRO-3 the inner step runs once per parameter sub-group and each is decided alone: with
+    gradient clipping on, one non-finite gradient makes the global norm, and so every clipped gradient,
+    non-finite, and all sub-groups are skipped.
+
+    The trainer calls ``begin_update`` before ``engine.step()`` at an accumulation boundary and
+    ``end_update`` after it.
+    """
+
+    def __init__(self, optimizer):
+        self.optimizer = optimizer
+        self.corrupted = False  # an applied update left a parameter non-finite (it cannot be undone)
+        self._step = optimizer.step
+        self._loss_nonfinite = self._skipped = False
+        optimizer.step = self._guarded_step
+
+    def _tensors(self, attribute: str) -> list[torch.Tensor]:
+        params = (p for group in self.optimizer.param_groups for p in group["params"])
+        return [t for t in (getattr(p, attribute) for p in params) if t is not None]
+
+    def _guarded_step(self, *args, **kwargs):
+        bad = self._loss_nonfinite or not all_finite(self._tensors("grad"))
+        if all_reduce_sum(bad) > 0:
+            self._skipped = True
+            return None
+        out = self._step(*args, **kwargs)
+        if all_reduce_sum(not all_finite(self._tensors("data"))) > 0:
+            self.corrupted = True
+        return out
+
+    def begin_update(self, loss_nonfinite: bool) -> None:
+        """The coming update: skip it if ``loss_nonfinite`` (decided over all ranks) or its gradients are."""
+        self._loss_nonfinite, self._skipped = loss_nonfinite, False
+
+    def end_update(self) -> int:
+        """1 if the update just made was skipped, else 0."""
+        return int(self._skipped)
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a step's measure of peak GPU memory (nothing to do off CUDA)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: torch.device) -> dict[str, float]:
+    """``memory/peak_gib``: the most GPU memory allocated by tensors since ``reset_peak_memory``, the largest
+    over ranks, in GiB (to compare with the memory plan); empty off CUDA."""
+    if device.type != "cuda":
+        return {}
+    peak = torch.cuda.max_memory_allocated(device) / 2**30
+    if world_size() > 1:
+        peak = all_gather_cat(torch.tensor([peak], device=collective_device())).max().item()
+    return {"memory/peak_gib": peak}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -575,6 +739,48 @@ def sample_groups(
     return ro, [c[2] for c in chosen], scored, metrics
 
 
+def kept_prompts(prompts: list[list[int]], limit: int, mode: str) -> list[int]:
+    """Indices of the prompts of at most ``limit`` tokens; with ``mode="error"`` a longer one is an error."""
+    kept = [i for i, p in enumerate(prompts) if len(p) <= limit]
+    if mode == "error" and len(kept) < len(prompts):
+        first = next(i for i, p in enumerate(prompts) if len(p) > limit)
+        raise ValueError(
+            f"train prompt {first} has {len(prompts[first])} tokens > rollout.max_prompt_tokens={limit} "
+            f"({len(prompts) - len(kept)} such prompts; data.overlong_prompts=drop leaves them out)"
+        )
+    if not kept:
+        raise ValueError(f"every training prompt is longer than rollout.max_prompt_tokens={limit}")
+    return kept
+
+
+def check_finite_step(cfg: TrainConfig, step: int, stats: dict, consecutive: int, corrupted: bool, rank: int):
+    """Stop the run (before any checkpoint of the step) where ``algorithm.on_nonfinite`` says so.
+
+    ``consecutive`` counts the steps in a row, this one included, with a skipped update. An applied update
+    that left a parameter non-finite always stops the run: the model cannot be restored without a copy.
+    """
+    a = cfg.algorithm
+    if corrupted:
+        raise RuntimeError(
+            f"step {step}: an update made the policy's parameters non-finite; stopped before any checkpoint of "
+            "them (the last checkpoint holds the previous parameters)"
+        )
+    skipped = stats["nonfinite/skipped"]
+    if not skipped:
+        return
+    what = (
+        f"step {step}: {skipped} update(s) skipped for a non-finite loss or gradient (loss {stats['loss']})"
+    )
+    if a.on_nonfinite == "stop":
+        raise RuntimeError(f"{what}; algorithm.on_nonfinite=stop")
+    if consecutive >= a.max_nonfinite_skips:
+        raise RuntimeError(
+            f"{what}; {consecutive} steps in a row, algorithm.max_nonfinite_skips={a.max_nonfinite_skips}"
+        )
+    if rank == 0:
+        print(f"warning: {what}; its rewards and advantages are in metrics.jsonl", file=sys.stderr)
+
+
 # --------------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------------
@@ -606,8 +812,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, task: Task | None = None) -
     tokenizer, model = load_policy(cfg, model_path, device)
     ref_model = None
     if cfg.algorithm.kl_coef > 0:
-        ref_model = load_policy(cfg, model_path, device)[1].eval().requires_grad_(False)
+        ref_model = build_reference(cfg, load_policy(cfg, model_path, device)[1], layout)
     engine = build_engine(cfg, model, layout, world)
+    guard = NonFiniteGuard(engine.basic_optimizer)
     rewards = task.rewards.with_weights(cfg.algorithm.reward_weights)
     backend = make_rollout_backend(
         cfg.rollout,
@@ -619,11 +826,16 @@ def train(cfg: TrainConfig, *, resume: bool = False, task: Task | None = None) -
         synced=cfg.optim.zero_stage == 3 and world > 1,  # ZeRO-3's forward is a collective
     )
     prompts = [encode_prompt(tokenizer, row["messages"]) for row in task.train]
-    too_long = [i for i, p in enumerate(prompts) if len(p) > cfg.rollout.max_prompt_tokens]
-    if too_long:
-        raise ValueError(
-            f"train prompt {too_long[0]} has {len(prompts[too_long[0]])} tokens > rollout.max_prompt_tokens"
-        )
+    kept = kept_prompts(prompts, cfg.rollout.max_prompt_tokens, cfg.data.overlong_prompts)
+    overlong = len(prompts) - len(kept)
+    if overlong:
+        prompts = [prompts[i] for i in kept]
+        task = replace(task, train=[task.train[i] for i in kept])
+        if rank == 0:
+            print(
+                f"dropped {overlong} of {overlong + len(kept)} training prompts longer than "
+                f"rollout.max_prompt_tokens={cfg.rollout.max_prompt_tokens} (data.overlong_prompts=drop)"
+            )
 
     start = 0
     if resume:
@@ -635,10 +847,18 @@ def train(cfg: TrainConfig, *, resume: bool = False, task: Task | None = None) -
     run.add_writers(
         tensorboard=cfg.logging.tensorboard, wandb=cfg.logging.wandb, name=str(run.dir), config=to_dict(cfg)
     )
-    run.write_metadata(device=str(device), world_size=world, model_path=model_path, resumed_from_step=start)
+    run.write_metadata(
+        device=str(device),
+        world_size=world,
+        model_path=model_path,
+        resumed_from_step=start,
+        overlong_prompts_dropped=overlong,
+    )
 
     progress = _progress(cfg, start, rank)
+    nonfinite_steps = 0  # consecutive steps with a skipped update
     for step in range(start + 1, cfg.steps + 1):
+        reset_peak_memory(device)
         profiled = rank == 0 and step in cfg.logging.profile_steps
         with profile_step(run.dir / "profile" if profiled else None, step, device):
             t0 = time.perf_counter()
@@ -668,7 +888,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, task: Task | None = None) -
 
             with torch.profiler.record_function("update"):
                 stats, train_tokens = policy_update(
-                    engine, ref_model, ro, local_adv, cfg, layout, forbidden_token(tokenizer)
+                    engine, ref_model, ro, local_adv, cfg, layout, forbidden_token(tokenizer), guard
                 )
             t3 = time.perf_counter()
 
@@ -692,8 +912,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, task: Task | None = None) -
             "throughput/rollout_tokens_per_s": all_lengths.sum().item()
             / max(t1 - t0 - sampling["time/score_s"], 1e-9),
             "throughput/train_tokens_per_s": train_tokens * a.num_iterations / max(t3 - t2, 1e-9),
+            **peak_memory(device),
         }
         run.log_metrics(step, metrics)
+        nonfinite_steps = nonfinite_steps + 1 if stats["nonfinite/skipped"] else 0
+        check_finite_step(cfg, step, stats, nonfinite_steps, guard.corrupted, rank)
         if cfg.logging.dump_rollouts:
             run.log_rollouts(step, all_rewards, adv, all_lengths)
         if cfg.logging.sample_every and step % cfg.logging.sample_every == 0:
