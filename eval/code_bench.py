@@ -3,7 +3,8 @@
     python -m eval.code_bench --model M --benchmarks humaneval,apps --source apps=data/apps --out runs/eval/code
 
 Generation goes through the project's hf rollout backend (as ``gdpo.evaluate``), ``--samples`` k completions per
-item; every program is judged by ``gdpo.execution.judge`` (run in ``gdpo.sandbox``, all runs of a benchmark in
+item, sampled as the math benchmarks are (``eval.decoding``: temperature 0.6, top_p 0.95, k = 16; the paper states
+no decoding for coding, this is our reading); every program is judged by ``gdpo.execution.judge`` (run in ``gdpo.sandbox``, all runs of a benchmark in
 one parallel pool). The paper defines none of its metrics (docs/paper-notes.md §8.3); ours, in %:
 
 * **Pass**: share of items whose response passes all tests, averaged over the k samples (pass@1 estimated
@@ -37,6 +38,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from eval.decoding import PAPER_SAMPLES, PAPER_TEMPERATURE, PAPER_TOP_P
 from gdpo.data import code_data
 from gdpo.execution.judge import run_tests_many
 from gdpo.execution.programs import code_messages, extract_program
@@ -259,10 +261,12 @@ def main(argv: list[str] | None = None) -> None:
         "--out", type=Path, required=True, help="folder for <benchmark>.jsonl and summary.json"
     )
     parser.add_argument("--limit", type=int, help="first N items of each benchmark")
-    parser.add_argument("--samples", type=int, default=1, help="k responses per item")
+    parser.add_argument(
+        "--samples", type=int, default=PAPER_SAMPLES, help="k responses per item (paper protocol: 16)"
+    )
     parser.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
-    parser.add_argument("--temperature", type=float, default=0.6)
-    parser.add_argument("--top-p", type=float, default=0.95)
+    parser.add_argument("--temperature", type=float, default=PAPER_TEMPERATURE)
+    parser.add_argument("--top-p", type=float, default=PAPER_TOP_P)
     parser.add_argument("--max-new-tokens", type=int, default=4096)
     parser.add_argument("--max-prompt-tokens", type=int, default=2048)
     parser.add_argument("--length-limit", type=int, default=4000, help="Exceed threshold in tokens")

@@ -17,7 +17,7 @@ import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-__all__ = ["MIN_CHARS", "TrainingSet", "decontaminate", "normalise", "training_set_for"]
+__all__ = ["MIN_CHARS", "TrainingSet", "decontaminate", "decontamination_wanted", "normalise"]
 
 MIN_CHARS = 40
 _NOT_WORD = re.compile(r"[\W_]+")
@@ -67,9 +67,7 @@ def decontaminate(
     return kept, dropped
 
 
-def training_set_for(rows: Iterable[dict[str, Any]], preset: str, wanted: bool | None) -> TrainingSet | None:
-    """The training set to decontaminate against, or None: ``wanted`` (a reproduction's ``--decontaminate``),
-    by default on for the paper presets (``paper-*``) and off for the others, whose benchmarks are synthetic."""
-    if wanted is None:
-        wanted = preset.startswith("paper-")
-    return TrainingSet(rows) if wanted else None
+def decontamination_wanted(preset: str, flag: bool | None) -> bool:
+    """A reproduction's ``--decontaminate`` flag, by default on for the paper presets (``paper-*``) and off for
+    the others, whose benchmarks are synthetic."""
+    return preset.startswith("paper-") if flag is None else flag

@@ -3,7 +3,7 @@
     python -m eval.math_bench --model M --benchmarks math500,aime24 --k 16 --out-dir results/math
     python -m eval.math_bench --model M --benchmarks amc,olympiad --data amc=amc.json --data olympiad=ob.json
 
-Protocol (docs/paper-notes.md §8.2): temperature 0.6, top_p 0.95, k = 16 samples; Acc = pass@1 averaged over
+Protocol (docs/paper-notes.md §8.2; ``eval.decoding``): temperature 0.6, top_p 0.95, k = 16 samples; Acc = pass@1 averaged over
 the samples, then over the questions; Exceed = % of all responses longer than the length limit (4,000 tokens;
 40 for the tiny ``synthetic`` benchmark). What the paper leaves open and we decide:
 
@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from eval.decoding import PAPER_TEMPERATURE, PAPER_TOP_P, paper_rollout_config
 from eval.decontaminate import TrainingSet, decontaminate
 from gdpo.data import math_data
 from gdpo.tasks.math import boxed_messages, correctness_reward
@@ -43,7 +44,6 @@ __all__ = [
     "BENCHMARKS",
     "DEFAULT_LENGTH_LIMIT",
     "load_benchmark",
-    "paper_rollout_config",
     "run_benchmark",
     "score_samples",
 ]
@@ -138,15 +138,6 @@ def score_samples(
     return {"summary": summary, "records": records}
 
 
-def paper_rollout_config(max_new_tokens: int = 32768, max_prompt_tokens: int = 2048):
-    """The paper's evaluation sampling: temperature 0.6, top_p 0.95 (max 32k new tokens)."""
-    from gdpo.config import RolloutConfig
-
-    return RolloutConfig(
-        temperature=0.6, top_p=0.95, max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens
-    )
-
-
 def _write(out_dir: Path, name: str, scored: dict[str, Any]) -> None:
     folder = Path(out_dir) / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -223,8 +214,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--length-limit", type=int, help="Exceed threshold in tokens (default 4000; synthetic 40)"
     )
-    parser.add_argument("--temperature", type=float, default=0.6)
-    parser.add_argument("--top-p", type=float, default=0.95)
+    parser.add_argument("--temperature", type=float, default=PAPER_TEMPERATURE)
+    parser.add_argument("--top-p", type=float, default=PAPER_TOP_P)
     parser.add_argument("--max-new-tokens", type=int, default=32768)
     parser.add_argument("--max-prompt-tokens", type=int, default=2048)
     parser.add_argument("--batch-prompts", type=int, default=4)

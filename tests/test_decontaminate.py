@@ -51,9 +51,7 @@ def test_whole_words_only_and_nothing_dropped_without_a_training_set():
 
 
 def test_on_by_default_for_the_paper_presets_only():
-    from eval.decontaminate import training_set_for
+    from eval.decontaminate import decontamination_wanted
 
-    assert isinstance(training_set_for(ROWS, "paper-r1-7b", None), TrainingSet)
-    assert training_set_for(ROWS, "tiny", None) is None
-    assert training_set_for(ROWS, "paper-r1-7b", False) is None
-    assert ("what is 2 2", None) in training_set_for(ROWS, "tiny", True)
+    assert decontamination_wanted("paper-r1-7b", None) and not decontamination_wanted("tiny", None)
+    assert not decontamination_wanted("paper-r1-7b", False) and decontamination_wanted("tiny", True)

@@ -155,3 +155,35 @@ def test_run_and_result_folders_are_made_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the notebook later runs from the repository root, not from here
     args = reproduce_parser("x").parse_args(["--runs", "runs2", "--results", "out"])
     assert (args.runs, args.results) == (tmp_path / "runs2", tmp_path / "out")
+
+
+def test_coding_evaluation_samples_as_the_math_evaluation_and_decontaminates(
+    tmp_path, toy_model_dir, monkeypatch
+):
+    """The coding reproduction evaluates with temperature 0.6 / top_p 0.95 (eval/decoding.py) and, asked to,
+    leaves out problems of the training set: the synthetic test split shares no problem with training."""
+    import json
+
+    from eval import code_bench
+    from experiments.coding.reproduce import evaluate_model
+    from gdpo.config import TrainConfig, load_config
+
+    settings, generate = [], code_bench.generate
+
+    def recording(model, tokenizer, items, rollout, **kwargs):
+        settings.append((rollout.temperature, rollout.top_p, rollout.max_new_tokens, kwargs["samples"]))
+        return generate(model, tokenizer, items, rollout, **kwargs)
+
+    monkeypatch.setattr(code_bench, "generate", recording)
+
+    cfg = load_config(
+        TrainConfig, REPO / "experiments/coding/configs/tiny.yaml", ["data.options.num_train=50"]
+    )
+    summary = evaluate_model(
+        toy_model_dir, cfg, tmp_path, benchmarks=("synthetic",), k=2, limit=3, max_new_tokens=8, sources={},
+        decontaminate=True,
+    )  # fmt: skip
+    assert summary["synthetic"]["decontaminated"] == 0
+    records = [json.loads(line) for line in (tmp_path / "synthetic.jsonl").read_text().splitlines()]
+    assert len(records) == 3 * 2 and all(r["num_tokens"] <= 8 for r in records)
+    assert settings == [(0.6, 0.95, 8, 2)]

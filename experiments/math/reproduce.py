@@ -83,12 +83,17 @@ def evaluate_model(
     limit: int | None,
     max_new_tokens: int | None,
     sources: dict[str, str],
+    decontaminate: bool | None,
 ) -> dict:
-    """Acc and Exceed of one model on each benchmark, written to ``out_dir``."""
+    """Acc and Exceed of one model on each benchmark, written to ``out_dir``; with ``decontaminate`` (default: on
+    for paper presets) the problems the run trained on are left out."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from eval.math_bench import paper_rollout_config, run_benchmark
+    from eval.decoding import paper_rollout_config
+    from eval.decontaminate import TrainingSet, decontamination_wanted
+    from eval.math_bench import run_benchmark
+    from gdpo.tasks import build_task
     from gdpo.tasks.math import task_length_limit
 
     torch.manual_seed(0)
@@ -99,6 +104,9 @@ def evaluate_model(
     else:
         rollout = paper_rollout_config(max_new_tokens, cfg.rollout.max_prompt_tokens)
     limit_tokens = task_length_limit(dict(cfg.data.options))  # Exceed measures what training rewarded
+    training = None
+    if decontamination_wanted(cfg.preset, decontaminate):
+        training = TrainingSet(build_task(cfg.task, cfg.data.options, cfg.seed).train)
     out = {}
     for name in benchmarks:
         out[name] = run_benchmark(
@@ -111,6 +119,7 @@ def evaluate_model(
             out_dir=out_dir,
             length_limit=limit_tokens,
             source=sources.get(name),
+            training=training,
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "summary.json", json.dumps(out, indent=2))  # its presence marks "evaluated"
@@ -142,7 +151,13 @@ def main() -> None:
                 overrides = (*args.overrides, *variant_overrides(variant, weight), f"seed={seed}")
                 jobs.append(Job(f"{name}/seed{seed}", overrides, run_dir=runs / name / f"seed{seed}"))
     evaluate = partial(
-        evaluate_model, benchmarks=benchmarks, k=k, limit=limit, max_new_tokens=max_new, sources=sources
+        evaluate_model,
+        benchmarks=benchmarks,
+        k=k,
+        limit=limit,
+        max_new_tokens=max_new,
+        sources=sources,
+        decontaminate=args.decontaminate,
     )
     run_and_tabulate(
         config,

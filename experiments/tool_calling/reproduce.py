@@ -48,7 +48,7 @@ def evaluate_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from eval.bfcl import generate_and_score
-    from eval.decontaminate import training_set_for
+    from eval.decontaminate import TrainingSet, decontamination_wanted
     from gdpo.evaluate import evaluate, summarise
     from gdpo.tasks import build_task
     from gdpo.tasks.tool_calling import system_prompt_like
@@ -70,7 +70,7 @@ def evaluate_model(
         limit=bfcl_limit,
         system_prompt=system_prompt_like(task.train[0]["messages"][0]["content"]),  # as the run was trained
         out_dir=out_dir / "bfcl",
-        training=training_set_for(task.train, cfg.preset, decontaminate),
+        training=TrainingSet(task.train) if decontamination_wanted(cfg.preset, decontaminate) else None,
     )
     out = {"bfcl": bfcl}
     out_dir.mkdir(parents=True, exist_ok=True)
