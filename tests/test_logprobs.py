@@ -230,12 +230,13 @@ def _tensors(value) -> list[torch.Tensor]:
 
 
 class PlainEngine:
-    """What ``policy_update`` uses of a DeepSpeed engine, over a plain module and SGD (one update per call)."""
+    """What ``policy_update`` uses of a DeepSpeed engine, over a plain module and SGD: gradients accumulate over
+    ``accumulation`` micro-batches, then one update."""
 
-    def __init__(self, model, lr=0.1):
+    def __init__(self, model, accumulation=1, lr=0.1):
         self.module, self.device = model, torch.device("cpu")
         self.basic_optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-        self.calls = []
+        self.accumulation, self.micro_steps, self.calls = accumulation, 0, []
 
     def __call__(self, **inputs):
         self.calls.append({k: type(v).__name__ for k, v in inputs.items() if isinstance(v, torch.Tensor)})
@@ -248,11 +249,13 @@ class PlainEngine:
         loss.backward()
 
     def is_gradient_accumulation_boundary(self):
-        return True
+        return (self.micro_steps + 1) % self.accumulation == 0
 
     def step(self):
-        self.basic_optimizer.step()
-        self.basic_optimizer.zero_grad(set_to_none=True)
+        if self.is_gradient_accumulation_boundary():
+            self.basic_optimizer.step()
+            self.basic_optimizer.zero_grad(set_to_none=True)
+        self.micro_steps += 1
 
     def get_global_grad_norm(self):
         return None

@@ -521,3 +521,99 @@ def test_a_completion_holding_the_padding_token_is_an_error(toy_policy):
     )
     with pytest.raises(ValueError, match=f"completion 1 of this step contains the padding token {pad}"):
         check_no_forbidden_token(bad, pad)
+
+
+def _plain_update(toy_policy, advantages, *overrides):
+    """One policy update of the tiny model on four scripted rollouts (two micro-batches), through the guard."""
+    from gdpo.rollout import forbidden_token
+    from gdpo.trainer import NonFiniteGuard, policy_update
+
+    from .test_logprobs import PlainEngine, _update_inputs
+
+    model, tokenizer, cfg, layout, ro = _update_inputs(toy_policy, *overrides)
+    engine = PlainEngine(model, layout.grad_accumulation)
+    guard = NonFiniteGuard(engine.basic_optimizer)
+    before = [p.detach().clone() for p in model.parameters()]
+    stats, _ = policy_update(
+        engine, None, ro, torch.tensor(advantages), cfg, layout, forbidden_token(tokenizer), guard
+    )
+    changed = any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    return stats, changed, guard
+
+
+def test_an_update_with_a_non_finite_loss_is_skipped(toy_policy):
+    stats, changed, guard = _plain_update(toy_policy, [1.0, -1.0, 0.5, -0.5])
+    assert stats["nonfinite/skipped"] == 0 and changed and math.isfinite(stats["loss"])
+    stats, changed, guard = _plain_update(toy_policy, [1.0, float("nan"), 0.5, -0.5])
+    assert stats["nonfinite/skipped"] == 1 and not changed and math.isnan(stats["loss"])
+    assert not guard.corrupted
+
+
+def test_the_guard_skips_non_finite_gradients_and_notes_non_finite_parameters():
+    from gdpo.trainer import NonFiniteGuard
+
+    weight = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    optimizer = torch.optim.SGD([weight], lr=1.0)
+    guard = NonFiniteGuard(optimizer)
+    weight.grad = torch.tensor([0.5, float("inf")])  # a finite loss can still give this (overflow)
+    guard.begin_update(loss_nonfinite=False)
+    optimizer.step()
+    assert guard.end_update() == 1 and weight.tolist() == [1.0, 2.0]
+    weight.grad = torch.tensor([0.5, 0.5])
+    guard.begin_update(loss_nonfinite=True)  # a non-finite loss on some rank: skipped whatever the gradient
+    optimizer.step()
+    assert guard.end_update() == 1 and weight.tolist() == [1.0, 2.0]
+    guard.begin_update(loss_nonfinite=False)
+    optimizer.step()
+    assert guard.end_update() == 0 and weight.tolist() == [0.5, 1.5] and not guard.corrupted
+    weight.data.fill_(3e38)
+    weight.grad = torch.tensor([-3e38, 0.0])  # finite, but the update overflows float32
+    guard.begin_update(loss_nonfinite=False)
+    optimizer.step()
+    assert guard.end_update() == 0 and guard.corrupted
+
+
+def test_non_finite_steps_stop_the_run_as_configured():
+    from gdpo.trainer import check_finite_step
+
+    ok, skipped = {"nonfinite/skipped": 0, "loss": 0.5}, {"nonfinite/skipped": 1, "loss": float("nan")}
+    cfg = cfg_with("algorithm.max_nonfinite_skips=2")
+    check_finite_step(cfg, 3, ok, 0, False, rank=1)
+    check_finite_step(cfg, 3, skipped, 1, False, rank=1)  # skip: logged, the run goes on
+    with pytest.raises(
+        RuntimeError, match=r"step 4: 1 update\(s\) skipped .* 2 steps in a row, algorithm.max"
+    ):
+        check_finite_step(cfg, 4, skipped, 2, False, rank=1)
+    with pytest.raises(RuntimeError, match="algorithm.on_nonfinite=stop"):
+        check_finite_step(cfg_with("algorithm.on_nonfinite=stop"), 3, skipped, 1, False, rank=1)
+    with pytest.raises(RuntimeError, match="step 5: an update made the policy's parameters non-finite"):
+        check_finite_step(cfg, 5, ok, 0, True, rank=1)
+
+
+def test_peak_memory_is_measured_per_step_on_cuda_only(monkeypatch):
+    from gdpo import trainer
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda d: calls.append(("reset", str(d))))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda d: 3 * 2**30 + 2**29)
+    monkeypatch.setattr(trainer, "world_size", lambda: 1)
+    gpu = torch.device("cuda", 0)
+    trainer.reset_peak_memory(gpu)
+    assert calls == [("reset", "cuda:0")]
+    assert trainer.peak_memory(gpu) == {"memory/peak_gib": 3.5}
+    trainer.reset_peak_memory(torch.device("cpu"))
+    assert calls == [("reset", "cuda:0")] and trainer.peak_memory(torch.device("cpu")) == {}
+
+
+def test_overlong_prompts_are_dropped_or_refused():
+    from gdpo.trainer import kept_prompts
+
+    prompts = [[1] * 5, [1] * 9, [1] * 8, [1] * 12]
+    assert kept_prompts(prompts, 8, "drop") == [0, 2]
+    with pytest.raises(
+        ValueError, match=r"train prompt 1 has 9 tokens > rollout.max_prompt_tokens=8 \(2 such"
+    ):
+        kept_prompts(prompts, 8, "error")
+    assert kept_prompts(prompts, 12, "error") == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="every training prompt is longer than rollout.max_prompt_tokens=4"):
+        kept_prompts(prompts, 4, "drop")
