@@ -1,10 +1,9 @@
 """Benchmark: throughput of the sandbox that runs model-written programs (gdpo/sandbox.py).
 
-For each isolation this machine provides (the namespace path and the fallback), measures
+For each isolation this machine provides (``bwrap``, the default, and the opt-in ``rlimits``), measures
 - a trivial program (``print(1)``): ``run_python`` one call at a time, and ``run_many`` on every CPU;
 - a test suite: a program checked against 20 stdin/stdout cases, as 20 ``run_python`` calls (``run_many``),
-  as one ``run_tests`` call (the sandbox set up once, a fresh interpreter per case), and as ``run_tests_many``
-  over several suites at once.
+  as one ``run_tests`` call (a fresh sandbox per case), and as ``run_tests_many`` over several suites at once.
 Every output is checked. Prints a table and writes ``bench/results/sandbox-cpu.json`` naming the machine
 (CPU model and core count) and the load average while it ran: the numbers are only comparable on an idle
 machine.
@@ -108,7 +107,7 @@ def bench_suites(sequential: int, parallel: int) -> list[dict]:
 
 def available_isolations() -> list[str]:
     found = []
-    for isolation in ("namespace", "fallback"):
+    for isolation in sandbox.ISOLATIONS:
         os.environ["GDPO_SANDBOX_ISOLATION"] = isolation
         try:
             sandbox.sandbox_info()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import marshal
 import math
 import os
 import selectors
@@ -50,7 +51,7 @@ _ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", 
 _REFUSED = """socket socketpair memfd_create memfd_secret shmget semget msgget mq_open vmsplice inotify_init
 inotify_init1 fanotify_init setxattr lsetxattr fsetxattr io_uring_setup io_uring_enter io_uring_register
 userfaultfd bpf perf_event_open add_key request_key keyctl ptrace process_vm_readv process_vm_writev kcmp
-pidfd_getfd unshare setns umount2 pivot_root open_tree move_mount fsopen fsconfig fsmount fspick mount_setattr
+pidfd_getfd unshare setns pivot_root open_tree move_mount fsopen fsconfig fsmount fspick mount_setattr
 """.split()  # noqa: SIM905 (one word per syscall reads best)
 _BWRAP_OPTIONS = """--unshare-all --unshare-user --uid 0 --gid 0 --as-pid-1 --die-with-parent --new-session
 --cap-add CAP_SYS_ADMIN --clearenv --ro-bind /usr /usr --proc /proc --dev /dev --remount-ro /dev
@@ -205,15 +206,15 @@ def _parallel_map(fn, items: list, workers: int | None) -> list:
 def _run(code: str, inputs: list[str], limits: _Limits) -> list[SandboxResult]:
     if not isinstance(code, str) or any(not isinstance(stdin, str) for stdin in inputs):
         raise TypeError(f"code must be a str and every stdin a str, got code of type {type(code).__name__}")
-    runtime, results = _runtime() if inputs else None, []
+    if not inputs:
+        return []
+    runtime = _runtime()
+    if runtime.isolation == "rlimits":
+        logger.warning("sandbox: %s=rlimits: the program runs without isolation", _ISOLATION_ENV)
     with _LOCK:
         _SLOTS.extend([] if _SLOTS else [threading.BoundedSemaphore(max_workers())])
-    for stdin in inputs:
-        if runtime.isolation == "rlimits":
-            logger.warning("sandbox: %s=rlimits: the program runs without isolation", _ISOLATION_ENV)
-        with _SLOTS[0]:
-            results.append(_run_one(runtime, code, stdin, limits))
-    return results
+    with _SLOTS[0]:
+        return _run_suite(runtime, code, inputs, limits)
 
 
 class _Capture:
@@ -232,94 +233,113 @@ class _Capture:
         return self.data.decode("utf-8", "replace")
 
 
-def _run_one(rt: _Runtime, code: str, stdin: str, limits: _Limits) -> SandboxResult:
-    """One program on one input: start the sandbox, exchange data, kill what is left, give the verdict."""
+def _run_suite(rt: _Runtime, code: str, inputs: list[str], limits: _Limits) -> list[SandboxResult]:
+    """One program on its inputs in one sandbox: start it, exchange data, kill what is left, give verdicts."""
     workdir = _SANDBOX_DIR if rt.isolation == "bwrap" else tempfile.mkdtemp(prefix="gdpo-sandbox-")
-    (stdin_r, stdin_w), (out_r, out_w), (err_r, err_w), *rest = [os.pipe() for _ in range(7)]
-    (report_r, report_w), (job_r, job_w), (info_r, info_w), (seccomp_r, seccomp_w) = rest
-    child_ends = (stdin_r, out_w, err_w, report_w, job_r, info_w, seccomp_r)
-    ours = (out_r, err_r, report_r, info_r)
+    (out_r, out_w), (err_r, err_w), (report_r, report_w), *rest = [os.pipe() for _ in range(6)]
+    (job_r, job_w), (control_r, control_w), (info_r, info_w) = rest
+    seccomp_r, seccomp_w = os.pipe()
     os.write(seccomp_w, rt.seccomp)  # a few hundred bytes: fits the pipe buffer
     os.close(seccomp_w)
+    child_ends, ours = (out_w, err_w, report_w, job_r, control_r, info_w, seccomp_r), (out_r, err_r, report_r)
     fds = ["--info-fd", str(info_w), "--seccomp", str(seccomp_r)] if rt.seccomp else []
-    launcher = [rt.python, "-I", "-S", "-B", "-c", _LAUNCHER, str(report_w), str(job_r), rt.isolation]
+    launcher = [rt.python, "-I", "-S", "-B", "-c", _LAUNCHER, *map(str, (report_w, job_r, control_r))]
     sizes = (limits.cpu_s, limits.memory_mb << 20, limits.disk_mb << 20, limits.max_processes + 1)
-    sizes += (limits.disk_mb << 20, limits.disk_mb * _INODES_PER_MB)  # the work dir's tmpfs: bytes, inodes
+    sizes += (limits.disk_mb << 20, limits.disk_mb * _INODES_PER_MB, limits.wall_s)  # tmpfs bytes, inodes
     switch = rt.uid is not None and not rt.command[0].endswith("setpriv")  # no setpriv: Popen does it
     user = {"user": rt.uid, "group": rt.uid, "extra_groups": []} if switch else {}
-    proc, sinks = None, {}
+    proc, info = None, _Capture(1 << 16)
     try:
         proc = subprocess.Popen(
-            [*rt.command, *fds, *launcher, workdir, *map(str, sizes)],
-            stdin=stdin_r,
+            [*rt.command, *fds, *launcher, rt.isolation, workdir, *map(str, sizes)],
+            stdin=subprocess.DEVNULL,
             stdout=out_w,
             stderr=err_w,
-            pass_fds=child_ends[3:],
+            pass_fds=child_ends[2:],
             cwd="/",
             env=_ENV,
             start_new_session=True,
             **user,
         )
     finally:
-        for fd in child_ends if proc else (*child_ends, *ours, stdin_w, job_w):
+        for fd in child_ends if proc else (*child_ends, *ours, job_w, control_w, info_r):
             os.close(fd)
     try:
-        for fd, data in ((stdin_w, stdin.encode("utf-8", "surrogatepass")), (job_w, code.encode())):
-            threading.Thread(target=_feed, args=(fd, data), daemon=True).start()  # owns and closes fd
-        sinks, marks = _exchange(proc, rt, limits, dict(zip(ours, "oerI")))
-        return _verdict(rt, limits, sinks, marks, workdir)
+        job = marshal.dumps((code.encode(), [stdin.encode("utf-8", "surrogatepass") for stdin in inputs]))
+        threading.Thread(target=_feed, args=(job_w, job), daemon=True).start()  # owns and closes job_w
+        return _exchange(proc, rt, limits, (out_r, err_r, report_r, info_r), control_w, info, inputs, workdir)
     finally:
-        for fd in ours:
+        for fd in (*ours, control_w, info_r):
             os.close(fd)
-        _stop(proc, sinks.get("I"))
+        _stop(proc, info)
         if workdir != _SANDBOX_DIR:  # the rlimits mode: whatever the program did to it (mode 0, deep nesting)
             subprocess.run(["chmod", "-R", "u+rwx", workdir], capture_output=True, env=_ENV)
             subprocess.run(["rm", "-rf", "--one-file-system", workdir], capture_output=True, env=_ENV)
 
 
 def _feed(fd: int, data: bytes) -> None:
-    """Write `data` into the pipe `fd`, then close it; stops when the reader is gone (a thread per pipe, so a
-    program that never reads its stdin blocks nothing else)."""
+    """Write `data` into the pipe `fd`, then close it; stops when the reader is gone."""
     with contextlib.suppress(OSError), open(fd, "wb") as pipe:
         pipe.write(data)
 
 
-def _exchange(proc, rt: _Runtime, limits: _Limits, reads: dict[int, str]):
-    """Capture stdout (o), stderr (e), the launcher's report (r) and bwrap's info (I) until the program is done
-    and its pipes drained, or the backstop fires; returns the captures and when the report said what."""
-    sinks = {key: _Capture(limits.max_output_bytes if key in "oe" else 1 << 16) for key in reads.values()}
-    marks = {"start": time.monotonic()}
-
-    def deadline() -> float:
-        if "done" in marks:
-            return marks["done"] + _DRAIN_S
-        return marks["ready"] + limits.wall_s if "ready" in marks else marks["start"] + _STARTUP_GRACE_S
-
+def _exchange(proc, rt: _Runtime, limits: _Limits, reads, control: int, info: _Capture, inputs, workdir):
+    """Read stdout, stderr, the launcher's report and bwrap's info until every input is done or the backstop
+    fires; after each input, take the rest of its output (written before it died) and let the launcher go on."""
+    out_r, err_r, report_r, info_r = reads
+    captures = [(_Capture(limits.max_output_bytes), _Capture(limits.max_output_bytes)) for _ in inputs]
+    report, results, started = bytearray(), [], None
+    deadline = time.monotonic() + _STARTUP_GRACE_S  # then, per input: its wall limit and the grace again
     with selectors.DefaultSelector() as selector:
         for fd in reads:
             selector.register(fd, selectors.EVENT_READ)
-        while selector.get_map() and time.monotonic() < deadline():
-            for key, _mask in selector.select(deadline() - time.monotonic()):
+        while len(results) < len(inputs) and selector.get_map() and time.monotonic() < deadline:
+            for key, _mask in selector.select(deadline - time.monotonic()):
                 chunk = os.read(key.fd, 65536)
                 if not chunk:
                     selector.unregister(key.fd)
-                    continue
-                sinks[reads[key.fd]].add(chunk)
-                report = sinks["r"].data
-                if "ready" not in marks and report.startswith(b"ready\n"):
-                    marks["ready"] = time.monotonic()
-                if "done" not in marks and (b"\ndone " in report or b"error " in report):
-                    marks["done"] = time.monotonic()
-                    if rt.isolation == "rlimits":  # what the program left in its process group
-                        with contextlib.suppress(ProcessLookupError):
-                            os.killpg(proc.pid, signal.SIGKILL)
-    return sinks, marks
+                elif key.fd in (out_r, err_r):
+                    captures[min(len(results), len(inputs) - 1)][key.fd == err_r].add(chunk)
+                else:
+                    (report if key.fd == report_r else info.data).extend(chunk)
+            *lines, report[:] = report.split(b"\n")
+            for word, *fields in (line.decode(errors="replace").split() for line in lines):
+                if word == "error":
+                    why = " ".join(fields)
+                    raise SandboxError(f"the {rt.isolation} sandbox failed: {why}\n{captures[0][1].text()}")
+                if word in ("ready", "start"):
+                    started, deadline = time.monotonic(), time.monotonic() + limits.wall_s + _STARTUP_GRACE_S
+                if word == "done":
+                    out, err = captures[len(results)]
+                    for fd, capture in ((out_r, out), (err_r, err)):
+                        while chunk := _read_now(fd):
+                            capture.add(chunk)
+                    path = workdir if rt.isolation == "bwrap" else f"{workdir}/{len(results)}"
+                    results.append(_verdict(rt, limits, fields[1:], out, err, path))
+                    os.write(control, b"n")
+    if started is None:
+        raise SandboxError(f"the {rt.isolation} sandbox did not start: {captures[0][1].text()}")
+    for out, err in captures[len(results) :]:  # the backstop fired, or the sandbox died under the program
+        word, duration = ("timeout" if time.monotonic() >= deadline else "killed"), time.monotonic() - started
+        common = {"stdout": out.text(), "stderr": err.text(), "isolation": rt.isolation, "workdir": workdir}
+        results.append(SandboxResult(word, returncode=None, duration_s=duration, **common))
+    return results
 
 
-def _stop(proc: subprocess.Popen, info: _Capture | None) -> None:
+def _read_now(fd: int) -> bytes:
+    os.set_blocking(fd, False)
+    try:
+        return os.read(fd, 65536)
+    except BlockingIOError:
+        return b""
+    finally:
+        os.set_blocking(fd, True)
+
+
+def _stop(proc: subprocess.Popen, info: _Capture) -> None:
     """Leave no process of the run: kill the sandbox's PID 1 (bwrap exits once its namespace is empty), then
     the process group (all there is in the rlimits mode)."""
-    if info is not None and proc.poll() is None:
+    if info.data and proc.poll() is None:
         with contextlib.suppress(ValueError, KeyError, OSError):
             pidfd = os.pidfd_open(json.loads(info.data)["child-pid"])  # safe from pid reuse from here on
             try:
@@ -333,20 +353,19 @@ def _stop(proc: subprocess.Popen, info: _Capture | None) -> None:
     proc.wait()
 
 
-def _verdict(rt: _Runtime, limits: _Limits, sinks: dict[str, _Capture], marks: dict, workdir: str):
-    lines, out, err = sinks["r"].text().splitlines(), sinks["o"], sinks["e"]
-    errors = [line[6:] for line in lines if line.startswith("error ")]
-    if errors or "ready" not in marks:
-        detail = errors[0] if errors else "it did not start"
-        raise SandboxError(f"the {rt.isolation} sandbox did not run the program: {detail}\n{err.text()}")
+def _verdict(rt: _Runtime, limits: _Limits, fields: list[str], out: _Capture, err: _Capture, workdir: str):
+    """A result from the launcher's `done` fields: wait status, CPU s, max RSS KiB, seconds, wall-killed."""
+    status, cpu_s, rss_kb, seconds, wall_killed = (
+        int(fields[0]),
+        float(fields[1]),
+        int(fields[2]),
+        *fields[3:],
+    )
     common = {"stdout": out.text(), "stderr": err.text(), "isolation": rt.isolation, "workdir": workdir}
-    common.update(stdout_truncated=out.truncated, stderr_truncated=err.truncated)
-    done = next((line.split()[1:] for line in lines if line.startswith("done ")), None)
-    if done is None:  # the wall-clock backstop fired, or the sandbox died under the program
-        duration = time.monotonic() - marks["ready"]
-        word = "timeout" if duration >= limits.wall_s else "killed"
-        return SandboxResult(word, returncode=None, duration_s=duration, **common)
-    status, cpu_s, rss_kb = int(done[0]), float(done[1]), int(done[2])
+    common.update(stdout_truncated=out.truncated, stderr_truncated=err.truncated, duration_s=float(seconds))
+    common.update(cpu_s=cpu_s, max_rss_mb=rss_kb / 1024)
+    if wall_killed == "1":  # the wall-clock backstop
+        return SandboxResult("timeout", returncode=None, **common)
     tail = err.tail.rstrip()
     out_of_memory = tail.rsplit(b"\n", 1)[-1].startswith(b"MemoryError") or b"Cannot allocate memory" in tail
     if os.WIFSIGNALED(status):
@@ -357,8 +376,7 @@ def _verdict(rt: _Runtime, limits: _Limits, sinks: dict[str, _Capture], marks: d
     else:
         code = os.WEXITSTATUS(status)
         word = "ok" if code == 0 else "memory" if out_of_memory else "error"
-    usage = {"cpu_s": cpu_s, "max_rss_mb": rss_kb / 1024}
-    return SandboxResult(word, returncode=code, duration_s=marks["done"] - marks["ready"], **usage, **common)
+    return SandboxResult(word, returncode=code, **common)
 
 
 # ----- setting up -----
@@ -476,7 +494,7 @@ def _python(uid: int | None) -> str:
 def _probe(rt: _Runtime) -> _Runtime:
     """Run a tiny program; a sandbox that cannot is an error that says what to enable."""
     try:
-        result = _run_one(rt, "print(6 * 7)", "", _Limits(timeout_s=10.0, memory_mb=256))
+        result = _run_suite(rt, "print(6 * 7)", [""], _Limits(timeout_s=10.0, memory_mb=256))[0]
         if (result.status, result.stdout) == ("ok", "42\n"):
             return rt
         problem = f"the probe program gave {result}"

@@ -519,6 +519,28 @@ def test_run_tests_gives_each_input_a_fresh_interpreter_and_dir(isolation):
     assert run_tests(code, []) == []
 
 
+def test_run_tests_inputs_do_not_reach_each_other(contained):
+    """Inputs share one sandbox: what an input leaves running is killed before the next one starts."""
+    code = textwrap.dedent(
+        """
+        import os, sys, time
+        tag = input()
+        if tag == "first" and os.fork() == 0:
+            os.setsid()
+            time.sleep(0.5)
+            print("late output of the first input", flush=True)
+            os._exit(0)
+        time.sleep(1.0 if tag == "second" else 0)
+        print(tag, sorted(os.listdir(".")))
+        """
+    )
+    results = run_tests(code, ["first", "second"], timeout_s=5.0)
+    assert [(r.status, r.stdout) for r in results] == [
+        ("ok", "first ['solution.py']\n"),
+        ("ok", "second ['solution.py']\n"),
+    ]
+
+
 def test_run_many_keeps_the_order(isolation):
     jobs = [f"print({i} * {i})" for i in range(4)]
     jobs += [
@@ -578,7 +600,7 @@ def test_rlimits_mode_warns_on_every_run(monkeypatch, caplog):
         results = run_tests("print(input())", ["a", "b"])
         run_python("print(1)")
     assert [r.stdout for r in results] == ["a\n", "b\n"]
-    assert sum("without isolation" in record.getMessage() for record in caplog.records) == 3
+    assert sum("without isolation" in record.getMessage() for record in caplog.records) == 2  # one per call
 
 
 # ----- hostile programs in a batch: each gets its own verdict, the others keep theirs -----
