@@ -346,12 +346,8 @@ def make_plan(cfg: TrainConfig, shape: ModelShape, gpus: int, gpu_gib: float) ->
     if not gpu_gib > 0:
         raise PlanError(f"--gpu-memory-gib must be > 0 (got {gpu_gib})")
     o, m = cfg.optim, cfg.model
-    if o.zero_stage not in (0, 1, 2, 3):
-        raise PlanError(f"optim.zero_stage must be 0-3 (got {o.zero_stage})")
     if o.offload_optimizer and o.zero_stage == 0:
         raise PlanError("optim.offload_optimizer needs optim.zero_stage >= 1 (DeepSpeed ZeRO-Offload)")
-    if o.logprob_chunk_tokens < 1:
-        raise PlanError(f"optim.logprob_chunk_tokens must be >= 1 (got {o.logprob_chunk_tokens})")
     try:
         check_training_settings(cfg)
         layout = plan_layout(cfg, gpus)
@@ -374,7 +370,9 @@ def make_plan(cfg: TrainConfig, shape: ModelShape, gpus: int, gpu_gib: float) ->
     gathered = 2 * largest_module(shape) * p_bytes if zero3 else None
     act_ckpt, act_full = activation_bytes(cfg, shape, layout.micro_batch_size)
     chunk, logprob = logprob_working_set(cfg, shape, layout.micro_batch_size)
-    reference = share(n_params * model_bytes, 3) if cfg.algorithm.kl_coef > 0 else None
+    # The reference loads in model.dtype; under ZeRO-3 it is a DeepSpeed engine (cast like the policy).
+    ref_bytes = p_bytes if stage == 3 else model_bytes
+    reference = share(n_params * ref_bytes, 3) if cfg.algorithm.kl_coef > 0 else None
     rollouts = rollout_batch_bytes(cfg, layout)
 
     notes, problems = [], []
@@ -408,7 +406,7 @@ def make_plan(cfg: TrainConfig, shape: ModelShape, gpus: int, gpu_gib: float) ->
         Row(f"activations, gradient checkpointing{'' if ckpt else ' (not used)'}", None, act_ckpt, ckpt),
         Row(f"activations, no checkpointing{' (not used)' if ckpt else ''}", None, act_full, not ckpt),
         Row(f"log-prob working set (chunk {chunk:,} x vocab {shape.vocab_size:,})", None, logprob),
-        Row(f"reference model ({model_bytes} B{_part(3, stage, world)})", reference, reference),
+        Row(f"reference model ({ref_bytes} B{_part(3, stage, world)})", reference, reference),
         Row(f"rollout batch ({layout.sequences_per_rank} rows{_rounds(cfg)})", rollouts, rollouts),
         *engine_rows,
         Row("CUDA context and workspaces", CUDA_CONTEXT_BYTES, CUDA_CONTEXT_BYTES),

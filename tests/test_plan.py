@@ -243,10 +243,20 @@ def test_offload_moves_optimizer_states_to_host(small_model):
     assert f"host memory for this GPU's optimizer states: {12 * P // 2 / GIB:.2f} GiB" in plan.notes
 
 
-@pytest.mark.parametrize("stage, reference", [(0, 2 * P), (3, P)])
-def test_kl_adds_the_reference_model_by_hand(small_model, stage, reference):
-    base = small_cfg(small_model, f"optim.zero_stage={stage}")
-    with_kl = small_cfg(small_model, f"optim.zero_stage={stage}", "algorithm.kl_coef=0.1")
+@pytest.mark.parametrize(
+    "stage, dtype, reference",
+    [
+        (0, "bfloat16", 2 * P),  # a full copy on every GPU
+        (3, "bfloat16", P),  # partitioned over the 2 GPUs
+        (0, "float32", 4 * P),  # loaded in model.dtype
+        (3, "float32", P),  # a DeepSpeed engine: bf16 like the policy, partitioned
+    ],
+)
+def test_kl_adds_the_reference_model_by_hand(small_model, stage, dtype, reference):
+    base = small_cfg(small_model, f"optim.zero_stage={stage}", f"model.dtype={dtype}")
+    with_kl = small_cfg(
+        small_model, f"optim.zero_stage={stage}", f"model.dtype={dtype}", "algorithm.kl_coef=0.1"
+    )
     without, kl = make_plan(base, model_shape(base), 2, 1), make_plan(with_kl, model_shape(base), 2, 1)
     assert rows(kl)["reference model"] == (reference, reference)
     more_rollouts = 4 * 16 * 4  # the reference log-probs, fp32 per completion token of 4 rows
