@@ -85,10 +85,11 @@ format: setup  ## ruff format
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
-bench: setup  ## benchmarks (advantages, hf generation, sandbox, our trainer vs TRL); results in bench/results/
+bench: setup  ## benchmarks (advantages, hf generation, sandbox, checkpoint manifest, our trainer vs TRL); results in bench/results/
 	$(PY) bench/bench_advantages.py
 	$(PY) bench/bench_generation.py
 	$(PY) bench/bench_sandbox.py
+	$(PY) bench/bench_checkpoint.py
 	$(PY) bench/bench_trainer.py  # last: make bench ends with its line "ours/trl step-time ratio: <x>"
 
 PRESET ?= tiny
