@@ -68,12 +68,15 @@ def supervise(pid, stdin_w, data):
     """Feed stdin and wait for the program, at most `wall` seconds; (wait status, rusage, seconds, killed)."""
     started, pidfd, pending = time.monotonic(), os.pidfd_open(pid), memoryview(data)
     os.set_blocking(stdin_w, False)
+    if not pending:  # end of input right away
+        os.close(stdin_w)
+        stdin_w = -1
     while True:
         left = started + float(wall) - time.monotonic()
         exited, writable, _ = select.select([pidfd], [stdin_w] if pending else [], [], max(left, 0))
         if exited or left <= 0:
             break
-        try:
+        try:  # noqa: SIM105 (contextlib would cost start-up time)
             pending = pending[os.write(stdin_w, pending[:65536]) :]
         except OSError:  # the program closed its stdin
             pending = pending[:0]
@@ -87,7 +90,7 @@ def supervise(pid, stdin_w, data):
         if fd >= 0:
             os.close(fd)
     if isolation == "bwrap":  # whatever it left behind: every process of the namespace but this one
-        try:
+        try:  # noqa: SIM105 (contextlib would cost start-up time)
             os.kill(-1, 9)
         except ProcessLookupError:  # there was none
             pass

@@ -170,6 +170,8 @@ def test_large_stdin_and_unicode(isolation):
     assert result.stdout == "1500000 é✓ \n"
     ignored = run_python("print('no stdin read')", data)  # a program that never reads its stdin
     assert (ignored.status, ignored.stdout) == ("ok", "no stdin read\n")
+    empty = run_tests("import sys\nprint(repr(sys.stdin.read()))", ["", "x"])  # end of input, not a wait
+    assert [(r.status, r.stdout) for r in empty] == [("ok", "''\n"), ("ok", "'x'\n")]
 
 
 def test_wall_clock_backstop_kills_a_program_that_uses_no_cpu(isolation, monkeypatch):
