@@ -76,7 +76,7 @@ def supervise(pid, stdin_w, data):
         exited, writable, _ = select.select([pidfd], [stdin_w] if pending else [], [], max(left, 0))
         if exited or left <= 0:
             break
-        try:  # noqa: SIM105 (contextlib would cost start-up time)
+        try:
             pending = pending[os.write(stdin_w, pending[:65536]) :]
         except OSError:  # the program closed its stdin
             pending = pending[:0]
