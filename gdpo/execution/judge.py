@@ -196,16 +196,15 @@ def _script(entry: str, *values: str | float) -> str:
 
 @dataclass(frozen=True)
 class _Run:
-    """One script in one sandbox, run once per stdin input (a fresh interpreter each time)."""
+    """One script in one sandbox, run once per stdin input (a fresh interpreter each time); ``verdicts`` turns
+    its results (one per input) into the verdicts of the tests at ``indices`` of the program's tests."""
 
+    indices: list[int]
     code: str
     inputs: tuple[str, ...]
     timeout_s: float
+    verdicts: Callable[[list[sandbox.SandboxResult]], list[CaseResult]]
     max_output_bytes: int = 1 << 20  # per input and stream; beyond it the output is cut (and cannot match)
-
-
-# A group: the runs some tests need, and how their sandbox results become those tests' verdicts.
-Finish = Callable[[list[list[sandbox.SandboxResult]]], list[CaseResult]]
 
 
 def _unreported(result: sandbox.SandboxResult) -> CaseResult:
@@ -237,17 +236,16 @@ def _reports(stdout: str, token: str) -> list[list[str]]:
     ]
 
 
-def _plan_stdio(program: str, tests: list[Mapping], timeout_s: float) -> tuple[list[_Run], Finish]:
+def _stdio_run(indices: list[int], program: str, tests: list[Mapping], timeout_s: float) -> _Run:
     token = secrets.token_hex(16)
     # Room for a correct answer however long the expected one (its numbers may be printed longer: 0.5 vs
     # 0.500000), so a long correct output is never cut into a wrong one.
     longest = max(len(t["output"].encode()) for t in tests)
     output_cap = max(1 << 20, 4 * longest)
-    run = _Run(_script("run_stdio", token, program), tuple(t["input"] for t in tests), timeout_s, output_cap)
 
-    def finish(results: list[list[sandbox.SandboxResult]]) -> list[CaseResult]:
+    def verdicts(results: list[sandbox.SandboxResult]) -> list[CaseResult]:
         out = []
-        for test, result in zip(tests, results[0]):
+        for test, result in zip(tests, results):
             if result.status == "ok":
                 passed = outputs_match(result.stdout or "", test["output"])
                 out.append(CaseResult("pass" if passed else "fail"))
@@ -261,21 +259,19 @@ def _plan_stdio(program: str, tests: list[Mapping], timeout_s: float) -> tuple[l
                 out.append(CaseResult("runtime_error", _last_line(result.stderr)))
         return out
 
-    return [run], finish
+    inputs = tuple(t["input"] for t in tests)
+    return _Run(indices, _script("run_stdio", token, program), inputs, timeout_s, verdicts, output_cap)
 
 
-def _plan_call(program: str, tests: list[Mapping], timeout_s: float) -> tuple[list[_Run], Finish]:
+def _call_run(indices: list[int], program: str, tests: list[Mapping], timeout_s: float) -> _Run:
     token = secrets.token_hex(16)
     fn_name = tests[0]["fn_name"]
     code = _script(
         "run_call", token, program, fn_name, json.dumps([t["args"] for t in tests]), float(timeout_s)
     )
-    # The per-case alarm bounds each call; the run's limit also covers loading and every case (capped at the
-    # sandbox's maximum: hundreds of cases would otherwise ask for more and fail the whole batch).
-    run = _Run(code, ("",), min(timeout_s * len(tests) + 1.0, sandbox.MAX_TIMEOUT_S))
 
-    def finish(results: list[list[sandbox.SandboxResult]]) -> list[CaseResult]:
-        ((result,),) = results
+    def verdicts(results: list[sandbox.SandboxResult]) -> list[CaseResult]:
+        (result,) = results
         lines = _reports(result.stdout, token)
         whole = [parts for parts in lines if parts[0] in ("C", "L", "M")]
         if whole:  # the program did not compile, load, or define the function: every case shares it
@@ -296,7 +292,9 @@ def _plan_call(program: str, tests: list[Mapping], timeout_s: float) -> tuple[li
             ]
         return [_call_case(by_case.get(str(i), []), test, result) for i, test in enumerate(tests)]
 
-    return [run], finish
+    # The per-case alarm bounds each call; the run's limit also covers loading and every case (capped at the
+    # sandbox's maximum: hundreds of cases would otherwise ask for more and fail the whole batch).
+    return _Run(indices, code, ("",), min(timeout_s * len(tests) + 1.0, sandbox.MAX_TIMEOUT_S), verdicts)
 
 
 def _call_case(reports: list[list[str]], test: Mapping, result: sandbox.SandboxResult) -> CaseResult:
@@ -328,13 +326,12 @@ def _humaneval_program(prompt: str, code: str, entry_point: str) -> str:
 _CHECK_STATUS = {"P": "pass", "F": "fail", "C": "compile_error", "L": "runtime_error", "E": "runtime_error"}
 
 
-def _plan_check(program: str, test: Mapping, timeout_s: float) -> tuple[list[_Run], Finish]:
+def _check_run(index: int, program: str, test: Mapping, timeout_s: float) -> _Run:
     token = secrets.token_hex(16)
     full = _humaneval_program(test["prompt"], program, test["entry_point"])
-    run = _Run(_script("run_check", token, full, test["check"], test["entry_point"]), ("",), timeout_s)
 
-    def finish(results: list[list[sandbox.SandboxResult]]) -> list[CaseResult]:
-        ((result,),) = results
+    def verdicts(results: list[sandbox.SandboxResult]) -> list[CaseResult]:
+        (result,) = results
         lines = _reports(result.stdout, token)
         if not lines:
             return [_unreported(result)]
@@ -343,50 +340,27 @@ def _plan_check(program: str, test: Mapping, timeout_s: float) -> tuple[list[_Ru
         kind, *rest = lines[0]
         return [CaseResult(_CHECK_STATUS.get(kind, "fail"), _error_name(rest))]
 
-    return [run], finish
+    code = _script("run_check", token, full, test["check"], test["entry_point"])
+    return _Run([index], code, ("",), timeout_s, verdicts)
 
 
-@dataclass(frozen=True)
-class _Plan:
-    """The sandbox runs one program needs, and which tests each group of runs decides."""
-
-    program: str | None
-    num_tests: int
-    groups: tuple[tuple[list[int], list[_Run], Finish], ...]
-
-    @property
-    def runs(self) -> list[_Run]:
-        return [run for _, runs, _ in self.groups for run in runs]
-
-    def finish(self, results: list[list[sandbox.SandboxResult]]) -> tuple[CaseResult, ...]:
-        """Each test's verdict, in the tests' order, from the sandbox results of :attr:`runs`."""
-        if self.program is None:
-            return (CaseResult("no_code"),) * self.num_tests
-        cases: dict[int, CaseResult] = {}
-        offset = 0
-        for indices, runs, finish in self.groups:
-            cases.update(zip(indices, finish(results[offset : offset + len(runs)])))
-            offset += len(runs)
-        return tuple(cases[i] for i in range(self.num_tests))
-
-
-def _plan(program: str | None, tests: Sequence[Mapping], timeout_s: float) -> _Plan:
-    """Stdio tests share one run, call tests one run per function name, check tests one run each."""
+def _runs(program: str | None, tests: Sequence[Mapping], timeout_s: float) -> list[_Run]:
+    """The runs a program needs: stdio tests share one, call tests one per function name, check tests one each.
+    Malformed tests are errors, with or without a program."""
     if not tests:
         raise ValueError("a problem needs at least one test")
     kinds = [_test_kind(t, f"test {i}") for i, t in enumerate(tests)]
     if program is None:
-        return _Plan(None, len(tests), ())
-    groups = []
+        return []
+    runs = []
     stdio = [i for i, k in enumerate(kinds) if k == "stdio"]
     if stdio:
-        groups.append((stdio, *_plan_stdio(program, [tests[i] for i in stdio], timeout_s)))
+        runs.append(_stdio_run(stdio, program, [tests[i] for i in stdio], timeout_s))
     for name in dict.fromkeys(t["fn_name"] for t, k in zip(tests, kinds) if k == "call"):
         idx = [i for i, (t, k) in enumerate(zip(tests, kinds)) if k == "call" and t["fn_name"] == name]
-        groups.append((idx, *_plan_call(program, [tests[i] for i in idx], timeout_s)))
-    for i in (i for i, k in enumerate(kinds) if k == "check"):
-        groups.append(([i], *_plan_check(program, tests[i], timeout_s)))
-    return _Plan(program, len(tests), tuple(groups))
+        runs.append(_call_run(idx, program, [tests[i] for i in idx], timeout_s))
+    runs += [_check_run(i, program, tests[i], timeout_s) for i, k in enumerate(kinds) if k == "check"]
+    return runs
 
 
 def _execute(runs: list[_Run], memory_mb: int, workers: int | None) -> list[list[sandbox.SandboxResult]]:
@@ -423,13 +397,14 @@ def run_tests_many(
 
     ``timeout_s`` bounds each stdin test, each function-call case and each check program; ``workers`` (default:
     ``gdpo.sandbox.max_workers()``) bounds the sandbox runs at a time."""
-    plans = [_plan(program, tests, timeout_s) for program, tests in jobs]
-    results = _execute([run for plan in plans for run in plan.runs], memory_mb, workers)
-    out, offset = [], 0
-    for plan in plans:
-        count = len(plan.runs)
-        out.append(ExecutionResult(plan.program, plan.finish(results[offset : offset + count])))
-        offset += count
+    runs = [_runs(program, tests, timeout_s) for program, tests in jobs]
+    results = iter(_execute([run for program_runs in runs for run in program_runs], memory_mb, workers))
+    out = []
+    for (program, tests), program_runs in zip(jobs, runs):
+        cases = {i: CaseResult("no_code") for i in range(len(tests))}  # a program's runs cover every test
+        for run in program_runs:
+            cases.update(zip(run.indices, run.verdicts(next(results))))
+        out.append(ExecutionResult(program, tuple(cases[i] for i in range(len(tests)))))
     return out
 
 
