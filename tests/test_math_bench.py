@@ -13,7 +13,7 @@ import pytest
 from eval import math_bench
 from eval.math_bench import load_benchmark, score_samples
 from gdpo.data import math_data
-from gdpo.tasks.math import _canonical
+from gdpo.tasks.math import canonical_answer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "math"
 
@@ -38,7 +38,7 @@ def _wrong_answer(items, i):
         return str(int(answer) + 1)
     j = (i + 1) % len(items)
     # skip answers equal in form, and bare assignments ("x=5" verifies against "5")
-    while _canonical(items[j]["answer"]) == _canonical(answer) or "=" in items[j]["answer"]:
+    while canonical_answer(items[j]["answer"]) == canonical_answer(answer) or "=" in items[j]["answer"]:
         j = (j + 1) % len(items)
     return items[j]["answer"]
 

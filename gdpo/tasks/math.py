@@ -82,6 +82,7 @@ __all__ = [
     "VERIFY_TIMEOUT_S",
     "MathVerifyUnavailable",
     "boxed_messages",
+    "canonical_answer",
     "correctness_reward",
     "extract_final_answer",
     "gsm8k_correctness_reward",
@@ -139,7 +140,7 @@ _DECIMAL = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)")
 _INTEGER = re.compile(r"[+-]?\d+")
 
 
-def _canonical(text: str) -> str:
+def canonical_answer(text: str) -> str:
     """A spelling normalisation under which equal strings are certainly equal answers."""
     text = text.strip().strip("$").strip()
     text = text.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
@@ -151,7 +152,7 @@ def _canonical(text: str) -> str:
 
 def _fast_verdict(gold: str, pred: str) -> float | None:
     """1.0/0.0 where the answer is decided without math-verify, else None."""
-    g, p = _canonical(gold), _canonical(pred)
+    g, p = canonical_answer(gold), canonical_answer(pred)
     if not p:
         return 0.0
     if g == p:
