@@ -36,7 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gdpo.data.toolrl import parse_ground_truth_calls, tool_call_lines
+from gdpo.data.toolrl import is_raw_toolrl, load_toolrl, parse_ground_truth_calls, tool_call_lines
 
 __all__ = [
     "correctness_reward",
@@ -288,8 +288,6 @@ def _build_tool_calling_task(options: dict, seed: int):
             for s in generate_split(test_fns, test_size, seed=2)
         ]
     else:
-        from gdpo.data.toolrl import is_raw_toolrl, load_toolrl
-
         test_source = source if test_source is None and _is_folder(source) else test_source
         if test_source is None or _same_file(source, test_source):
             kind = "a raw ToolRL JSON file" if is_raw_toolrl(source) else "one file"
