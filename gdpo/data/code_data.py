@@ -4,7 +4,7 @@ Every loader returns records of one common form::
 
     {"id": str, "source": str, "question": str, "tests": [test, ...], ...}
 
-A test is one of three forms (``gdpo.tasks.coding`` runs them in the sandbox):
+A test is one of three forms (``gdpo.execution.judge`` runs them in the sandbox):
 
 * stdin/stdout: ``{"input": str, "output": str}``;
 * function call: ``{"fn_name": str, "args": list, "output": <JSON value>}`` (call ``fn_name(*args)``; LeetCode
@@ -40,7 +40,7 @@ Sources and what we decide where the data's documentation is silent (docs/data-s
   :func:`gdpo.assets.package_file`, never installed): ``prompt``, ``entry_point``, ``test``,
   ``canonical_solution``; its one test is the check program.
 
-APPS and TACO wrap some function-call outputs in a one-element list; the comparison in ``gdpo.tasks.coding``
+APPS and TACO wrap some function-call outputs in a one-element list; the comparison in ``gdpo.execution.judge``
 accepts either. Stdin inputs given as a list of lines are joined with newlines.
 
 Sources are read by ``gdpo.data.records.read_records``: a local JSON, JSONL or parquet file, a folder holding
