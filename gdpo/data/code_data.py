@@ -40,7 +40,7 @@ Sources and what we decide where the data's documentation is silent (docs/data-s
   :func:`gdpo.assets.package_file`, never installed): ``prompt``, ``entry_point``, ``test``,
   ``canonical_solution``; its one test is the check program.
 
-APPS and TACO wrap some function-call outputs in a one-element list; the comparison in ``gdpo.execution.judge``
+APPS and TACO wrap some function-call outputs in a one-element list; the judge (``gdpo.execution.judge``)
 accepts either. Stdin inputs given as a list of lines are joined with newlines.
 
 Sources are read by ``gdpo.data.records.read_records``: a local JSON, JSONL or parquet file, a folder holding
