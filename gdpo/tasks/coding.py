@@ -18,7 +18,7 @@ Rewards (docs/paper-notes.md §6.4; where the paper's incomplete text is silent,
 
 :class:`CodeRewardSet` judges a whole batch at once (all sandbox runs in one parallel pool) and hands each
 component its rollout with the verdicts under ``"execution"``; :class:`CodeExecutor` keeps the verdicts of the
-programs already judged, keyed by the content of (program, tests, limits), so a program is never run twice.
+programs already judged, keyed by the content of (program, tests, limits), the most recent ``cache_size``.
 """
 
 from __future__ import annotations
