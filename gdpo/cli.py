@@ -29,8 +29,21 @@ def main(argv: list[str] | None = None, *, task: str | None = None) -> None:
     parser.add_argument(
         "--describe", action="store_true", help="list every config key with its type, default and help"
     )
+    parser.add_argument(
+        "--local_rank",
+        "--local-rank",
+        type=int,
+        help="this process's rank on its node, as the deepspeed launcher passes it (the same as LOCAL_RANK)",
+    )
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. algorithm.method=gdpo seed=3")
     args = parser.parse_args(argv)
+    if args.local_rank is not None:
+        from gdpo.distributed import use_local_rank_flag
+
+        try:
+            use_local_rank_flag(args.local_rank)
+        except ValueError as exc:
+            user_error(str(exc))
     if args.describe:
         print(describe_all())
         return
