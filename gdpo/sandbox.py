@@ -248,7 +248,7 @@ def _run_suite(rt: _Runtime, code: str, inputs: list[str], limits: _Limits) -> l
     sizes += (limits.disk_mb << 20, limits.disk_mb * _INODES_PER_MB, limits.wall_s)  # tmpfs bytes, inodes
     switch = rt.uid is not None and not rt.command[0].endswith("setpriv")  # no setpriv: Popen does it
     user = {"user": rt.uid, "group": rt.uid, "extra_groups": []} if switch else {}
-    proc, info = None, _Capture(1 << 16)
+    proc, pid1 = None, []  # a pidfd of the sandbox's PID 1, opened as soon as bwrap names it
     try:
         proc = subprocess.Popen(
             [*rt.command, *fds, *launcher, rt.isolation, workdir, *map(str, sizes)],
@@ -267,11 +267,11 @@ def _run_suite(rt: _Runtime, code: str, inputs: list[str], limits: _Limits) -> l
     try:
         job = marshal.dumps((code.encode(), [stdin.encode("utf-8", "surrogatepass") for stdin in inputs]))
         threading.Thread(target=_feed, args=(job_w, job), daemon=True).start()  # owns and closes job_w
-        return _exchange(proc, rt, limits, (out_r, err_r, report_r, info_r), control_w, info, inputs, workdir)
+        return _exchange(rt, limits, (out_r, err_r, report_r, info_r), control_w, pid1, inputs, workdir, proc)
     finally:
         for fd in (*ours, control_w, info_r):
             os.close(fd)
-        _stop(proc, info)
+        _stop(proc, pid1)
         if workdir != _SANDBOX_DIR:  # the rlimits mode: whatever the program did to it (mode 0, deep nesting)
             subprocess.run(["chmod", "-R", "u+rwx", workdir], capture_output=True, env=_ENV)
             subprocess.run(["rm", "-rf", "--one-file-system", workdir], capture_output=True, env=_ENV)
@@ -283,12 +283,12 @@ def _feed(fd: int, data: bytes) -> None:
         pipe.write(data)
 
 
-def _exchange(proc, rt: _Runtime, limits: _Limits, reads, control: int, info: _Capture, inputs, workdir):
+def _exchange(rt: _Runtime, limits: _Limits, reads, control: int, pid1: list[int], inputs, workdir, proc):
     """Read stdout, stderr, the launcher's report and bwrap's info until every input is done or the backstop
     fires; after each input, take the rest of its output (written before it died) and let the launcher go on."""
     out_r, err_r, report_r, info_r = reads
     captures = [(_Capture(limits.max_output_bytes), _Capture(limits.max_output_bytes)) for _ in inputs]
-    report, results, started = bytearray(), [], None
+    report, info, results, started = bytearray(), bytearray(), [], None
     deadline = time.monotonic() + _STARTUP_GRACE_S  # then, per input: its wall limit and the grace again
     with selectors.DefaultSelector() as selector:
         for fd in reads:
@@ -298,10 +298,13 @@ def _exchange(proc, rt: _Runtime, limits: _Limits, reads, control: int, info: _C
                 chunk = os.read(key.fd, 65536)
                 if not chunk:
                     selector.unregister(key.fd)
+                    if key.fd == info_r and info:  # bwrap is alive, so its child is not yet reaped: no reuse
+                        with contextlib.suppress(OSError, ValueError, KeyError):
+                            pid1.append(os.pidfd_open(json.loads(info)["child-pid"]))
                 elif key.fd in (out_r, err_r):
                     captures[min(len(results), len(inputs) - 1)][key.fd == err_r].add(chunk)
                 else:
-                    (report if key.fd == report_r else info.data).extend(chunk)
+                    (report if key.fd == report_r else info).extend(chunk)
             *lines, report[:] = report.split(b"\n")
             for word, *fields in (line.decode(errors="replace").split() for line in lines):
                 if word == "error":
@@ -336,18 +339,16 @@ def _read_now(fd: int) -> bytes:
         os.set_blocking(fd, True)
 
 
-def _stop(proc: subprocess.Popen, info: _Capture) -> None:
+def _stop(proc: subprocess.Popen, pid1: list[int]) -> None:
     """Leave no process of the run: kill the sandbox's PID 1 (bwrap exits once its namespace is empty), then
     the process group (all there is in the rlimits mode)."""
-    if info.data and proc.poll() is None:
-        with contextlib.suppress(ValueError, KeyError, OSError):
-            pidfd = os.pidfd_open(json.loads(info.data)["child-pid"])  # safe from pid reuse from here on
-            try:
+    for pidfd in pid1:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-            finally:
-                os.close(pidfd)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=_STARTUP_GRACE_S)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=_STARTUP_GRACE_S)
+        os.close(pidfd)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()

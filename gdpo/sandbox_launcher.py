@@ -74,10 +74,12 @@ def supervise(pid, stdin_w, data):
     while True:
         left = started + float(wall) - time.monotonic()
         exited, writable, _ = select.select([pidfd], [stdin_w] if pending else [], [], max(left, 0))
-        if exited or left <= 0:
+        if exited or not writable:  # the program exited, or its wall time is up
             break
         try:
             pending = pending[os.write(stdin_w, pending[:65536]) :]
+        except BlockingIOError:
+            continue
         except OSError:  # the program closed its stdin
             pending = pending[:0]
         if not pending:
