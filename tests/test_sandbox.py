@@ -866,3 +866,29 @@ def test_unprivileged_caller(contained):
         assert _processes_named(name) == []
     finally:
         shutil.rmtree(shared)
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root and util-linux unshare"
+)
+def test_root_in_a_user_namespace_that_maps_only_uid_0(contained):
+    """What rootless containers give (issue 17: both old isolation paths failed there with EINVAL): the sandbox
+    works, and says that max_processes is not enforced for uid 0 (no other uid to run as)."""
+    name = _marker()
+    script = PRIVATE_SCRIPT.replace(
+        "print(json.dumps([", "print(json.dumps([sandbox.sandbox_info()['notes'], "
+    )
+    done = subprocess.run(
+        ["unshare", "--user", "--map-root-user", sys.executable, "-I", "-c", script, str(REPO), name],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if done.returncode != 0 and "unshare failed" in done.stderr:
+        pytest.skip(f"cannot create a user namespace here: {done.stderr[-300:]}")
+    assert done.returncode == 0, done.stderr
+    notes, isolation, results = json.loads(done.stdout.splitlines()[-1])
+    assert notes == ["root, no other uid mapped: max_processes is not enforced"]
+    assert (isolation, results[:3]) == ("bwrap", PRIVATE_EXPECTED[:3])
+    assert results[3] == ["ok", "50\n"]  # the kernel does not apply RLIMIT_NPROC to uid 0
+    assert _processes_named(name) == []
