@@ -617,3 +617,87 @@ def test_overlong_prompts_are_dropped_or_refused():
     assert kept_prompts(prompts, 12, "error") == [0, 1, 2, 3]
     with pytest.raises(ValueError, match="every training prompt is longer than rollout.max_prompt_tokens=4"):
         kept_prompts(prompts, 4, "drop")
+
+
+# Runs ``train`` in a fresh process with two faults injected: NaN advantages at the steps named in argv[1] and,
+# at the update named in argv[2] (0: none), a parameter set to NaN after the optimizer step. Every 4th training
+# prompt is made 10 tokens longer (the toy prompts all have 22), for rollout.max_prompt_tokens to drop.
+FAULTY_TRAIN = """
+import sys
+from torch.optim.optimizer import register_optimizer_step_post_hook
+import gdpo.trainer as trainer
+from gdpo.config import TrainConfig, load_config
+
+nan_steps, corrupt_at = {int(s) for s in sys.argv[1].split(",") if s}, int(sys.argv[2])
+steps, updates = [], []
+advantages, encode = trainer.compute_advantages, trainer.encode_prompt
+
+def nan_advantages(*args, **kwargs):
+    adv = advantages(*args, **kwargs)
+    steps.append(1)
+    if len(steps) in nan_steps:
+        adv[0, 0] = float("nan")
+    return adv
+
+def longer_prompts(tokenizer, messages, _calls=[]):
+    _calls.append(1)
+    ids = encode(tokenizer, messages)
+    return ids + ids[:1] * 10 if len(_calls) % 4 == 0 else ids
+
+def corrupt(optimizer, args, kwargs):
+    updates.append(1)
+    if len(updates) == corrupt_at:
+        optimizer.param_groups[0]["params"][0].data.fill_(float("nan"))
+
+trainer.compute_advantages, trainer.encode_prompt = nan_advantages, longer_prompts
+register_optimizer_step_post_hook(corrupt)
+trainer.train(load_config(TrainConfig, sys.argv[3], sys.argv[4:]))
+"""
+
+
+def _faulty_run(run_dir, env, nan_steps: str, corrupt_at: int, *overrides):
+    cmd = [sys.executable, "-c", FAULTY_TRAIN, nan_steps, str(corrupt_at), str(CONFIG), *TEST_OVERRIDES]
+    cmd += [f"logging.run_dir={run_dir}", "rollout.max_prompt_tokens=25", *overrides]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
+
+
+def _module_weights(checkpoint: Path) -> dict:
+    (states,) = checkpoint.glob("state/*model_states.pt")
+    return torch.load(states, map_location="cpu", weights_only=False)["module"]
+
+
+@pytest.mark.slow
+def test_non_finite_steps_are_skipped_then_stop_the_run(tmp_path, subprocess_env, toy_model_dir):
+    """NaN advantages at steps 2, 4, 5 and 6 with max_nonfinite_skips=3: steps 2, 4 and 5 are skipped and logged,
+    step 6 stops the run; a skipped step leaves the parameters as they were, nothing of step 6 is saved."""
+    run_dir = tmp_path / "nan"
+    overrides = ["steps=8", "logging.checkpoint_every=1", "logging.keep_checkpoints=10"]
+    result = _faulty_run(run_dir, subprocess_env, "2,4,5,6", 0, *overrides, "algorithm.max_nonfinite_skips=3")
+    assert result.returncode != 0
+    assert "step 6: 1 update(s) skipped for a non-finite loss or gradient" in result.stderr
+    assert "3 steps in a row, algorithm.max_nonfinite_skips=3" in result.stderr.strip().splitlines()[-1]
+    assert "dropped 20 of 80 training prompts longer than rollout.max_prompt_tokens=25" in result.stdout
+    assert json.loads((run_dir / "metadata.json").read_text())["overlong_prompts_dropped"] == 20
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    assert [m["nonfinite/skipped"] for m in metrics] == [0, 1, 0, 1, 1, 1]
+    skipped = metrics[1]
+    assert skipped["loss"] is None and "reward/correct/mean" in skipped and "adv/zero_frac" in skipped
+    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").glob("step_*"))
+    assert checkpoints == [f"step_{k:06d}" for k in range(1, 6)] and not (run_dir / "final_model").exists()
+    weights = {k: _module_weights(run_dir / "checkpoints" / f"step_{k:06d}") for k in (1, 2, 3, 5)}
+    same = lambda a, b: all(torch.equal(a[n], b[n]) for n in a)  # noqa: E731
+    assert same(weights[1], weights[2]) and not same(weights[2], weights[3]) and same(weights[3], weights[5])
+    assert all(torch.isfinite(v).all() for w in weights.values() for v in w.values())
+
+
+@pytest.mark.slow
+def test_an_update_that_makes_the_parameters_non_finite_stops_before_its_checkpoint(
+    tmp_path, subprocess_env, toy_model_dir
+):
+    run_dir = tmp_path / "corrupt"
+    result = _faulty_run(run_dir, subprocess_env, "", 2, "steps=3", "logging.checkpoint_every=1")
+    assert result.returncode != 0
+    assert "step 2: an update made the policy's parameters non-finite" in result.stderr
+    assert (run_dir / "checkpoints/latest").read_text() == "step_000001"
+    assert not (run_dir / "checkpoints/step_000002").exists() and not (run_dir / "final_model").exists()
+    assert [m["step"] for m in read_jsonl(run_dir / "metrics.jsonl")] == [1, 2]
