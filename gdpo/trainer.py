@@ -273,7 +273,8 @@ def build_reference(cfg: TrainConfig, model, layout: Layout):
     )
     zero.pop("offload_optimizer", None)  # there is no optimizer
     engine, _, _, _ = deepspeed.initialize(model=model, config={**ds_config, "zero_optimization": zero})
-    return engine.eval()
+    engine.eval()  # DeepSpeed's eval() returns None, not the engine
+    return engine
 
 
 def load_policy(cfg: TrainConfig, path: str, device: torch.device):

@@ -287,14 +287,20 @@ def _assert_full_weights(final_model: Path, reference: Path) -> None:
 
 def test_two_processes_under_zero3_finish_and_save_full_weights(tmp_path, subprocess_env, toy_model_dir):
     """ZeRO-3 over 2 ranks: every forward gathers parameters (a collective), so the ranks decode in step until
-    all rows of both are done, and the final model is gathered from the partitions."""
+    all rows of both are done, and the final model is gathered from the partitions. The KL reference is a
+    partitioned inference engine too: at step 1 the policy is the reference (KL 0), at step 2 it has moved."""
     torchrun = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "2"]
     run_dir = tmp_path / "zero3-ddp"
     result = _run(
-        ["steps=2", "optim.zero_stage=3", ZERO3_PARTITION_ALL], subprocess_env, run_dir, launcher=torchrun
+        ["steps=2", "optim.zero_stage=3", ZERO3_PARTITION_ALL, "algorithm.kl_coef=0.05"],
+        subprocess_env,
+        run_dir,
+        launcher=torchrun,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert [m["step"] for m in read_jsonl(run_dir / "metrics.jsonl")] == [1, 2]
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [1, 2]
+    assert metrics[0]["kl"] == pytest.approx(0.0, abs=1e-6) and metrics[1]["kl"] > 1e-6
     _assert_full_weights(run_dir / "final_model", toy_model_dir)
 
 
@@ -701,3 +707,38 @@ def test_an_update_that_makes_the_parameters_non_finite_stops_before_its_checkpo
     assert (run_dir / "checkpoints/latest").read_text() == "step_000001"
     assert not (run_dir / "checkpoints/step_000002").exists() and not (run_dir / "final_model").exists()
     assert [m["step"] for m in read_jsonl(run_dir / "metrics.jsonl")] == [1, 2]
+
+
+REFERENCE_UNDER_ZERO3 = """
+import sys
+import torch
+from gdpo.config import TrainConfig, load_config
+from gdpo.distributed import init_distributed
+from gdpo.rollout import pack_rollouts
+from gdpo.trainer import build_reference, completion_logprobs, load_policy, plan_layout
+
+cfg = load_config(TrainConfig, sys.argv[1], sys.argv[3:])
+init_distributed(torch.device("cpu"))
+tokenizer, model = load_policy(cfg, sys.argv[2], torch.device("cpu"))
+_, copy = load_policy(cfg, sys.argv[2], torch.device("cpu"))
+ref = build_reference(cfg, copy, plan_layout(cfg, 1))
+params = list(ref.module.parameters())
+assert all(hasattr(p, "ds_id") and p.numel() == 0 and p.ds_numel > 0 for p in params), "not partitioned"
+ro = pack_rollouts(tokenizer, [[5, 6, 7], [8, 9]], [[11, 12], [13, 14, 15]], [[0.0] * 2, [0.0] * 3], [False] * 2)
+with torch.no_grad():
+    expected = completion_logprobs(model, ro, slice(None), 1.0, tokenizer.pad_token_id, False)[0]
+    got = completion_logprobs(ref, ro, slice(None), 1.0, tokenizer.pad_token_id, False)[0]
+assert torch.allclose(got, expected, atol=1e-6), (got, expected)
+print("partitioned", len(params), "parameters")
+"""
+
+
+@pytest.mark.slow  # 26 s here
+def test_the_kl_reference_is_partitioned_under_zero3(subprocess_env, toy_model_dir):
+    """Under ZeRO-3 the reference holds placeholders (its parameters live in ZeRO partitions) and gives the
+    plain model's log-probs, its output head gathered outside the engine's forward."""
+    cmd = [sys.executable, "-c", REFERENCE_UNDER_ZERO3, str(CONFIG), str(toy_model_dir), *TEST_OVERRIDES]
+    cmd += ["optim.zero_stage=3", ZERO3_PARTITION_ALL, "algorithm.kl_coef=0.05"]
+    result = subprocess.run(cmd, env=subprocess_env, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "partitioned 29 parameters" in result.stdout
