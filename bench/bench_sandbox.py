@@ -4,9 +4,11 @@ For each isolation this machine provides (``bwrap``, the default, and the opt-in
 - a trivial program (``print(1)``): ``run_python`` one call at a time, and ``run_many`` on every CPU;
 - a test suite: a program checked against 20 stdin/stdout cases, as 20 ``run_python`` calls (``run_many``),
   as one ``run_tests`` call (a fresh sandbox per case), and as ``run_tests_many`` over several suites at once.
-Every output is checked. Prints a table and writes ``bench/results/sandbox-cpu.json`` naming the machine
-(CPU model and core count) and the load average while it ran: the numbers are only comparable on an idle
-machine.
+Every output is checked. Besides throughput, each row has the CPU time of the sandbox processes per execution
+(``RUSAGE_CHILDREN``: bwrap, launcher and program; not the caller's threads nor kernel work done in other
+threads), which depends much less on what else the machine runs. Prints a table and writes
+``bench/results/sandbox-cpu.json`` naming the machine (CPU model and core count) and the load average while it
+ran: throughput is only comparable on an idle machine.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import statistics
 import time
 from pathlib import Path
@@ -43,33 +46,41 @@ def check(results, expected: list[str]) -> None:
         raise SystemExit(f"wrong sandbox results: {wrong[:3]}")
 
 
-def timed(fn) -> float:
-    start = time.perf_counter()
+def children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(fn) -> tuple[float, float]:
+    """Wall seconds and CPU seconds of the waited-for child processes while `fn` ran."""
+    start, cpu = time.perf_counter(), children_cpu_s()
     fn()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, children_cpu_s() - cpu
 
 
-def row(name: str, executions: int, seconds: float, **extra) -> dict:
+def row(name: str, executions: int, seconds: float, cpu_s: float, **extra) -> dict:
     rate = round(executions / seconds, 2)
     return {
         "name": name,
         "executions": executions,
         "seconds": round(seconds, 3),
         "executions_per_s": rate,
+        "cpu_ms_per_execution": round(cpu_s / executions * 1e3, 2),
         **extra,
     }
 
 
 def bench_trivial(sequential: int, parallel: int) -> list[dict]:
-    latencies = []
+    latencies, cpu = [], children_cpu_s()
     for _ in range(sequential):
         start = time.perf_counter()
         check([sandbox.run_python(TRIVIAL)], ["1\n"])
         latencies.append(time.perf_counter() - start)
     median_ms = round(statistics.median(latencies) * 1e3, 1)
-    rows = [row("trivial, run_python, 1 at a time", sequential, sum(latencies), median_latency_ms=median_ms)]
-    seconds = timed(lambda: check(sandbox.run_many([TRIVIAL] * parallel), ["1\n"] * parallel))
-    rows.append(row(f"trivial, run_many, {sandbox.max_workers()} workers", parallel, seconds))
+    name, cpu = "trivial, run_python, 1 at a time", children_cpu_s() - cpu
+    rows = [row(name, sequential, sum(latencies), cpu, median_latency_ms=median_ms)]
+    seconds, cpu = timed(lambda: check(sandbox.run_many([TRIVIAL] * parallel), ["1\n"] * parallel))
+    rows.append(row(f"trivial, run_many, {sandbox.max_workers()} workers", parallel, seconds, cpu))
     return rows
 
 
@@ -83,25 +94,25 @@ def bench_suites(sequential: int, parallel: int) -> list[dict]:
         for _ in range(sequential):
             check(sandbox.run_many([(SUITE_PROGRAM, stdin) for stdin in stdins]), expected)
 
-    seconds = timed(as_calls)
+    seconds, cpu = timed(as_calls)
     name = f"suite of {cases}, {cases} run_python calls (run_many)"
-    rows.append(row(name, sequential * cases, seconds, suites_per_s=round(sequential / seconds, 3)))
+    rows.append(row(name, sequential * cases, seconds, cpu, suites_per_s=round(sequential / seconds, 3)))
 
     def as_one_call() -> None:
         for _ in range(sequential):
             check(sandbox.run_tests(SUITE_PROGRAM, stdins), expected)
 
-    seconds = timed(as_one_call)
+    seconds, cpu = timed(as_one_call)
     name = f"suite of {cases}, one run_tests call, 1 at a time"
-    rows.append(row(name, sequential * cases, seconds, suites_per_s=round(sequential / seconds, 3)))
+    rows.append(row(name, sequential * cases, seconds, cpu, suites_per_s=round(sequential / seconds, 3)))
 
     def many_suites() -> None:
         for suite in sandbox.run_tests_many([(SUITE_PROGRAM, stdins)] * parallel):
             check(suite, expected)
 
-    seconds = timed(many_suites)
+    seconds, cpu = timed(many_suites)
     name = f"suite of {cases}, run_tests_many, {sandbox.max_workers()} workers"
-    rows.append(row(name, parallel * cases, seconds, suites_per_s=round(parallel / seconds, 3)))
+    rows.append(row(name, parallel * cases, seconds, cpu, suites_per_s=round(parallel / seconds, 3)))
     return rows
 
 
@@ -146,7 +157,8 @@ def main() -> None:
         for r in run["results"]:
             extra = f"  {r['suites_per_s']:6.2f} suites/s" if "suites_per_s" in r else ""
             latency = f"  median {r['median_latency_ms']} ms" if "median_latency_ms" in r else ""
-            print(f"    {r['name']:<52} {r['executions_per_s']:7.1f} exec/s{extra}{latency}")
+            cpu = f"  {r['cpu_ms_per_execution']:5.1f} ms CPU/exec"
+            print(f"    {r['name']:<52} {r['executions_per_s']:7.1f} exec/s{cpu}{extra}{latency}")
 
 
 if __name__ == "__main__":
