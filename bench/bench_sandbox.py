@@ -3,7 +3,8 @@
 For each isolation this machine provides (``bwrap``, the default, and the opt-in ``rlimits``), measures
 - a trivial program (``print(1)``): ``run_python`` one call at a time, and ``run_many`` on every CPU;
 - a test suite: a program checked against 20 stdin/stdout cases, as 20 ``run_python`` calls (``run_many``),
-  as one ``run_tests`` call (a fresh sandbox per case), and as ``run_tests_many`` over several suites at once.
+  as one ``run_tests`` call (one sandbox, a fresh work dir and process per case), and as ``run_tests_many``
+  over several suites at once.
 Every output is checked. Besides throughput, each row has the CPU time of the sandbox processes per execution
 (``RUSAGE_CHILDREN``: bwrap, launcher and program; not the caller's threads nor kernel work done in other
 threads), which depends much less on what else the machine runs. Prints a table and writes
