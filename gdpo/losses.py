@@ -1,4 +1,4 @@
-"""Policy-gradient loss pieces as small pure tensor functions, registered by name.
+"""Policy-gradient loss pieces as small pure tensor functions, registered by name, and the token log-probs.
 
 * ``policy_loss``: the PPO clipped surrogate with separate low/high clip (DAPO's clip-higher), per token.
 * ``KL_ESTIMATORS``: per-token KL(pi || pi_ref) estimators ``k1`` (log-ratio), ``k3`` (Schulman's unbiased,
@@ -7,6 +7,8 @@
   ``seq_mean_token_mean`` (paper Eq. 3: mean over each sequence's tokens, then over sequences),
   ``token_mean`` (DAPO / verl token-mean / TRL "bnpo": every token of the batch weighs the same),
   ``seq_mean_token_sum_norm`` (Dr. GRPO: token sum divided by a constant length, then mean over sequences).
+* ``token_logprobs``: log-probs and entropies of the completion tokens from final hidden states, the output
+  head and the fp32 log-softmax applied a chunk of tokens at a time and recomputed in the backward pass.
 
 Aggregations take explicit normalisers (``num_tokens``, ``num_sequences``, ``max_tokens``) so that a loss split
 over micro-batches and ranks adds up to exactly the loss of the whole mini-batch.
@@ -23,7 +25,6 @@ __all__ = [
     "KL_ESTIMATORS",
     "LOSS_AGGREGATIONS",
     "aggregate",
-    "entropy_from_logits",
     "kl_penalty",
     "policy_loss",
     "token_logprobs",
@@ -70,12 +71,6 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: st
     if estimator not in KL_ESTIMATORS:
         raise ValueError(f"unknown kl_estimator {estimator!r}; known: {sorted(KL_ESTIMATORS)}")
     return KL_ESTIMATORS[estimator](logprobs - ref_logprobs)
-
-
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Per-position entropy of the categorical distribution given by ``logits [..., V]``."""
-    logp = torch.log_softmax(logits.float(), -1)
-    return -(logp.exp() * logp).sum(-1)
 
 
 # The padding token's logit, as a finite number: exp(-1e9 - max) is exactly 0 in fp32, so the log-softmax of

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from gdpo.losses import aggregate, entropy_from_logits, kl_penalty, policy_loss
+from gdpo.losses import aggregate, kl_penalty, policy_loss, token_logprobs
 
 
 def _lp(ratio):
@@ -65,8 +65,19 @@ def test_kl_estimators_at_log_ratio_log2():
 
 
 def test_entropy_of_uniform_and_peaked():
-    assert entropy_from_logits(torch.zeros(4)).item() == pytest.approx(math.log(4))
-    assert entropy_from_logits(torch.tensor([0.0, -1e9])).item() == pytest.approx(0.0, abs=1e-6)
+    """Rows of an identity head: uniform over 4 tokens (log 4), all mass on one (0), uniform over 3 of 4 with the
+    4th forbidden (log 3: the forbidden token has no probability and adds nothing, not NaN)."""
+    hidden = torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.0, -1e9, -1e9, -1e9], [0.0, 0.0, 0.0, 0.0]])
+    options = {"temperature": 1.0, "chunk_tokens": 2, "with_entropy": True}
+    _, entropy = token_logprobs(
+        hidden, lambda h: h, torch.zeros(3, dtype=torch.long), forbidden=None, **options
+    )
+    assert entropy[:2].tolist() == pytest.approx([math.log(4), 0.0], abs=1e-6)
+    hidden.requires_grad_(True)
+    _, entropy = token_logprobs(hidden, lambda h: h, torch.zeros(3, dtype=torch.long), forbidden=3, **options)
+    assert entropy[2].item() == pytest.approx(math.log(3), abs=1e-6)
+    entropy.sum().backward()
+    assert torch.isfinite(hidden.grad).all()
 
 
 VALUES = torch.tensor([[1.0, 2.0, 3.0, 0.0], [4.0, 0.0, 0.0, 0.0]])
