@@ -316,3 +316,87 @@ def test_pruning_after_a_fallback_keeps_the_new_checkpoint(keep, left, engine, s
     save_checkpoint(root, 3, engine, keep=keep)  # step_000004 (damaged, later) must not outlive it
     assert sorted(p.name for p in root.iterdir()) == ["latest", *left]
     assert latest_checkpoint(root) == root / "step_000003"
+
+
+# -- Two ranks (gloo): every rank's files in the manifest, a failure on one rank fails the save on both ----------
+
+RANK_SCRIPT = """
+import errno, json, sys
+from pathlib import Path
+import torch.distributed as dist
+from gdpo.checkpoint import restore_checkpoint, save_checkpoint
+
+dist.init_process_group("gloo")
+rank, root = dist.get_rank(), Path(sys.argv[1])
+
+
+class Engine:  # each rank writes its own shard, as DeepSpeed's ZeRO does
+    full_on = None
+
+    def save_checkpoint(self, folder, tag, save_latest):
+        (Path(folder) / tag).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / tag / f"zero_pp_rank_{rank}_optim_states.pt").write_bytes(b"shard %d" % rank)
+        if self.full_on == rank:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def load_checkpoint(self, path, tag, **options):
+        return path, None
+
+
+engine = Engine()
+save_checkpoint(root, 2, engine)
+engine.full_on = 1
+try:
+    save_checkpoint(root, 4, engine)
+except OSError as exc:
+    error = str(exc)
+print(json.dumps({"error": error, "step": restore_checkpoint(root, engine).step}))
+"""
+
+
+def test_two_ranks_share_one_manifest_and_fail_a_save_together(tmp_path, subprocess_env):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, "-c", RANK_SCRIPT, str(tmp_path)],
+            env={
+                **subprocess_env,
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(port),
+                "WORLD_SIZE": "2",
+                "RANK": str(r),
+                "LOCAL_RANK": str(r),
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for r in (0, 1)
+    ]
+    outputs = [p.communicate(timeout=300) for p in ranks]  # a rank left at a barrier would time out here
+    assert [p.returncode for p in ranks] == [0, 0], [err[-2000:] for _, err in outputs]
+    reports = [json.loads(out.splitlines()[-1]) for out, _ in outputs]
+    assert reports == [
+        {
+            "error": "[Errno 5] checkpoint of step 4 not saved: a write failed on another rank (see its error)",
+            "step": 2,
+        },
+        {
+            "error": "[Errno 28] checkpoint of step 4 not saved: no space left on device (ENOSPC) writing "
+            f"{tmp_path}/.tmp-step_000004; step_000002 stays the latest",
+            "step": 2,
+        },
+    ]
+    manifest = json.loads((tmp_path / "step_000002/manifest.json").read_text())
+    assert sorted(manifest["files"]) == [
+        "rng_rank0.pt", "rng_rank1.pt", "state/zero_pp_rank_0_optim_states.pt",
+        "state/zero_pp_rank_1_optim_states.pt", "trainer_state.json",
+    ]  # fmt: skip
+    assert manifest["files"]["state/zero_pp_rank_1_optim_states.pt"]["size"] == len(b"shard 1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step_000002"]
