@@ -1,11 +1,11 @@
-"""Run untrusted Python programs (model-written code) in a bubblewrap sandbox; docs/sandbox.md has the details.
+"""Run untrusted Python programs (model-written code) in a bubblewrap sandbox (details: docs/sandbox.md).
 
-Each run is a ``bwrap`` container under a libseccomp filter, with ``sandbox_launcher.py`` as PID 1; the caller
-feeds stdin, caps the output, enforces the wall-clock backstop and kills what is left. ``SandboxResult.status``:
-``ok`` (exit 0), ``error`` (other exit), ``timeout`` (CPU-time limit, or the backstop at 4 * ceil(timeout_s) + 2
-s: ``returncode`` None), ``memory`` (MemoryError, or killed near the address-space limit), ``killed`` (another
+Each call is a ``bwrap`` container under a libseccomp filter, with ``sandbox_launcher.py`` as its PID 1; the
+caller caps the output, enforces a wall-clock backstop and kills what is left. ``SandboxResult.status``: ``ok``
+(exit 0), ``error`` (other exit), ``timeout`` (CPU-time limit, or the backstop at 4 * ceil(timeout_s) + 2 s:
+``returncode`` None), ``memory`` (MemoryError, or killed near the address-space limit), ``killed`` (another
 signal; ``returncode`` None if the sandbox died). `SandboxError`: the sandbox failed, never the program.
-``GDPO_SANDBOX_ISOLATION=rlimits`` opts in to running without namespaces or seccomp, with a warning per run.
+``GDPO_SANDBOX_ISOLATION=rlimits`` opts in to running without namespaces or seccomp, with a warning per call.
 """
 
 from __future__ import annotations
@@ -237,36 +237,39 @@ def _run_suite(rt: _Runtime, code: str, inputs: list[str], limits: _Limits) -> l
     """One program on its inputs in one sandbox: start it, exchange data, kill what is left, give verdicts."""
     workdir = _SANDBOX_DIR if rt.isolation == "bwrap" else tempfile.mkdtemp(prefix="gdpo-sandbox-")
     (out_r, out_w), (err_r, err_w), (report_r, report_w), *rest = [os.pipe() for _ in range(6)]
-    (job_r, job_w), (control_r, control_w), (info_r, info_w) = rest
-    seccomp_r, seccomp_w = os.pipe()
-    os.write(seccomp_w, rt.seccomp)  # a few hundred bytes: fits the pipe buffer
-    os.close(seccomp_w)
-    child_ends, ours = (out_w, err_w, report_w, job_r, control_r, info_w, seccomp_r), (out_r, err_r, report_r)
-    fds = ["--info-fd", str(info_w), "--seccomp", str(seccomp_r)] if rt.seccomp else []
-    launcher = [rt.python, "-I", "-S", "-B", "-c", _LAUNCHER, *map(str, (report_w, job_r, control_r))]
+    (control_r, control_w), (info_r, info_w), seccomp = rest
+    os.write(seccomp[1], rt.seccomp)  # a few hundred bytes: fits the pipe buffer
+    os.close(seccomp[1])
+    child_ends, ours = (out_w, err_w, report_w, control_r, info_w, seccomp[0]), (out_r, err_r, report_r)
+    fds = ["--info-fd", str(info_w), "--seccomp", str(seccomp[0])] if rt.seccomp else []
     sizes = (limits.cpu_s, limits.memory_mb << 20, limits.disk_mb << 20, limits.max_processes + 1)
     sizes += (limits.disk_mb << 20, limits.disk_mb * _INODES_PER_MB, limits.wall_s)  # tmpfs bytes, inodes
     switch = rt.uid is not None and not rt.command[0].endswith("setpriv")  # no setpriv: Popen does it
     user = {"user": rt.uid, "group": rt.uid, "extra_groups": []} if switch else {}
     proc, pid1 = None, []  # a pidfd of the sandbox's PID 1, opened as soon as bwrap names it
     try:
-        proc = subprocess.Popen(
-            [*rt.command, *fds, *launcher, rt.isolation, workdir, *map(str, sizes)],
-            stdin=subprocess.DEVNULL,
-            stdout=out_w,
-            stderr=err_w,
-            pass_fds=child_ends[2:],
-            cwd="/",
-            env=_ENV,
-            start_new_session=True,
-            **user,
-        )
+        with tempfile.TemporaryFile() as job:  # the launcher reads it through the fd: no path to reach
+            job.write(
+                marshal.dumps((code.encode(), [text.encode("utf-8", "surrogatepass") for text in inputs]))
+            )
+            job.seek(0)
+            passed = (report_w, job.fileno(), control_r, info_w, seccomp[0])
+            launcher = [rt.python, "-I", "-S", "-B", "-c", _LAUNCHER, *map(str, passed[:3]), rt.isolation]
+            proc = subprocess.Popen(
+                [*rt.command, *fds, *launcher, workdir, *map(str, sizes)],
+                stdin=subprocess.DEVNULL,
+                stdout=out_w,
+                stderr=err_w,
+                pass_fds=passed,
+                cwd="/",
+                env=_ENV,
+                start_new_session=True,
+                **user,
+            )
     finally:
-        for fd in child_ends if proc else (*child_ends, *ours, job_w, control_w, info_r):
+        for fd in child_ends if proc else (*child_ends, *ours, control_w, info_r):
             os.close(fd)
     try:
-        job = marshal.dumps((code.encode(), [stdin.encode("utf-8", "surrogatepass") for stdin in inputs]))
-        threading.Thread(target=_feed, args=(job_w, job), daemon=True).start()  # owns and closes job_w
         return _exchange(rt, limits, (out_r, err_r, report_r, info_r), control_w, pid1, inputs, workdir, proc)
     finally:
         for fd in (*ours, control_w, info_r):
@@ -277,21 +280,17 @@ def _run_suite(rt: _Runtime, code: str, inputs: list[str], limits: _Limits) -> l
             subprocess.run(["rm", "-rf", "--one-file-system", workdir], capture_output=True, env=_ENV)
 
 
-def _feed(fd: int, data: bytes) -> None:
-    """Write `data` into the pipe `fd`, then close it; stops when the reader is gone."""
-    with contextlib.suppress(OSError), open(fd, "wb") as pipe:
-        pipe.write(data)
-
-
 def _exchange(rt: _Runtime, limits: _Limits, reads, control: int, pid1: list[int], inputs, workdir, proc):
-    """Read stdout, stderr, the launcher's report and bwrap's info until every input is done or the backstop
-    fires; after each input, take the rest of its output (written before it died) and let the launcher go on."""
+    """Read stdout, stderr, the launcher's report and bwrap's info until every input is done or the
+    backstop fires; after each input, take the rest of its output (written before it ended), let the launcher
+    go on."""
     out_r, err_r, report_r, info_r = reads
     captures = [(_Capture(limits.max_output_bytes), _Capture(limits.max_output_bytes)) for _ in inputs]
     report, info, results, started = bytearray(), bytearray(), [], None
     deadline = time.monotonic() + _STARTUP_GRACE_S  # then, per input: its wall limit and the grace again
     with selectors.DefaultSelector() as selector:
         for fd in reads:
+            os.set_blocking(fd, False)
             selector.register(fd, selectors.EVENT_READ)
         while len(results) < len(inputs) and selector.get_map() and time.monotonic() < deadline:
             for key, _mask in selector.select(deadline - time.monotonic()):
@@ -314,9 +313,10 @@ def _exchange(rt: _Runtime, limits: _Limits, reads, control: int, pid1: list[int
                     started, deadline = time.monotonic(), time.monotonic() + limits.wall_s + _STARTUP_GRACE_S
                 if word == "done":
                     out, err = captures[len(results)]
-                    for fd, capture in ((out_r, out), (err_r, err)):
-                        while chunk := _read_now(fd):
-                            capture.add(chunk)
+                    for fd, capture in ((out_r, out), (err_r, err)):  # written before the program died
+                        with contextlib.suppress(BlockingIOError):
+                            while chunk := os.read(fd, 65536):
+                                capture.add(chunk)
                     path = workdir if rt.isolation == "bwrap" else f"{workdir}/{len(results)}"
                     results.append(_verdict(rt, limits, fields[1:], out, err, path))
                     os.write(control, b"n")
@@ -327,16 +327,6 @@ def _exchange(rt: _Runtime, limits: _Limits, reads, control: int, pid1: list[int
         common = {"stdout": out.text(), "stderr": err.text(), "isolation": rt.isolation, "workdir": workdir}
         results.append(SandboxResult(word, returncode=None, duration_s=duration, **common))
     return results
-
-
-def _read_now(fd: int) -> bytes:
-    os.set_blocking(fd, False)
-    try:
-        return os.read(fd, 65536)
-    except BlockingIOError:
-        return b""
-    finally:
-        os.set_blocking(fd, True)
 
 
 def _stop(proc: subprocess.Popen, pid1: list[int]) -> None:
