@@ -1,7 +1,7 @@
 """Run untrusted Python programs (model-written code) in a bubblewrap sandbox (details: docs/sandbox.md).
 
 Each call is a ``bwrap`` container under a libseccomp filter, with ``sandbox_launcher.py`` as its PID 1; the
-caller caps the output, enforces a wall-clock backstop and kills what is left. ``SandboxResult.status``: ``ok``
+caller caps output, enforces a wall-clock backstop and kills what is left. ``SandboxResult.status``: ``ok``
 (exit 0), ``error`` (other exit), ``timeout`` (CPU-time limit, or the backstop at 4 * ceil(timeout_s) + 2 s:
 ``returncode`` None), ``memory`` (MemoryError, or killed near the address-space limit), ``killed`` (another
 signal; ``returncode`` None if the sandbox died). `SandboxError`: the sandbox failed, never the program.
