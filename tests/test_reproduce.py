@@ -1,8 +1,11 @@
-"""experiments/reproduce.py: jobs on long-lived workers, skip what is done, name the job that failed."""
+"""experiments/reproduce.py: jobs as Ray tasks on a real local Ray instance, skip what is done, name the job that
+failed."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import time
 from functools import partial
 from pathlib import Path
@@ -13,6 +16,33 @@ from experiments.reproduce import Job, run_jobs
 from tests.conftest import REPO, TEST_OVERRIDES
 
 CONFIG = REPO / "experiments/toy/configs/tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    """One real local Ray instance for the module's jobs (the engine keeps a connection it finds), started
+    from an environment with a torchrun rank in it, as when the reproduction itself is launched by torchrun:
+    Ray's workers inherit it, and each job must still be a world of its own."""
+    from experiments.reproduce import ray_cluster
+
+    with contextlib.ExitStack() as stack:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("RANK", "3")
+            patch.setenv("WORLD_SIZE", "4")
+            stack.enter_context(ray_cluster())
+        yield
+
+
+def record_environment(model_dir: Path, cfg, out_dir: Path) -> dict:
+    """An evaluation that writes down the process settings it ran with."""
+    import torch
+
+    names = ("RANK", "WORLD_SIZE", "OMP_NUM_THREADS")
+    out = {**{name: os.environ.get(name) for name in names}, "threads": torch.get_num_threads()}
+    print(f"evaluating {model_dir}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "summary.json").write_text(json.dumps(out))
+    return out
 
 
 def count_reward_means(
@@ -48,7 +78,7 @@ def _jobs(tmp_path: Path, base: Path) -> list[Job]:
     return jobs
 
 
-def test_jobs_train_evaluate_and_are_not_redone(tmp_path, toy_model_dir):
+def test_jobs_train_evaluate_and_are_not_redone(tmp_path, toy_model_dir, ray_instance):
     lines: list[str] = []
     jobs = _jobs(tmp_path, toy_model_dir)
     killed = tmp_path / "gdpo" / "seed1"  # killed during its first log line, before any checkpoint
@@ -65,6 +95,10 @@ def test_jobs_train_evaluate_and_are_not_redone(tmp_path, toy_model_dir):
         summary = json.loads((run / "eval" / "summary.json").read_text())
         assert summary == {"model": str(run / "final_model"), "method": method, "seed": seed}
     assert json.loads((tmp_path / "base_eval" / "summary.json").read_text())["model"] == str(toy_model_dir)
+    # What each job printed is in its folder, not on the console.
+    log = (tmp_path / "grpo" / "seed0" / "reproduce.log").read_text()
+    assert log.startswith("--- ") and " job grpo/seed0 on " in log.splitlines()[0]
+    assert " job base on " in (tmp_path / "base_eval" / "reproduce.log").read_text()
 
     again: list[str] = []
     run_jobs(CONFIG, jobs, evaluate=count_reward_means, parallel=1, log=again.append)
@@ -85,6 +119,40 @@ def test_jobs_train_evaluate_and_are_not_redone(tmp_path, toy_model_dir):
         run_jobs(CONFIG, longer, evaluate=count_reward_means, parallel=1)
 
 
+def test_a_job_is_a_world_of_its_own_with_its_share_of_the_cpus(tmp_path, toy_model_dir, ray_instance):
+    """Ray started with RANK=3 / WORLD_SIZE=4 in its environment (the fixture): no job sees them; a job uses
+    cpus // parallel threads (this machine's CPUs, as the local instance has them)."""
+    cpus = os.cpu_count()
+    for parallel in (1, cpus + 1):
+        out = tmp_path / f"parallel{parallel}"
+        job = Job("base", tuple(TEST_OVERRIDES), model_dir=toy_model_dir, eval_dir=out)
+        run_jobs(CONFIG, [job], evaluate=record_environment, parallel=parallel, log=lambda line: None)
+        seen = json.loads((out / "summary.json").read_text())
+        threads = max(1, cpus // parallel)
+        assert seen["RANK"] in (None, "0") and seen["WORLD_SIZE"] in (None, "1"), seen
+        assert (seen["OMP_NUM_THREADS"], seen["threads"]) == (str(threads), threads)
+        assert f"evaluating {toy_model_dir}" in (out / "reproduce.log").read_text()
+
+
+def test_placement_of_jobs_on_cpu_and_gpu_clusters():
+    from experiments.reproduce import Placement, plan_placement
+
+    # CPUs only: `parallel` jobs share the largest node's CPUs, fractions rounded down to Ray's 1e-4.
+    assert plan_placement(2, 0, 2, None) == (Placement(1.0, 0, 1, 1), Placement(1.0, 0, 1, 1))
+    assert plan_placement(2, 0, 3, None)[0] == Placement(0.6666, 0, 1, 1)
+    assert plan_placement(16, 0, 6, None)[0] == Placement(2.6666, 0, 2, 1)  # 6 fit in 16 CPUs, not 8
+    # GPUs: a run takes all of a node's by default, or --gpus-per-run; an evaluation-only job takes one.
+    assert plan_placement(64, 8, 2, None) == (Placement(1, 8, 64, 8), Placement(1, 1, 8, 1))
+    assert plan_placement(64, 8, 2, 2) == (Placement(1, 2, 16, 2), Placement(1, 1, 8, 1))
+    assert plan_placement(4, 8, 1, 1)[0] == Placement(1, 1, 1, 1)
+    with pytest.raises(ValueError, match=r"--gpus-per-run 9: a run takes 1 to 8 GPUs"):
+        plan_placement(64, 8, 2, 9)
+    with pytest.raises(ValueError, match=r"--gpus-per-run 1: the Ray cluster has no GPU"):
+        plan_placement(2, 0, 2, 1)
+    with pytest.raises(ValueError, match=r"--parallel must be at least 1, got 0"):
+        plan_placement(2, 0, 0, None)
+
+
 def test_evaluation_settings_hold_the_evaluation_options_and_the_config_but_not_logging():
     from experiments.reproduce import evaluation_settings
     from gdpo.config import TrainConfig, load_config
@@ -99,10 +167,12 @@ def test_evaluation_settings_hold_the_evaluation_options_and_the_config_but_not_
     assert evaluation_settings(partial(count_reward_means, fail_on="x"), longer) != settings
 
 
-def test_a_failed_job_is_named(tmp_path, toy_model_dir):
+def test_a_failed_job_is_named(tmp_path, toy_model_dir, ray_instance):
     jobs = _jobs(tmp_path, toy_model_dir)[:1]
-    with pytest.raises(RuntimeError, match=r"job 'base' failed: cannot evaluate"):
+    log = tmp_path / "base_eval" / "reproduce.log"
+    with pytest.raises(RuntimeError, match=rf"job 'base' failed: cannot evaluate .*\(its output: {log}\)$"):
         run_jobs(CONFIG, jobs, evaluate=partial(count_reward_means, fail_on="models"), parallel=1)
+    assert "ValueError: cannot evaluate" in log.read_text()  # the traceback, in the job's log
     # Reported when it happens, not after the jobs submitted before it.
     two = [
         jobs[0],
@@ -155,6 +225,8 @@ def test_run_and_result_folders_are_made_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the notebook later runs from the repository root, not from here
     args = reproduce_parser("x").parse_args(["--runs", "runs2", "--results", "out"])
     assert (args.runs, args.results) == (tmp_path / "runs2", tmp_path / "out")
+    assert (args.parallel, args.gpus_per_run) == (2, None)
+    assert reproduce_parser("x").parse_args(["--gpus-per-run", "4"]).gpus_per_run == 4
 
 
 def test_coding_evaluation_samples_as_the_math_evaluation_and_decontaminates(

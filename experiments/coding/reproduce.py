@@ -1,10 +1,10 @@
 """Reproduce the paper's coding experiment (Table 5): train, evaluate, tabulate, plot.
 
     python -m experiments.coding.reproduce --preset tiny             # what `make reproduce-code` runs
-    python -m experiments.coding.reproduce --preset paper-r1-7b --parallel 1 --source apps=data/apps ...
+    python -m experiments.coding.reproduce --preset paper-r1-7b --source apps=data/apps ...  # a node's GPUs per run
 
 1. Build the starting model once (the tiny model and its warm start are cached and shared by every run).
-2. Train every variant over the seeds on ``--parallel`` worker processes (experiments/reproduce.py): GRPO and
+2. Train every variant over the seeds, one Ray task per run (experiments/reproduce.py, docs/cluster.md): GRPO and
    GDPO with two objectives (R_pass + R~_length: folders ``grpo``, ``gdpo``) and three (+ R_bug:
    ``grpo-3obj``, ``gdpo-3obj``). A finished run is skipped; an interrupted one is resumed.
 3. Evaluate the base model and every final model with eval/code_bench.py (Pass, Exceed, Bug in %; programs run
@@ -139,6 +139,7 @@ def main() -> None:
         jobs,
         evaluate,
         parallel=args.parallel,
+        gpus_per_run=args.gpus_per_run,
         notebook=REPO / "analysis/notebooks/coding.ipynb",
         results=results,
         params={

@@ -2,10 +2,10 @@
 
     python -m experiments.math.reproduce --preset tiny               # what `make reproduce-math` runs
     python -m experiments.math.reproduce --preset tiny --sweep       # + the sweep (make reproduce-math-sweep)
-    python -m experiments.math.reproduce --preset paper-r1-7b --parallel 1
+    python -m experiments.math.reproduce --preset paper-r1-7b    # each run on all of a node's GPUs
 
 1. Build the starting model once (the tiny model and its warm start are cached and shared by every run).
-2. Train every variant over the seeds on ``--parallel`` worker processes (experiments/reproduce.py): GRPO and
+2. Train every variant over the seeds, one Ray task per run (experiments/reproduce.py, docs/cluster.md): GRPO and
    GDPO with the length reward R_length (Table 3) and with the correctness-conditioned R~_length (Table 4);
    with ``--sweep`` also w_length in {0.75, 0.5, 0.25} for all four (Figure 6 / Table 8; 1.0 is the main run).
    Run folders: ``runs/math/<preset>/<variant>/seed<k>``, variants ``grpo``, ``gdpo``, ``grpo-condlen``,
@@ -164,6 +164,7 @@ def main() -> None:
         jobs,
         evaluate,
         parallel=args.parallel,
+        gpus_per_run=args.gpus_per_run,
         notebook=REPO / "analysis/notebooks/math.ipynb",
         results=results,
         params={"RUNS_DIR": str(args.runs), "PRESET": args.preset, "BENCHMARKS": list(benchmarks)},

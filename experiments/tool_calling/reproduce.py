@@ -1,12 +1,14 @@
 """Reproduce the paper's tool-calling experiment: train, evaluate, tabulate, plot.
 
     python -m experiments.tool_calling.reproduce --preset tiny            # what `make reproduce-tool` runs
-    python -m experiments.tool_calling.reproduce --preset paper-qwen2.5-1.5b --parallel 1
+    python -m experiments.tool_calling.reproduce --preset paper-qwen2.5-1.5b  # each run on all of a node's GPUs
+    RAY_ADDRESS=auto python -m experiments.tool_calling.reproduce --preset paper-qwen2.5-1.5b  # on a Ray cluster
 
 1. Build the starting model once (the tiny model and its warm start are cached and shared by every run).
-2. Train every (method, seed): GRPO, GRPO w/o std and GDPO over the seeds, on ``--parallel`` long-lived worker
-   processes with the cores split between them (experiments/reproduce.py). A finished run is skipped; an
-   interrupted one is resumed. Each worker evaluates a run right after training it, and the base model once: the task's
+2. Train every (method, seed): GRPO, GRPO w/o std and GDPO over the seeds, one Ray task per run
+   (experiments/reproduce.py: ``--parallel`` runs at a time sharing the CPUs, or ``--gpus-per-run`` GPUs of a node
+   each; docs/cluster.md). A finished run is skipped; an interrupted one is resumed. Each task evaluates its run
+   right after training it, and one more evaluates the base model: the task's
    test split (format ratio, mean correctness; greedy and sampled) and BFCL-v3 (eval/bfcl.py), written to ``<run>/eval/``
    (``<results>/base_eval/`` for the base model).
 4. Execute ``analysis/notebooks/tool_calling.ipynb``: Table 1/2 (Markdown + CSV), Figure 4 and Figure 1b (PNG)
@@ -111,6 +113,7 @@ def main() -> None:
         jobs,
         evaluate,
         parallel=args.parallel,
+        gpus_per_run=args.gpus_per_run,
         notebook=REPO / "analysis/notebooks/tool_calling.ipynb",
         results=results,
         params={"RUNS_DIR": str(args.runs), "PRESET": args.preset, "PAPER_STEPS": cfg.steps},
