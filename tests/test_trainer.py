@@ -174,6 +174,7 @@ def test_run_folder_contents(full_run):
     ):
         assert key in metrics[0], key
     assert all(math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"]) for m in metrics)
+    assert all(m["nonfinite/skipped"] == 0 and "memory/peak_gib" not in m for m in metrics)  # CPU: no peak
     assert 0.0 < metrics[0]["reward/format/mean"] < 1.0  # the warm start leaves room to learn
     config = (full_run / "config.yaml").read_text()
     assert "method: gdpo" in config and "dump_rollouts: true" in config
@@ -181,6 +182,7 @@ def test_run_folder_contents(full_run):
     assert (
         meta["packages"]["torch"].startswith("2.13") and meta["world_size"] == 1 and "commit" in meta["git"]
     )
+    assert meta["overlong_prompts_dropped"] == 0
     samples = read_jsonl(full_run / "samples.jsonl")
     assert {s["step"] for s in samples} == {3, 6} and set(samples[0]["rewards"]) == {"correct", "format"}
     rollouts = read_jsonl(full_run / "rollouts.jsonl")
