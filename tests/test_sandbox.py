@@ -7,6 +7,7 @@ machine cannot provide is skipped with the reason.
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
 import os
@@ -771,6 +772,16 @@ def test_new_namespaces_and_other_processes_are_out_of_reach(contained):
         "setns -1 1",
         "process_vm_readv -1 1",
     ]
+
+
+@pytest.mark.skipif(sys.version_info < (3, 10), reason="sys.stdlib_module_names")
+def test_the_launcher_uses_the_standard_library_only():
+    """It runs in the sandbox interpreter with -I -S: no site-packages, no repository."""
+    tree = ast.parse((REPO / "gdpo" / "sandbox_launcher.py").read_text(encoding="utf-8"))
+    modules = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert not [node for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+    assert modules == {"_signal", "builtins", "ctypes", "marshal", "os", "resource", "select", "sys", "time"}
+    assert all(m in sys.stdlib_module_names for m in modules)
 
 
 # ----- where the repository lives, who calls -----
