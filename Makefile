@@ -16,7 +16,7 @@ HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 TORCH_SPEC := $(if $(HAS_GPU),torch==2.13.0,torch==2.13.0+cpu)
 
 
-.PHONY: help setup setup-gpu setup-vllm setup-bfcl test test-vllm test-slow test-all lint format bench notebook reproduce-collapse reproduce-tool reproduce-math reproduce-math-sweep reproduce-code clean
+.PHONY: help setup setup-gpu setup-vllm setup-bfcl gpu-check gpu-wheels test test-vllm test-slow test-all lint format bench notebook reproduce-collapse reproduce-tool reproduce-math reproduce-math-sweep reproduce-code clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 22
@@ -55,6 +55,28 @@ $(VLLM_STAMP): requirements.txt pyproject.toml
 
 test-vllm: setup-vllm  ## the vLLM backend tests, in the vLLM environment
 	$(VLLM_VENV)/bin/python -m pytest -m vllm -q
+
+# The GPU acceptance check needs no `make setup` and no network: on a GPU machine it runs with that machine's
+# python3 (CUDA torch, transformers, tokenizers preinstalled) and this checkout on PYTHONPATH; WHEELS=<folder>
+# (made here by `make gpu-wheels`) adds DeepSpeed and the config stack, installed aside in GPU_SITE. With a
+# .venv (here) it runs there. Without a GPU it runs its CPU-side checks and says so (docs/launching.md).
+GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+GPU_SITE ?= /tmp/gdpo-gpu-check-site
+WHEELS ?=
+gpu-check:  ## GPU acceptance check, no setup or network (WHEELS=.whl from gpu-wheels) -> bench/results/gpu-check-*.json
+	$(if $(WHEELS),$(GPU_PYTHON) -m pip install --quiet --no-index --no-deps --no-cache-dir --upgrade --target $(GPU_SITE) $(WHEELS)/*.whl)
+	PYTHONPATH=$(if $(WHEELS),$(GPU_SITE):)$(CURDIR) $(GPU_PYTHON) bench/gpu_check.py
+
+# What a GPU machine with CUDA torch + transformers lacks, as wheels for CPython 3.12 x86-64, at .venv's versions
+# (5.2 MiB): DeepSpeed built without ops (pure Python), its pydantic, omegaconf, gguf (SmolLM2's conversion).
+GPU_WHEELS := hjson pydantic pydantic_core annotated-types typing-inspection typing_extensions omegaconf gguf
+gpu-wheels: setup  ## wheels for make gpu-check on a GPU machine without network -> .whl/
+	mkdir -p .whl
+	$(PIP) download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 -d .whl \
+	  $$(for p in $(GPU_WHEELS); do $(PIP) show $$p | sed -n "s/^Version: /$$p==/p"; done)
+	DS_BUILD_OPS=0 $(PIP) wheel --quiet --no-deps --no-build-isolation -w .whl \
+	  deepspeed==$$($(PIP) show deepspeed | sed -n 's/^Version: //p')
 
 BFCL_VENV := .venv-bfcl
 BFCL_STAMP := $(BFCL_VENV)/.setup-done
