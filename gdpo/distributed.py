@@ -124,13 +124,27 @@ def slurm_world(env: Mapping[str, str]) -> dict[str, str] | None:
     }
 
 
+def _check_slurm_gpu(device: torch.device, local_rank: int) -> None:
+    """An srun task that sees several GPUs had its device chosen before its local rank was known (cuda:0 for
+    every task of the node): an error, not several ranks on one GPU."""
+    visible = torch.cuda.device_count() if device.type == "cuda" else 0
+    if visible > 1 and device.index != local_rank:
+        raise RuntimeError(
+            f"this srun task (SLURM_LOCALID={local_rank}) sees {visible} GPUs and was given {device}: start one "
+            "task per GPU with --gpus-per-task=1 (each task then sees only its own), or torchrun under srun"
+        )
+
+
 def init_distributed(device: torch.device) -> tuple[int, int]:
     """Initialise the default process group through DeepSpeed, from a launcher's environment, an ``srun`` step
     of several tasks (``slurm_world``) or, for a lone process, as a world of one."""
     import deepspeed
 
     if not dist.is_initialized() and not launched_by_a_launcher():
-        os.environ.update(slurm_world(os.environ) or _lone_world())
+        slurm = slurm_world(os.environ)
+        if slurm is not None:
+            _check_slurm_gpu(device, int(slurm["LOCAL_RANK"]))
+        os.environ.update(slurm or _lone_world())
     if device.type == "cuda":  # before NCCL starts: its communicator binds to the current device
         torch.cuda.set_device(device)
     if not dist.is_initialized():

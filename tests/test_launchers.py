@@ -165,6 +165,23 @@ def test_slurm_world_names_a_missing_variable():
         slurm_world({k: v for k, v in env.items() if k != "SLURM_STEP_NODELIST"} | {"SLURM_PROCID": "0"})
 
 
+def test_an_srun_task_seeing_several_gpus_must_not_share_gpu_0(monkeypatch):
+    """The device is chosen before the SLURM world is known: with 8 GPUs visible every task would get cuda:0."""
+    import torch
+
+    from gdpo import distributed
+
+    monkeypatch.delenv("RANK", raising=False)
+    for name, value in _slurm_env({}, 1, 2, 4242).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    with pytest.raises(
+        RuntimeError, match=r"SLURM_LOCALID=1\) sees 8 GPUs and was given cuda:0: .*--gpus-per-task=1"
+    ):
+        distributed.init_distributed(torch.device("cuda", 0))
+
+
 def test_local_rank_flag_fills_or_must_match_the_environment(monkeypatch):
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     use_local_rank_flag(3)
