@@ -70,3 +70,22 @@ def test_describe_lists_the_run_config_and_every_task_option(capsys):
     text = capsys.readouterr().out
     assert "optim.lr" in text and "# data.options of task 'math'" in text
     assert "data.options.length_limit" in text and "[a positive integer]" in text
+
+
+def test_a_train_script_exits_2_with_one_line_and_no_traceback(tmp_path):
+    """The real entry point, as a user runs it: no torch import, no traceback, exit code 2."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    (tmp_path / "bad.yaml").write_bytes(b"rollout:\n  temperature: .inf\n")
+    for args, message in [
+        (["steps=-5"], "config error: steps must be a positive integer, got -5\n"),
+        (["--config", str(tmp_path / "bad.yaml")], f"config error: {tmp_path / 'bad.yaml'}: rollout.temperature "
+         "must be a finite number, got inf\n"),
+    ]:  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, "experiments/toy/train.py", *args], cwd=root, capture_output=True, text=True
+        )
+        assert (out.returncode, out.stdout, out.stderr) == (2, "", message)
