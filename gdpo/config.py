@@ -17,18 +17,16 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gdpo.schema import ConfigError, build, describe, dump_yaml, field_, load_yaml, read_yaml_file
+from gdpo.schema import ConfigError, build, describe, field_, read_yaml_file
 from gdpo.tasks.options import TASK_OPTIONS, task_options
 
 __all__ = [
     "ConfigError",
     "TrainConfig",
     "describe",
-    "dump_yaml",
     "field_",
     "from_dict",
     "load_config",
-    "load_yaml",
     "to_dict",
 ]
 

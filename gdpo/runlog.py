@@ -25,7 +25,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gdpo.config import dump_yaml, load_yaml, to_dict
+from gdpo.config import to_dict
+from gdpo.schema import dump_yaml, load_yaml
 
 __all__ = ["RunLog", "append_lines", "atomic_write_text", "git_state", "read_jsonl"]
 

@@ -210,7 +210,7 @@ def _first_line(text: Any, limit: int = 300) -> str:
 
 def _unknown(key: str, section: str, cls: type) -> ConfigError:
     return ConfigError(
-        f"unknown config key {_show(key) if not isinstance(key, str) else repr(key)}; "
+        f"unknown config key {_show(key)}; "
         f"known keys under {section or 'the top level'}: {sorted(_schema(cls))}"
     )
 

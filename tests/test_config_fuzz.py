@@ -36,7 +36,11 @@ def _keys(cls: type, prefix: str = "") -> list[str]:
 
 KEYS = _keys(TrainConfig)
 OPTION_NAMES = ["source", "path", "length_limit", "num_train", "demo_noise", "objectives", "timeout_s", "x"]
-NAMES = st.sampled_from(sorted({k.split(".")[-1] for k in KEYS} | set(OPTION_NAMES))) | st.text(max_size=8)
+NAMES = (
+    st.sampled_from(sorted({k.split(".")[-1] for k in KEYS} | set(OPTION_NAMES)))
+    | st.text(max_size=8)
+    | st.just("k" * 3000)
+)
 SCALARS = (
     st.none()
     | st.booleans()
