@@ -114,7 +114,12 @@ def memory_plan(config: Path, overrides: list[str], gpu_gib: float) -> dict:
     """The plan's verdict for one GPU of ``gpu_gib`` (``python -m gdpo.plan``), or ``{"error": ...}``."""
     cmd = [sys.executable, "-m", "gdpo.plan", "--config", str(config), "--gpus", "1"]
     cmd += ["--gpu-memory-gib", f"{gpu_gib:g}", *overrides]
-    result = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=300, check=False)
+    try:
+        result = subprocess.run(
+            cmd, env=child_env(), capture_output=True, text=True, timeout=300, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": "python -m gdpo.plan did not answer in 300 s"}
     parsed = parse_plan(result.stdout)
     if parsed is None:
         return {"error": (result.stderr or result.stdout).strip()[-500:] or f"exit code {result.returncode}"}
@@ -139,9 +144,12 @@ def train_run(config: Path, overrides: list[str], run_dir: Path) -> dict:
     cmd = [sys.executable, str(TRAIN), "--config", str(config), *RUN_SETTINGS, *overrides]
     cmd.append(f"logging.run_dir={run_dir}")
     t0 = time.perf_counter()
-    result = subprocess.run(
-        cmd, env=child_env(), capture_output=True, text=True, timeout=TRAIN_TIMEOUT_S, check=False
-    )
+    try:
+        result = subprocess.run(
+            cmd, env=child_env(), capture_output=True, text=True, timeout=TRAIN_TIMEOUT_S, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return {"overrides": overrides, "exit_code": None, "error": f"stopped after {TRAIN_TIMEOUT_S} s"}
     out = {
         "overrides": overrides,
         "wall_s": round(time.perf_counter() - t0, 2),
@@ -230,7 +238,18 @@ def check_run(report: Report, name: str, run: dict, plan: dict | None = None) ->
     report.add(name, ok, detail, run)
 
 
-def check_logprobs(report: Report, name: str, gap: dict) -> None:
+def measured(report: Report, name: str, measure, *args):
+    """``measure(*args)``, or None once its exception is recorded as the failed check ``name`` (the rest run)."""
+    try:
+        return measure(*args)
+    except Exception as exc:  # noqa: BLE001 - any failure is this check's result
+        report.add(name, False, f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}")
+        return None
+
+
+def check_logprobs(report: Report, name: str, gap: dict | None) -> None:
+    if gap is None:  # already reported by ``measured``
+        return
     ok = gap["max_abs_diff"] <= gap["tolerance"]
     detail = (
         f"{gap['tokens']} tokens, max |diff| {gap['max_abs_diff']:.2e} (tolerance {gap['tolerance']:g}), "
@@ -247,8 +266,9 @@ def cpu_checks(report: Report, work: Path, train: bool = True) -> None:
             "cpu/train tiny 2 steps", None, "skipped: the GPU runs below train through the same command"
         )
     for dtype in ("float32", "bfloat16"):
-        gap = logprob_gap(TINY, ["warm_start.enabled=false"], dtype, "cpu")
-        check_logprobs(report, f"cpu/logprobs tiny {dtype}", gap)
+        name = f"cpu/logprobs tiny {dtype}"
+        gap = measured(report, name, logprob_gap, TINY, ["warm_start.enabled=false"], dtype, "cpu")
+        check_logprobs(report, name, gap)
     plan = memory_plan(TINY, CPU_RUN, 80.0)
     ok = "error" not in plan
     detail = f"peak {plan['peak_gib']:.2f} GiB of 80" if ok else plan["error"].splitlines()[-1]
@@ -270,7 +290,10 @@ def find_smollm2(given: str | None) -> tuple[str | None, str]:
     try:
         path = resolve_model("smollm2-135m-instruct")
     except Exception as exc:  # noqa: BLE001 - any failure to build it offline means: not available here
-        return None, f"not available offline ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+        return (
+            None,
+            f"not available offline ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]})",
+        )
     return path, path
 
 
@@ -294,7 +317,9 @@ def gpu_checks(report: Report, work: Path, smollm2: str | None) -> None:
                 report, f"gpu/train {label} zero{stage} bf16", run, memory_plan(config, overrides, total_gib)
             )
         for dtype in ("float32", "bfloat16"):
-            check_logprobs(report, f"gpu/logprobs {label} {dtype}", logprob_gap(config, base, dtype, "cuda"))
+            name = f"gpu/logprobs {label} {dtype}"
+            gap = measured(report, name, logprob_gap, config, base, dtype, "cuda")
+            check_logprobs(report, name, gap)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,7 @@ from bench.gpu_check import (
     check_run,
     gpu_slug,
     main,
+    measured,
     missing_modules,
     parse_plan,
     summarise_metrics,
@@ -83,6 +84,19 @@ def test_logprob_gap_is_judged_by_its_tolerance():
     check_logprobs(report, "fp32", gap)
     check_logprobs(report, "bf16", dict(gap, tolerance=0.25))
     assert report.failed == ["fp32"]
+
+
+def test_a_check_that_raises_is_a_failed_check_and_the_others_go_on(capsys):
+    def out_of_memory(dtype):
+        raise RuntimeError(f"CUDA out of memory in {dtype}\n(tried to allocate 2 GiB)")
+
+    report = Report()
+    assert measured(report, "gpu/logprobs x", out_of_memory, "bfloat16") is None
+    check_logprobs(report, "gpu/logprobs x", None)  # nothing more to add
+    assert measured(report, "sum", sum, [1, 2]) == 3
+    assert report.checks == [
+        {"name": "gpu/logprobs x", "ok": False, "detail": "RuntimeError: CUDA out of memory in bfloat16"}
+    ]
 
 
 @pytest.mark.slow
