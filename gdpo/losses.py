@@ -88,6 +88,7 @@ def token_logprobs(
     chunk_tokens: int,
     with_entropy: bool,
     entropy_grad: bool = True,
+    num_chunks: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs of ``targets [M]`` (and the entropies of their distributions) from final hidden states
     ``hidden [M, H]``, with the output ``head`` applied ``chunk_tokens`` tokens at a time.
@@ -98,13 +99,27 @@ def token_logprobs(
     input hidden states are kept, so the logits in memory are one chunk's (a few ``[chunk, V]`` fp32 buffers:
     logits, log-probs and their gradients), never ``[M, V]``. ``entropy_grad=False`` gives entropies without a
     graph (for the logs only).
+
+    ``num_chunks`` (at least ``ceil(M / chunk_tokens)``) makes the head run exactly that many times, forward
+    and backward, the tokens split evenly and padded with dummy rows if there are fewer tokens than chunks:
+    under ZeRO-3 on several processes every call of the head gathers its weight (a collective), so every rank
+    must make as many calls.
     """
     if chunk_tokens < 1:
         raise ValueError(f"optim.logprob_chunk_tokens must be >= 1 (got {chunk_tokens})")
+    count = hidden.shape[0]
+    if num_chunks is not None and num_chunks < -(-count // chunk_tokens):
+        raise ValueError(f"{num_chunks} chunks cannot hold {count} tokens of at most {chunk_tokens} each")
+    if num_chunks is None:
+        parts = list(zip(hidden.split(chunk_tokens), targets.split(chunk_tokens)))
+    else:
+        short = max(0, num_chunks - count)  # dummy rows, so that no chunk is empty
+        padded = torch.cat([hidden, hidden.new_zeros(short, hidden.shape[1])])
+        padded_targets = torch.cat([targets, targets.new_zeros(short)])
+        parts = list(zip(padded.tensor_split(num_chunks), padded_targets.tensor_split(num_chunks)))
     recompute = torch.is_grad_enabled() and hidden.requires_grad
     logps, entropies = [], []
-    for start in range(0, hidden.shape[0], chunk_tokens):
-        part = (hidden[start : start + chunk_tokens], targets[start : start + chunk_tokens])
+    for part in parts:
         options = (head, temperature, forbidden, with_entropy)
         if recompute:
             logp, entropy = checkpoint(_chunk_logprobs, *part, *options, use_reentrant=False)
@@ -115,7 +130,8 @@ def token_logprobs(
     if not logps:  # no completion token at all
         empty = hidden.new_zeros(0, dtype=torch.float32)
         return empty, empty if with_entropy else None
-    return torch.cat(logps), torch.cat(entropies) if with_entropy else None
+    # Sliced after the concatenation: the dummy rows get a zero gradient, so every chunk is recomputed.
+    return torch.cat(logps)[:count], torch.cat(entropies)[:count] if with_entropy else None
 
 
 def _chunk_logits(head, hidden: torch.Tensor, temperature: float, forbidden: int | None) -> torch.Tensor:

@@ -384,6 +384,7 @@ def completion_logprobs(
     share_prompt: bool = False,
     entropy_grad: bool = True,
     chunk_tokens: int = 1024,
+    same_chunks_on_all_ranks: bool = False,
 ):
     """Log-probs ``[n, T']`` of the completion tokens of ``rows`` (and their entropies) under ``model``,
     temperature-scaled; 0 on padding.
@@ -391,6 +392,8 @@ def completion_logprobs(
     The rows are cut to their own longest prompt and completion first (``Rollouts.micro_batch``), so ``T'`` is
     the longest completion of these rows. The model gives final hidden states; the output head and the
     log-softmax run over the completion tokens ``chunk_tokens`` at a time (``gdpo.losses.token_logprobs``).
+    ``same_chunks_on_all_ranks`` (ZeRO-3 on several processes, where each call of the head is a collective):
+    every rank makes as many chunks as the rank with the most completion tokens (a collective itself).
     """
     mb = ro.micro_batch(rows)
     ids, mask, width = mb.input_ids, mb.attention_mask, mb.prompt_width
@@ -404,6 +407,10 @@ def completion_logprobs(
         )
         hidden = hidden[:, width - 1 : -1]  # the positions that predict completion tokens
     completion_mask = mb.completion_mask
+    num_chunks = None
+    if same_chunks_on_all_ranks:
+        mine = torch.tensor([-(-int(completion_mask.sum()) // chunk_tokens)], device=collective_device())
+        num_chunks = max(1, int(all_gather_cat(mine).max()))
     logp, entropy = token_logprobs(
         hidden[completion_mask],
         unwrap(model).get_output_embeddings(),
@@ -413,6 +420,7 @@ def completion_logprobs(
         chunk_tokens=chunk_tokens,
         with_entropy=with_entropy,
         entropy_grad=entropy_grad,
+        num_chunks=num_chunks,
     )
     return _spread(completion_mask, logp), _spread(completion_mask, entropy) if entropy is not None else None
 
@@ -464,6 +472,7 @@ def policy_update(
             forbidden,
             share_prompt=shares_prompt_forward(cfg, world),
             chunk_tokens=cfg.optim.logprob_chunk_tokens,
+            same_chunks_on_all_ranks=cfg.optim.zero_stage == 3 and world > 1,
             **kwargs,
         )
 

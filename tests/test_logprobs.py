@@ -317,3 +317,33 @@ def test_a_steps_tensors_move_to_the_models_device_once(toy_policy):
 
 def math_isfinite(x: float) -> bool:
     return x == x and abs(x) != float("inf")
+
+
+@pytest.mark.parametrize("tokens", [10, 2])
+def test_a_set_number_of_chunks_calls_the_head_as_often_forward_and_backward(tokens):
+    """ZeRO-3 on several ranks: the head must run as many times on every rank, also with fewer tokens than
+    chunks (dummy rows); the log-probs and gradients are those of the plain chunking."""
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(4, 6, generator=gen, requires_grad=True)
+    calls = []
+
+    def head(h):
+        calls.append(h.shape[0])
+        return h @ weight.T
+
+    hidden = torch.randn(tokens, 6, generator=gen, requires_grad=True)
+    targets = torch.arange(tokens) % 4
+    options = {"temperature": 0.8, "forbidden": 3, "chunk_tokens": 4, "with_entropy": True}
+    logp, entropy = token_logprobs(hidden, head, targets, num_chunks=5, **options)
+    assert len(calls) == 5 and sum(calls) == max(tokens, 5) and logp.shape == entropy.shape == (tokens,)
+    (logp.sum() + entropy.sum()).backward()
+    assert len(calls) == 10  # every chunk recomputed, the dummy-only ones too
+    grads = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    plain_logp, plain_entropy = token_logprobs(hidden, lambda h: h @ weight.T, targets, **options)
+    (plain_logp.sum() + plain_entropy.sum()).backward()
+    close = lambda a, b: (a - b).abs().max().item() <= 1e-6  # noqa: E731
+    assert close(logp, plain_logp) and close(entropy, plain_entropy)
+    assert close(grads[0], hidden.grad) and close(grads[1], weight.grad)
+    with pytest.raises(ValueError, match="2 chunks cannot hold 10 tokens of at most 4 each"):
+        token_logprobs(torch.zeros(10, 6), head, torch.zeros(10, dtype=torch.long), num_chunks=2, **options)

@@ -294,7 +294,15 @@ def test_two_processes_under_zero3_finish_and_save_full_weights(tmp_path, subpro
     torchrun = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "2"]
     run_dir = tmp_path / "zero3-ddp"
     result = _run(
-        ["steps=2", "optim.zero_stage=3", ZERO3_PARTITION_ALL, "algorithm.kl_coef=0.05"],
+        # Chunks of 5 tokens: the ranks' completions differ in length, and so would their number of chunks
+        # (each call of the output head gathers its weight, a collective) unless they are made equal.
+        [
+            "steps=2",
+            "optim.zero_stage=3",
+            ZERO3_PARTITION_ALL,
+            "algorithm.kl_coef=0.05",
+            "optim.logprob_chunk_tokens=5",
+        ],
         subprocess_env,
         run_dir,
         launcher=torchrun,
