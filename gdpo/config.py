@@ -186,7 +186,9 @@ class AlgorithmConfig:
         "(stop after max_nonfinite_skips such steps in a row), stop: stop the run at the first",
     )
     max_nonfinite_skips: int = field_(
-        3, help="on_nonfinite=skip: the run stops after this many consecutive steps with a skipped update"
+        3,
+        ge=1,
+        help="on_nonfinite=skip: the run stops after this many consecutive steps with a skipped update",
     )
 
 
