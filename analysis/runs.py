@@ -337,7 +337,7 @@ def plot_bands(
 
 def save_figure(fig, path: str | Path, dpi: int = 130) -> Path:
     """Lay out, write (creating the folder) and close a matplotlib figure; returns the path. The figure is
-    written twice: at ``path`` (a PNG for the notebooks and the README) and beside it as a vector PDF (for a paper)."""
+    written twice: at ``path`` (a PNG for notebooks and docs) and beside it as a vector PDF (for a paper)."""
     import matplotlib.pyplot as plt
 
     fig.tight_layout()

@@ -4,7 +4,7 @@ Per step: take B prompts -> sample G completions each -> score every reward comp
 global batch (``gdpo.advantages``, method from the config) -> clipped policy-gradient update on a DeepSpeed
 engine -> one line of ``metrics.jsonl``.
 
-Where this departs from the paper and the official codes (each is a config option; see README):
+Where this departs from the paper and the official codes (each is a config option; docs/paper-notes.md §4):
 * The advantage is computed on the raw reward components only; a KL term, when on, is a loss term applied
   identically to every method (``algorithm.kl_coef``). verl-GDPO put an in-reward KL into GRPO but not GDPO.
 * Rollouts use one seeded random stream per completion, keyed by (seed, step, prompt position), so a run is
