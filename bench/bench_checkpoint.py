@@ -11,19 +11,16 @@ from __future__ import annotations
 import hashlib
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from bench.bench_advantages import device_name
+from gdpo.checkpoint import save_checkpoint, verify_checkpoint, write_manifest
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from bench.bench_advantages import device_name  # noqa: E402
-from gdpo.checkpoint import save_checkpoint, verify_checkpoint, write_manifest  # noqa: E402
-
 RESULTS = REPO / "bench" / "results"
 REPEATS = 7
 

@@ -13,7 +13,7 @@ to the length limit: 8 prompts x 8 rollouts x 64 new tokens) in the settings one
   full) against transformers' concatenating dynamic cache, at the benchmark's 64 new tokens and at 256 (the
   copies the reserved cache saves grow with the square of the completion length).
 
-    python bench/bench_generation.py        # prints a table; writes bench/results/generation-cpu.json
+    python -m bench.bench_generation        # prints a table; writes bench/results/generation-cpu.json
 """
 
 from __future__ import annotations
@@ -22,17 +22,15 @@ import copy
 import dataclasses
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from bench.bench_advantages import device_name
+from bench.bench_trainer import NEW_TOKENS, PROMPTS, ROLLOUTS, toy_config
 
-from bench.bench_advantages import device_name  # noqa: E402
-from bench.bench_trainer import NEW_TOKENS, PROMPTS, ROLLOUTS, toy_config  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 REPEATS = 5
 

@@ -12,7 +12,7 @@ side also clock the time spent inside the model: its forward calls (``nn.Module`
 into generation (no gradient) and update, and autograd's backward. That is the part of a step only a different
 model implementation (not transformers' modules) could shorten; everything else in our step is the rest.
 
-    python bench/bench_trainer.py            # both sides, prints the table and the ratio
+    python -m bench.bench_trainer            # both sides, prints the table and the ratio
     make bench                               # the same, plus the advantage benchmark
 
 Prints, last, ``ours/trl step-time ratio: <x>`` and writes ``bench/results/trainer-vs-trl-<device>.json``.
@@ -236,7 +236,7 @@ def run_trl(steps: int, profile: bool = False) -> dict:
 def run_side(side: str, steps: int, profile: bool = False):
     """Run one side in a fresh subprocess (each initialises its own distributed/accelerate state)."""
     env = dict(os.environ, PYTHONPATH=str(REPO), TOKENIZERS_PARALLELISM="false")
-    cmd = [sys.executable, __file__, "--side", side, "--steps", str(steps)] + (
+    cmd = [sys.executable, "-m", "bench.bench_trainer", "--side", side, "--steps", str(steps)] + (
         ["--profile"] if profile else []
     )
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
@@ -296,7 +296,6 @@ def main() -> None:
         print(json.dumps(run(args.steps, profile=args.profile)))
         return
 
-    sys.path.insert(0, str(REPO))
     from bench.bench_advantages import device_name  # same machine description as the other bench
 
     runs = {"ours": [], "trl": []}
