@@ -25,51 +25,41 @@ are parsed from the first ``<tool_call>`` block into BFCL's ``[{name: {param: va
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from eval.bfcl_data import (
+    AST_CATEGORIES,
+    BFCL_PYTHON,
+    IRRELEVANCE,
+    LIVE,
+    MULTI_TURN,
+    NON_LIVE,
+    RELEVANCE,
+    REPO,
+    SINGLE_TURN,
+    SystemPrompt,
+    parse_calls,
+    read_package_jsonl,
+    tools_of,
+)
+from eval.bfcl_multi_turn import ground_truth_responder, load_multi_turn, play
 from eval.decontaminate import TrainingSet, decontaminate
-from gdpo.assets import package_file
-from gdpo.data.toolrl import tool_call_lines
 from gdpo.tasks.tool_calling import format_reward, render_system_prompt, render_user_turn
 
 __all__ = [
-    "AST_CATEGORIES",
-    "IRRELEVANCE",
-    "RELEVANCE",
-    "SINGLE_TURN",
     "check",
+    "generate_and_score",
+    "ground_truth_check",
     "ground_truth_completion",
+    "hf_responder",
     "load_category",
     "messages_for",
-    "tools_of",
-    "parse_calls",
-    "read_package_jsonl",
-    "user_text",
     "score_category",
     "summarise",
+    "user_text",
 ]
-
-VERSION = "2025.6.8"
-NON_LIVE = ("simple", "multiple", "parallel", "parallel_multiple")
-MULTI_TURN = ("multi_turn_base", "multi_turn_miss_func", "multi_turn_miss_param", "multi_turn_long_context")
-LIVE = ("live_simple", "live_multiple", "live_parallel", "live_parallel_multiple")
-AST_CATEGORIES = NON_LIVE + LIVE
-IRRELEVANCE = ("irrelevance", "live_irrelevance")
-RELEVANCE = ("live_relevance",)
-SINGLE_TURN = AST_CATEGORIES + IRRELEVANCE + RELEVANCE
-REPO = Path(__file__).resolve().parent.parent
-SystemPrompt = Callable[[list[dict]], str]  # tools -> the system turn
-BFCL_PYTHON = Path(os.environ.get("GDPO_BFCL_PYTHON", REPO / ".venv-bfcl" / "bin" / "python"))
-
-
-def read_package_jsonl(member: str) -> list[dict]:
-    """The JSON lines of a data file inside the ``bfcl-eval`` wheel (``bfcl_eval/data/...``)."""
-    path = package_file("bfcl-eval", VERSION, member)
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def load_category(category: str, limit: int | None = None) -> list[dict[str, Any]]:
@@ -94,18 +84,6 @@ def load_category(category: str, limit: int | None = None) -> list[dict[str, Any
     return items
 
 
-def tools_of(functions: list[dict]) -> list[dict]:
-    """BFCL function docs as the prompt's tools: name, description, the parameters' properties."""
-    return [
-        {
-            "name": f["name"],
-            "description": f.get("description", ""),
-            "parameters": f.get("parameters", {}).get("properties", {}),
-        }
-        for f in functions
-    ]
-
-
 def messages_for(item: dict, system_prompt: SystemPrompt = render_system_prompt) -> list[dict]:
     """Chat messages for a single-turn BFCL item, in the training prompts' layout: ``system_prompt`` renders the
     tools (``gdpo.tasks.tool_calling.system_prompt_like`` of a training row gives the run's own), the user turn
@@ -121,27 +99,6 @@ def messages_for(item: dict, system_prompt: SystemPrompt = render_system_prompt)
             f"<{t['role']}> {t['content']} </{t['role']}>" for t in dialogue
         )
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
-
-
-def parse_calls(completion: str) -> list[dict] | None:
-    """BFCL's model output ``[{name: {param: value}}]`` from the first tool-call block; None if unparseable."""
-    try:
-        lines = tool_call_lines(completion)
-        if lines is None:
-            return None
-        calls = []
-        for line in lines:
-            call = json.loads(line)
-            if (
-                not isinstance(call, dict)
-                or not isinstance(call.get("name"), str)
-                or not isinstance(call.get("parameters", {}), dict)
-            ):
-                return None
-            calls.append({call["name"]: call.get("parameters", {})})
-        return calls
-    except Exception:
-        return None
 
 
 def ground_truth_completion(item: dict) -> str:
@@ -321,8 +278,6 @@ def generate_and_score(
     Writes ``outputs.jsonl`` (per item: id, category, completion or transcript, verdict) and ``summary.json``
     to ``out_dir``.
     """
-    from eval.bfcl_multi_turn import load_multi_turn, play
-
     respond = hf_responder(model, tokenizer, rollout, batch_prompts)
     items, entries, decontaminated = [], [], {}
     for category in categories:
@@ -354,8 +309,6 @@ def ground_truth_check(categories=SINGLE_TURN + MULTI_TURN, limit: int | None = 
     total)}``. AST items answer with BFCL's first allowed values, irrelevance items with a reply and no call,
     relevance items with a call of their first function, multi-turn entries with each turn's ground-truth
     calls in one step."""
-    from eval.bfcl_multi_turn import ground_truth_responder, load_multi_turn, play
-
     out = {}
     for category in categories:
         if category in MULTI_TURN:

@@ -32,7 +32,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eval.bfcl import BFCL_PYTHON, MULTI_TURN, REPO, SystemPrompt, parse_calls, read_package_jsonl, tools_of
+from eval.bfcl_data import (
+    BFCL_PYTHON,
+    MULTI_TURN,
+    REPO,
+    SystemPrompt,
+    parse_calls,
+    read_package_jsonl,
+    tools_of,
+)
 from gdpo.tasks.tool_calling import render_system_prompt
 
 __all__ = [

@@ -8,15 +8,13 @@ from functools import partial
 import pytest
 
 from eval.bfcl import (
-    AST_CATEGORIES,
-    BFCL_PYTHON,
     ground_truth_completion,
     load_category,
     messages_for,
-    parse_calls,
     score_category,
     summarise,
 )
+from eval.bfcl_data import AST_CATEGORIES, BFCL_PYTHON, parse_calls
 from gdpo.tasks.tool_calling import render_system_prompt
 
 needs_checker = pytest.mark.skipif(

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from eval.bfcl import BFCL_PYTHON, MULTI_TURN, main, summarise
+from eval.bfcl import main, summarise
+from eval.bfcl_data import BFCL_PYTHON, MULTI_TURN
 from eval.bfcl_multi_turn import (
     ADDED_FUNCTIONS_PROMPT,
     STEP_LIMIT,
@@ -80,7 +81,7 @@ def test_the_dialogue_feeds_results_back_and_reveals_held_out_functions():
     assert second_step.startswith("**Dialogue Records History**\n<user> Move 'final_report.pdf'")
     assert second_step.endswith(
         '<obs>\n{"current_working_directory": "document"}\nNone\n'
-        '{"result": "\'final_report.pdf\' moved to \'temp/final_report.pdf\'"}\n</obs>'
+        "{\"result\": \"'final_report.pdf' moved to 'temp/final_report.pdf'\"}\n</obs>"
     )  # the results of cd, mkdir (nothing) and mv, one per line
     held_out_turn = next(m[1]["content"] for m in seen if ADDED_FUNCTIONS_PROMPT in m[1]["content"])
     assert '"name": "sort"' in held_out_turn.split("<user>")[-1]

@@ -9,7 +9,7 @@ import sys
 import pandas as pd
 import pytest
 
-from eval.bfcl import BFCL_PYTHON
+from eval.bfcl_data import BFCL_PYTHON
 from gdpo.runlog import RunLog
 
 from .conftest import REPO
