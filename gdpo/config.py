@@ -163,6 +163,12 @@ class AlgorithmConfig:
     )
     clip_low: float = field_(0.2, help="PPO ratio clip below: 1 - clip_low", ge=0, lt=1)
     clip_high: float = field_(0.2, help="PPO ratio clip above: 1 + clip_high (0.28 = DAPO clip-higher)", ge=0)
+    clip_ratio_c: float | None = field_(
+        None,
+        help="dual clip of negative advantages (verl's clip_ratio_c, e.g. 3.0): where A < 0 the token loss is "
+        "capped at -A * clip_ratio_c; null = off, as in the paper's presets",
+        gt=1,
+    )
     num_iterations: int = field_(1, help="mu: policy updates per generation batch", ge=1)
     kl_coef: float = field_(
         0.0, help="beta of the KL penalty to the frozen reference (0 loads no reference)", ge=0

@@ -38,15 +38,21 @@ def policy_loss(
     *,
     clip_low: float,
     clip_high: float,
+    clip_ratio_c: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-token clipped surrogate ``max(-A·r, -A·clip(r, 1-clip_low, 1+clip_high))``.
+
+    ``clip_ratio_c`` (> 1) adds the dual clip of negative advantages (Ye et al. 2020, verl's ``clip_ratio_c``):
+    where A < 0 the loss is also capped at ``-A·clip_ratio_c``, so a token whose ratio has grown far beyond
+    the clip range no longer pushes its probability down without bound.
 
     Args:
         logprobs, old_logprobs: ``[N, T]`` log-probs of the taken tokens under the current / behaviour policy.
         advantages: ``[N]`` one advantage per sequence, broadcast over its tokens.
 
     Returns ``(loss [N, T], clipped_low [N, T], clipped_high [N, T])``; the masks mark tokens whose gradient
-    the clip removed (ratio below 1-clip_low with A < 0, or above 1+clip_high with A > 0).
+    the clip removed: ratio below 1-clip_low with A < 0 (low), ratio above 1+clip_high with A > 0 or, with the
+    dual clip, loss capped at -A·clip_ratio_c with A < 0 (high: the ratio is too large either way).
     """
     ratio = torch.exp(logprobs - old_logprobs)
     adv = advantages[:, None]
@@ -55,6 +61,11 @@ def policy_loss(
     loss = torch.maximum(unclipped, clipped)
     clipped_low = (ratio < 1 - clip_low) & (adv < 0)
     clipped_high = (ratio > 1 + clip_high) & (adv > 0)
+    if clip_ratio_c is not None:
+        cap = -adv * clip_ratio_c
+        dual = (adv < 0) & (loss > cap)
+        loss = torch.where(dual, cap.expand_as(loss), loss)
+        clipped_high = clipped_high | dual
     return loss, clipped_low, clipped_high
 
 

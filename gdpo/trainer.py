@@ -521,7 +521,12 @@ def policy_update(
                 t = logp.shape[1]  # this micro-batch's longest completion
                 old = old_logprobs[rows, :t] if old_logprobs is not None else logp.detach()
                 pg, clip_low, clip_high = policy_loss(
-                    logp, old, advantages[rows], clip_low=a.clip_low, clip_high=a.clip_high
+                    logp,
+                    old,
+                    advantages[rows],
+                    clip_low=a.clip_low,
+                    clip_high=a.clip_high,
+                    clip_ratio_c=a.clip_ratio_c,
                 )
                 token_loss = pg - a.entropy_coef * entropy
                 kl = (

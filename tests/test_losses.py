@@ -123,3 +123,19 @@ def test_a_fully_masked_sequence_still_counts_in_the_sequence_mean():
 def test_unknown_aggregation():
     with pytest.raises(ValueError, match="unknown loss_agg 'sum'"):
         aggregate(VALUES, MASK, "sum", num_tokens=4, num_sequences=2, max_tokens=4)
+
+
+def test_dual_clip_caps_the_loss_of_negative_advantages():
+    """A = -1: ratio 4 gives max(4, 1.2) = 4 capped at c = 3 (no gradient); ratio 2 stays 2. A = +1 is untouched."""
+    ratio = torch.tensor([[4.0, 2.0], [4.0, 0.5]])
+    logprobs = torch.log(ratio).requires_grad_(True)
+    old = torch.zeros(2, 2)
+    adv = torch.tensor([-1.0, 1.0])
+    loss, low, high = policy_loss(logprobs, old, adv, clip_low=0.2, clip_high=0.2, clip_ratio_c=3.0)
+    torch.testing.assert_close(loss, torch.tensor([[3.0, 2.0], [-1.2, -0.5]]))
+    assert high.tolist() == [[True, False], [True, False]] and low.tolist() == [[False, False], [False, False]]
+    loss.sum().backward()
+    torch.testing.assert_close(logprobs.grad, torch.tensor([[0.0, 2.0], [0.0, -0.5]]))
+    plain, _, plain_high = policy_loss(torch.log(ratio), old, adv, clip_low=0.2, clip_high=0.2)
+    torch.testing.assert_close(plain, torch.tensor([[4.0, 2.0], [-1.2, -0.5]]))
+    assert plain_high.tolist() == [[False, False], [True, False]]
