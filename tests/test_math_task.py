@@ -434,3 +434,35 @@ def test_synthetic_solution_variants():
     assert last_boxed(wrong) == str(int(item["answer"]) + 1)
     long = render_synthetic_solution(item, extra_checks=5)
     assert long.count("\n") == item["solution"].count("\n") + 5 and last_boxed(long) == item["answer"]
+
+
+@pytest.mark.parametrize(
+    ("completion", "whole", "after_think"),
+    [
+        ("<think>maybe \\boxed{5}</think> so \\boxed{7}", 1.0, 1.0),
+        ("<think>maybe \\boxed{7}</think> the answer is \\boxed{5}", 0.0, 0.0),
+        ("<think>it is \\boxed{7}</think> I am done.", 1.0, 0.0),  # boxed only while thinking
+        ("<think>still thinking... \\boxed{7}", 1.0, 0.0),  # unfinished think: no answer
+        ("\\boxed{7}", 1.0, 0.0),  # no </think> at all
+        ("<think>a</think> \\boxed{7} </think> \\boxed{5}", 0.0, 1.0),  # DeepScaleR: up to a second </think>
+    ],
+)
+def test_answer_after_think_reads_only_what_follows_the_thinking(completion, whole, after_think):
+    assert correctness_reward(completion, "7") == whole
+    assert correctness_reward(completion, "7", answer_after_think=True) == after_think
+
+
+def test_answer_after_think_option_reaches_the_task_reward():
+    options = {"num_train": 4, "num_test": 2, "num_demonstrations": 0}
+    rollout = {
+        "completion": "<think>\\boxed{7}</think> done",
+        "answer": "7",
+        "num_tokens": 5,
+        "length_limit": 40,
+    }
+    plain = build_task("math", options, 0).rewards
+    strict = build_task("math", {**options, "answer_after_think": True}, 0).rewards
+    assert plain.score([[rollout]]).raw[0, 0, 0].item() == 1.0
+    assert strict.score([[rollout]]).raw[0, 0, 0].item() == 0.0
+    with pytest.raises(Exception, match="answer_after_think"):
+        build_task("math", {**options, "recipe": "gsm8k3", "answer_after_think": True}, 0)

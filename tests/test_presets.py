@@ -109,3 +109,11 @@ def test_paper_presets_state_the_gdpo_batch_step_with_its_reason(task, preset, s
     (line,) = [line for line in path.read_text().splitlines() if line.strip().startswith("batch_norm:")]
     assert re.fullmatch(r"\s+batch_norm: token\s+# .*verl-GDPO.*", line), line
     assert load_config(TrainConfig, path).algorithm.batch_norm == "token"
+
+
+@pytest.mark.parametrize("preset", ["paper-r1-1.5b", "paper-r1-7b", "paper-qwen3-4b"])
+def test_math_paper_presets_score_after_the_thinking_as_the_recipe_they_follow(preset):
+    cfg = load_config(TrainConfig, REPO / "experiments" / "math" / "configs" / f"{preset}.yaml")
+    assert cfg.data.options["answer_after_think"] is True
+    tiny = load_config(TrainConfig, REPO / "experiments" / "math" / "configs" / "tiny.yaml")
+    assert "answer_after_think" not in tiny.data.options  # off (the default) for the tiny preset

@@ -67,7 +67,7 @@ import sys
 import threading
 import time
 from decimal import Decimal, InvalidOperation
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 
 from gdpo.data.math_data import last_boxed, render_synthetic_solution
@@ -384,13 +384,28 @@ def _verify_cached(gold: str, pred: str, timeout: float) -> float:
 # --------------------------------------------------------------------------------------------------
 
 
-def correctness_reward(completion: str, answer: str, *, timeout: float | None = None) -> float:
+def after_think(completion: str) -> str | None:
+    """The text a DeepScaleR-style scorer reads: what follows ``</think>`` (up to a second one, as their
+    ``split("</think>")[1]``), or None when the completion never closes its thinking."""
+    parts = completion.split("</think>", 2)
+    return parts[1] if len(parts) > 1 else None
+
+
+def correctness_reward(
+    completion: str, answer: str, *, timeout: float | None = None, answer_after_think: bool = False
+) -> float:
     """1.0 if the completion's final answer equals ``answer`` (see the module docstring), else 0.0.
 
-    Never raises for any input; returns within about ``timeout`` seconds (default ``VERIFY_TIMEOUT_S``) of
-    math-verify work, from any thread or process.
+    ``answer_after_think``: the answer is read only from :func:`after_think`'s text, so a ``\boxed{}`` inside an
+    unfinished or finished ``<think>`` does not count (DeepScaleR-style scorers); without it, from the whole
+    completion. Never raises for any input; returns within about ``timeout`` seconds (default
+    ``VERIFY_TIMEOUT_S``) of math-verify work, from any thread or process.
     """
     try:
+        if answer_after_think:
+            completion = after_think(completion)
+            if completion is None:
+                return 0.0
         pred = extract_final_answer(completion)
         gold = str(answer).strip()
         if not pred or not gold or len(pred) > MAX_ANSWER_CHARS:
@@ -447,8 +462,8 @@ def gsm8k_format_reward(completion: str) -> float:
 
 
 # Reward components read a rollout: the prompt row's fields + ``completion`` + ``num_tokens``.
-def _correctness(rollout) -> float:
-    return correctness_reward(rollout["completion"], rollout["answer"])
+def _correctness(rollout, answer_after_think: bool = False) -> float:
+    return correctness_reward(rollout["completion"], rollout["answer"], answer_after_think=answer_after_think)
 
 
 def _length(rollout) -> float:
@@ -467,8 +482,15 @@ def _gsm8k_format(rollout) -> float:
     return gsm8k_format_reward(rollout["completion"])
 
 
-def math_rewards(recipe: str = "boxed", *, conditioned_length: bool = False, length_weight: float = 1.0):
-    """The reward components of a recipe: boxed = correctness, length; gsm8k3 = correctness, integer, format."""
+def math_rewards(
+    recipe: str = "boxed",
+    *,
+    conditioned_length: bool = False,
+    length_weight: float = 1.0,
+    answer_after_think: bool = False,
+):
+    """The reward components of a recipe: boxed = correctness, length; gsm8k3 = correctness, integer, format.
+    ``answer_after_think``: boxed correctness reads only what follows ``</think>`` (:func:`correctness_reward`)."""
     if recipe == "gsm8k3":
         return RewardSet(
             [
@@ -486,7 +508,8 @@ def math_rewards(recipe: str = "boxed", *, conditioned_length: bool = False, len
         condition_on="correctness" if conditioned_length else None,
         threshold=1.0,
     )
-    return RewardSet([RewardComponent("correctness", _correctness), length])
+    correctness = partial(_correctness, answer_after_think=answer_after_think)
+    return RewardSet([RewardComponent("correctness", correctness), length])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -593,5 +616,10 @@ def build_math_task(options: dict, seed: int) -> Task:
             completion = _solution_demo(rng, item, recipe, noise)
         if completion is not None:
             demos.append((train[index]["messages"], completion))
-    rewards = math_rewards(recipe, conditioned_length=conditioned, length_weight=length_weight)
+    rewards = math_rewards(
+        recipe,
+        conditioned_length=conditioned,
+        length_weight=length_weight,
+        answer_after_think=opts.answer_after_think,
+    )
     return Task("math", train, test, rewards, demos)

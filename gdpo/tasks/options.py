@@ -82,6 +82,11 @@ class MathOptions:
         False, help="recipe boxed: the length reward counts only for a correct answer (paper Table 4)"
     )
     length_weight: float = field_(1.0, help="recipe boxed: weight of the length reward (paper Figure 6)")
+    answer_after_think: bool = field_(
+        False,
+        help="recipe boxed: read the answer only after </think>, as DeepScaleR-style scorers (a \\boxed{} while "
+        "thinking does not count; no </think>, no answer); off: the last \\boxed{} anywhere",
+    )
     length_limit: int | None = field_(
         None,
         help="tokens a completion may use for the length reward (default: 40 synthetic, else 4000)",
@@ -96,7 +101,8 @@ class MathOptions:
         if self.path is not None and self.source != "deepscaler":
             raise ConfigError(f"data.options.path applies only to source 'deepscaler', not {self.source!r}")
         length_only = [name for name, value in (("conditioned_length", self.conditioned_length),
-                                                 ("length_weight", self.length_weight != 1.0)) if value]  # fmt: skip
+                                                 ("length_weight", self.length_weight != 1.0),
+                                                 ("answer_after_think", self.answer_after_think)) if value]  # fmt: skip
         if length_only and self.recipe != "boxed":
             raise ConfigError(f"data.options {length_only} apply only to recipe 'boxed'")
         if self.length_limit is None:
