@@ -114,18 +114,23 @@ bench: setup  ## benchmarks (advantages, hf generation, sandbox, checkpoint mani
 	$(PY) -m bench.bench_checkpoint
 	$(PY) -m bench.bench_trainer  # last: make bench ends with its line "ours/trl step-time ratio: <x>"
 
+# Reproductions run their jobs on Ray (docs/cluster.md): a local instance, or the cluster at RAY_ADDRESS. Paper
+# presets roll out with vLLM, so they run from its environment; REPRODUCE_ARGS adds options (--gpus-per-run 1, ...).
 PRESET ?= tiny
-reproduce-tool: setup setup-bfcl  ## tool calling (Table 1/2, Fig. 4, 1b): PRESET=tiny | paper-qwen2.5-1.5b | ...
-	$(PY) -m experiments.tool_calling.reproduce --preset $(PRESET)
+REPRODUCE_ARGS ?=
+REPRODUCE_SETUP := $(if $(filter paper-%,$(PRESET)),setup-vllm,setup)
+REPRODUCE_PY := $(if $(filter paper-%,$(PRESET)),$(VLLM_VENV)/bin/python,$(PY))
+reproduce-tool: $(REPRODUCE_SETUP) setup-bfcl  ## tool calling (Table 1/2, Fig. 4, 1b): PRESET=tiny | paper-qwen2.5-1.5b | ...
+	$(REPRODUCE_PY) -m experiments.tool_calling.reproduce --preset $(PRESET) $(REPRODUCE_ARGS)
 
-reproduce-math: setup  ## math (Table 3/4, Fig. 5): PRESET=tiny | paper-r1-1.5b | paper-r1-7b | paper-qwen3-4b
-	$(PY) -m experiments.math.reproduce --preset $(PRESET)
+reproduce-math: $(REPRODUCE_SETUP)  ## math (Table 3/4, Fig. 5): PRESET=tiny | paper-r1-1.5b | paper-r1-7b | paper-qwen3-4b
+	$(REPRODUCE_PY) -m experiments.math.reproduce --preset $(PRESET) $(REPRODUCE_ARGS)
 
-reproduce-math-sweep: setup  ## math with the w_length sweep (Fig. 6 / Table 8)
-	$(PY) -m experiments.math.reproduce --preset $(PRESET) --sweep
+reproduce-math-sweep: $(REPRODUCE_SETUP)  ## math with the w_length sweep (Fig. 6 / Table 8)
+	$(REPRODUCE_PY) -m experiments.math.reproduce --preset $(PRESET) --sweep $(REPRODUCE_ARGS)
 
-reproduce-code: setup  ## coding (Table 5, 2 and 3 objectives): PRESET=tiny | paper-r1-7b
-	$(PY) -m experiments.coding.reproduce --preset $(PRESET)
+reproduce-code: $(REPRODUCE_SETUP)  ## coding (Table 5, 2 and 3 objectives): PRESET=tiny | paper-r1-7b
+	$(REPRODUCE_PY) -m experiments.coding.reproduce --preset $(PRESET) $(REPRODUCE_ARGS)
 
 reproduce-collapse: setup  ## paper Figure 2 and Figure 3 -> results/collapse/
 	$(PY) -m analysis.run_notebook analysis/notebooks/collapse.ipynb --output-dir $(RESULTS)/collapse

@@ -192,7 +192,9 @@ def run_jobs(
     with ray_cluster():
         training, evaluation = plan_placement(*largest_node(), parallel, gpus_per_run)
         gate = ray.remote(num_cpus=0)(_Gate).remote()
-        task = ray.remote(max_retries=0)(_job_task)  # a failed run is reported, not silently run again
+        # A failed run is reported, not silently run again. A GPU job gets a fresh worker (max_calls=1): a reused
+        # one would keep the CUDA context and process group of the GPUs it had before.
+        task = ray.remote(max_retries=0, max_calls=1 if training.num_gpus else 0)(_job_task)
         pending = {}
         for job in jobs:
             place = training if job.run_dir is not None else evaluation

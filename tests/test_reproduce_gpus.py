@@ -20,7 +20,7 @@ CONFIG = REPO / "experiments/toy/configs/tiny.yaml"
 
 def record_devices(model_dir: Path, cfg, out_dir: Path) -> dict:
     """An evaluation that writes down the GPUs Ray gave its job."""
-    out = {"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    out = {"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES"), "pid": os.getpid()}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "summary.json").write_text(json.dumps(out))
     return out
@@ -31,10 +31,11 @@ def test_a_run_holds_a_nodes_gpus_and_trains_one_rank_on_each(tmp_path, toy_mode
     import ray
 
     common = (*TEST_OVERRIDES, "steps=2")
-    jobs = [
-        Job("base", common, model_dir=toy_model_dir, eval_dir=tmp_path / "base_eval"),
-        Job("gdpo/seed0", (*common, "algorithm.method=gdpo"), run_dir=tmp_path / "gdpo" / "seed0"),
+    evaluations = [
+        Job(f"base{i}", common, model_dir=toy_model_dir, eval_dir=tmp_path / f"base{i}") for i in range(3)
     ]
+    run = tmp_path / "gdpo" / "seed0"
+    jobs = [*evaluations, Job("gdpo/seed0", (*common, "algorithm.method=gdpo"), run_dir=run)]
     lines: list[str] = []
     ray.init(
         address="local",
@@ -49,14 +50,17 @@ def test_a_run_holds_a_nodes_gpus_and_trains_one_rank_on_each(tmp_path, toy_mode
     finally:
         ray.shutdown()
     assert sorted(line.split("] ")[1].split(" (")[0] for line in lines) == [
-        "base: evaluated",
+        "base0: evaluated",
+        "base1: evaluated",
+        "base2: evaluated",
         "gdpo/seed0: trained + evaluated",
     ]
-    run = tmp_path / "gdpo" / "seed0"
     assert json.loads((run / "metadata.json").read_text())["world_size"] == 2
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2]
-    assert json.loads((run / "eval" / "summary.json").read_text()) == {"CUDA_VISIBLE_DEVICES": "0,1"}
-    base = json.loads((tmp_path / "base_eval" / "summary.json").read_text())
-    assert base["CUDA_VISIBLE_DEVICES"] in ("0", "1")
+    seen = [json.loads((job.eval_dir or run / "eval").joinpath("summary.json").read_text()) for job in jobs]
+    assert seen[-1]["CUDA_VISIBLE_DEVICES"] == "0,1"
+    assert all(s["CUDA_VISIBLE_DEVICES"] in ("0", "1") for s in seen[:-1])
+    # Every GPU job in a fresh Ray worker: a reused one would keep the CUDA context of the GPUs it had.
+    assert len({s["pid"] for s in seen}) == len(jobs)
     assert (run / "reproduce.log").read_text().count("run folder: ") == 2  # gdpo.cli's last line, per rank
