@@ -16,7 +16,7 @@ HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 TORCH_SPEC := $(if $(HAS_GPU),torch==2.13.0,torch==2.13.0+cpu)
 
 
-.PHONY: help setup setup-gpu setup-vllm setup-bfcl gpu-check gpu-wheels test test-vllm test-slow test-all lint format bench notebook reproduce-collapse reproduce-tool reproduce-math reproduce-math-sweep reproduce-code clean
+.PHONY: help setup setup-gpu setup-vllm setup-bfcl gpu-check gpu-wheels test test-vllm test-slow test-all lint format bench bench-vllm notebook reproduce-collapse reproduce-tool reproduce-math reproduce-math-sweep reproduce-code clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 22
@@ -113,6 +113,9 @@ bench: setup  ## benchmarks (advantages, hf generation, sandbox, checkpoint mani
 	$(PY) -m bench.bench_sandbox
 	$(PY) -m bench.bench_checkpoint
 	$(PY) -m bench.bench_trainer  # last: make bench ends with its line "ours/trl step-time ratio: <x>"
+
+bench-vllm: setup-vllm  ## our vLLM rollout step (weight reload, generation, packing) vs raw LLM.generate -> bench/results/
+	$(VLLM_VENV)/bin/python -m bench.bench_vllm  # ends with its line "rollout/raw-vllm time ratio: <x>"
 
 # Reproductions run their jobs on Ray (docs/cluster.md): a local instance, or the cluster at RAY_ADDRESS. Paper
 # presets roll out with vLLM, so they run from its environment; REPRODUCE_ARGS adds options (--gpus-per-run 1, ...).
