@@ -73,7 +73,7 @@ class Rollouts:
         return replace(
             self,
             **{
-                f.name: getattr(self, f.name).to(device, non_blocking=True)
+                f.name: getattr(self, f.name).to(device)
                 for f in fields(self)
                 if isinstance(getattr(self, f.name), torch.Tensor)
             },
