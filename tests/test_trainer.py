@@ -743,7 +743,6 @@ print("partitioned", len(params), "parameters")
 """
 
 
-@pytest.mark.slow  # 26 s here
 def test_the_kl_reference_is_partitioned_under_zero3(subprocess_env, toy_model_dir):
     """Under ZeRO-3 the reference holds placeholders (its parameters live in ZeRO partitions) and gives the
     plain model's log-probs, its output head gathered outside the engine's forward."""
