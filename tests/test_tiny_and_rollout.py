@@ -120,7 +120,8 @@ def test_shared_prompt_forward_matches_the_full_forward(toy_policy, toy_task):
     _, logged = completion_logprobs(model, ro, slice(None), 0.7, forbidden, True, entropy_grad=False)
     _, with_grad = completion_logprobs(model, ro, slice(None), 0.7, forbidden, True, entropy_grad=True)
     assert not logged.requires_grad and with_grad.requires_grad
-    assert torch.allclose(logged, with_grad.detach(), atol=1e-5, rtol=0) and logged[ro.completion_mask].min() > 0
+    assert torch.allclose(logged, with_grad.detach(), atol=1e-5, rtol=0)
+    assert logged[ro.completion_mask].min() > 0  # 0 on padding
     # A micro-batch that cuts through groups (rows 2..8 hold parts of prompts 0, 1 and 2).
     part, _ = logprobs_and_grads(slice(2, 9), share=True)
     assert torch.allclose(part, full[2:9, : part.shape[1]], atol=1e-5, rtol=0)
