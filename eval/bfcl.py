@@ -53,9 +53,9 @@ __all__ = [
     "generate_and_score",
     "ground_truth_check",
     "ground_truth_completion",
-    "hf_responder",
     "load_category",
     "messages_for",
+    "model_responder",
     "score_category",
     "summarise",
     "user_text",
@@ -229,19 +229,19 @@ def user_text(item: dict) -> str:
     return "\n".join(m["content"] for turn in item["question"] for m in turn if m["role"] == "user")
 
 
-def hf_responder(model, tokenizer, rollout, batch_prompts: int = 8):
-    """A responder (``eval.bfcl_multi_turn.Responder``): greedy completions of ``model`` through the hf rollout
-    backend, ``batch_prompts`` prompts at a time; None for a prompt longer than ``rollout.max_prompt_tokens``."""
-    from gdpo.rollout import HFRollout, encode_prompt
+def model_responder(model, tokenizer, rollout, batch_prompts: int = 8):
+    """A responder (``eval.bfcl_multi_turn.Responder``): greedy completions of ``model`` through the rollout
+    backend ``rollout.backend`` names (``model``: a transformers model, or its folder for ``vllm``), in groups of
+    ``batch_prompts`` prompts for ``hf``; None for a prompt longer than ``rollout.max_prompt_tokens``."""
+    from gdpo.rollout import encode_prompt, generation_chunks, make_rollout_backend
 
-    backend = HFRollout(model, tokenizer, rollout)
+    backend = make_rollout_backend(rollout, model, tokenizer)
 
     def respond(batch: list[tuple[str, list[dict]]]) -> list[str | None]:
         prompts = [encode_prompt(tokenizer, messages) for _, messages in batch]
         texts: list[str | None] = [None] * len(batch)
         fits = [i for i, prompt in enumerate(prompts) if len(prompt) <= rollout.max_prompt_tokens]
-        for start in range(0, len(fits), batch_prompts):
-            chunk = fits[start : start + batch_prompts]
+        for chunk in generation_chunks(fits, batch_prompts, rollout):
             ro = backend.generate([prompts[i] for i in chunk], [0] * len(chunk), 1, greedy=True)
             for i, text in zip(chunk, ro.completions):
                 texts[i] = text
@@ -263,7 +263,7 @@ def generate_and_score(
     python: Path = BFCL_PYTHON,
     training: TrainingSet | None = None,
 ) -> dict[str, Any]:
-    """Answer BFCL items with ``model`` (greedy, through the hf rollout backend), score them, write the files.
+    """Answer BFCL items with ``model`` (greedy, through ``model_responder``), score them, write the files.
 
     ``system_prompt`` renders an item's tools as the system turn: pass the run's training layout
     (``gdpo.tasks.tool_calling.system_prompt_like``), so that the model is asked as it was trained.
@@ -278,7 +278,7 @@ def generate_and_score(
     Writes ``outputs.jsonl`` (per item: id, category, completion or transcript, verdict) and ``summary.json``
     to ``out_dir``.
     """
-    respond = hf_responder(model, tokenizer, rollout, batch_prompts)
+    respond = model_responder(model, tokenizer, rollout, batch_prompts)
     items, entries, decontaminated = [], [], {}
     for category in categories:
         multi = category in MULTI_TURN

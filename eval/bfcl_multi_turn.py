@@ -67,7 +67,7 @@ FUNCTION_DOCS = {  # BFCL's MULTI_TURN_FUNC_DOC_FILE_MAPPING
 }
 
 # A responder answers a batch of (entry id, chat messages) with one completion each, or None when the prompt
-# does not fit the model (eval.bfcl.hf_responder is the model's).
+# does not fit the model (eval.bfcl.model_responder is the model's).
 Responder = Callable[[list[tuple[str, list[dict]]]], list[str | None]]
 
 

@@ -2,7 +2,7 @@
 
     python -m eval.code_bench --model M --benchmarks humaneval,apps --source apps=data/apps --out runs/eval/code
 
-Generation goes through the project's hf rollout backend (as ``gdpo.evaluate``), ``--samples`` k completions per
+Generation goes through the rollout backend ``--backend`` names (``hf`` or ``vllm``, as ``gdpo.evaluate``), ``--samples`` k completions per
 item, sampled as the math benchmarks are (``eval.decoding``: temperature 0.6, top_p 0.95, k = 16; the paper states
 no decoding for coding, this is our reading); every program is judged by ``gdpo.execution.judge`` (run in ``gdpo.sandbox``, all runs of a benchmark in
 one parallel pool). The paper defines none of its metrics (docs/paper-notes.md §8.3); ours, in %:
@@ -89,16 +89,18 @@ def generate(
     seed: int = 0,
     batch_prompts: int = 8,
 ) -> list[list[dict[str, Any]]]:
-    """``samples`` responses per item: dicts with completion, num_tokens, truncated, skipped."""
-    from gdpo.rollout import HFRollout, encode_prompt
+    """``samples`` responses per item: dicts with completion, num_tokens, truncated, skipped.
 
-    backend = HFRollout(model, tokenizer, rollout)
+    ``model``: a transformers model, or the model's folder where ``rollout.backend`` is ``vllm``
+    (``gdpo.rollout.load_generator``); item ``i`` is seeded ``seed * 1_000_003 + i`` whatever the backend."""
+    from gdpo.rollout import encode_prompt, generation_chunks, make_rollout_backend
+
+    backend = make_rollout_backend(rollout, model, tokenizer)
     prompts = [encode_prompt(tokenizer, messages_for(item)) for item in items]
     empty = {"completion": "", "num_tokens": 0, "truncated": False, "skipped": True}
     out: list[list[dict[str, Any]]] = [[dict(empty) for _ in range(samples)] for _ in items]
     fits = [i for i, p in enumerate(prompts) if len(p) <= rollout.max_prompt_tokens]
-    for start in range(0, len(fits), batch_prompts):
-        chunk = fits[start : start + batch_prompts]
+    for chunk in generation_chunks(fits, batch_prompts, rollout):
         ro = backend.generate(
             [prompts[i] for i in chunk], [seed * 1_000_003 + i for i in chunk], samples, greedy
         )
@@ -277,6 +279,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--batch-prompts", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--backend",
+        choices=["hf", "vllm"],
+        default="hf",
+        help="generation engine (vllm: the vLLM environment)",
+    )
     args = parser.parse_args(argv)
     benchmarks = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
     unknown = sorted(set(benchmarks) - set(BENCHMARKS))
@@ -288,23 +296,25 @@ def main(argv: list[str] | None = None) -> None:
     splits = named_values(args.split, "--split", BENCHMARKS)
 
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from gdpo.assets import resolve_model
     from gdpo.config import RolloutConfig
+    from gdpo.rollout import load_generator
 
     path = resolve_model(args.model)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = AutoModelForCausalLM.from_pretrained(path).to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     rollout = RolloutConfig(
+        backend=args.backend,
         temperature=args.temperature,
         top_p=args.top_p,
         max_new_tokens=args.max_new_tokens,
         max_prompt_tokens=args.max_prompt_tokens,
     )
+    model = load_generator(path, rollout, device)
     summary = run(
         model,
         tokenizer,

@@ -12,8 +12,10 @@ the samples, then over the questions; Exceed = % of all responses longer than th
   math-verify), the same function that rewards training.
 * Length = completion tokens including the EOS token, as the rollout counts them; a response is "longer than the
   limit" when it has more than ``length_limit`` tokens (the complement of the length reward).
-* Generation goes through the project's ``hf`` rollout backend (not vLLM, which the paper used); the paper's
-  32k-token generation cap is the CLI default, lower it with ``--max-new-tokens`` on small machines. A truncated
+* Generation goes through the rollout backend ``--backend`` names (``gdpo.rollout.make_rollout_backend``): ``hf``
+  (in-process, the CPU default) or ``vllm`` (as the paper; the vLLM environment, docs/generation.md), with the
+  same sampling settings and per-sample seeds; the paper's 32k-token generation cap is the CLI default, lower
+  it with ``--max-new-tokens`` on small machines. A truncated
   response is scored as it is for Acc and counts as exceeding whatever its length (it would have been longer; an
   upper bound when ``--max-new-tokens`` is below the limit), as in ``eval.code_bench``.
 * Items whose prompt exceeds ``max_prompt_tokens`` are not generated: their samples count as wrong (and not as
@@ -162,11 +164,13 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """Generate ``k`` samples for each of the first ``limit`` items, score them, write the files; the summary.
 
-    ``rollout_cfg`` defaults to :func:`paper_rollout_config`; ``length_limit`` to 4,000 (40 for synthetic).
+    ``model``: a transformers model, or the model's folder where ``rollout_cfg.backend`` is ``vllm``
+    (``gdpo.rollout.load_generator``). ``rollout_cfg`` defaults to :func:`paper_rollout_config`; ``length_limit``
+    to 4,000 (40 for synthetic). Question ``i`` is seeded ``seed * 1_000_003 + i`` whatever the backend.
     With ``training`` (the run's training prompts), items the run trained on are left out first
     (``eval.decontaminate``); the summary counts them in ``decontaminated``.
     """
-    from gdpo.rollout import HFRollout, encode_prompt
+    from gdpo.rollout import encode_prompt, generation_chunks, make_rollout_backend
 
     rollout_cfg = rollout_cfg or paper_rollout_config()
     if length_limit is None:
@@ -180,10 +184,9 @@ def run_benchmark(
     completions: list[list[str]] = [[""] * k for _ in items]
     lengths: list[list[int]] = [[0] * k for _ in items]
     truncated: list[list[bool]] = [[False] * k for _ in items]
-    backend = HFRollout(model, tokenizer, rollout_cfg)
+    backend = make_rollout_backend(rollout_cfg, model, tokenizer)
     todo = [i for i in range(len(items)) if not skipped[i]]
-    for start in range(0, len(todo), batch_prompts):
-        chunk = todo[start : start + batch_prompts]
+    for chunk in generation_chunks(todo, batch_prompts, rollout_cfg):
         ro = backend.generate([prompts[i] for i in chunk], [seed * 1_000_003 + i for i in chunk], k)
         for row, i in enumerate(chunk):
             completions[i] = ro.completions[row * k : (row + 1) * k]
@@ -221,7 +224,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-prompts", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", action="append", default=[], help="NAME=FILE_OR_HUB_NAME for amc, olympiad")
-    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available; hf only)")
+    parser.add_argument(
+        "--backend",
+        choices=["hf", "vllm"],
+        default="hf",
+        help="generation engine (vllm: the vLLM environment)",
+    )
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.benchmarks.split(",") if n.strip()]
     unknown = sorted(set(names) - set(BENCHMARKS))
@@ -232,23 +241,25 @@ def main(argv: list[str] | None = None) -> None:
     sources = named_values(args.data, "--data", BENCHMARKS)
 
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from gdpo.assets import resolve_model
     from gdpo.config import RolloutConfig
+    from gdpo.rollout import load_generator
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     path = resolve_model(args.model)
-    model = AutoModelForCausalLM.from_pretrained(path).to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     cfg = RolloutConfig(
+        backend=args.backend,
         temperature=args.temperature,
         top_p=args.top_p,
         max_new_tokens=args.max_new_tokens,
         max_prompt_tokens=args.max_prompt_tokens,
     )
+    model = load_generator(path, cfg, device)
     summaries = {}
     for name in names:
         summaries[name] = run_benchmark(

@@ -3,8 +3,9 @@
     python -m gdpo.evaluate --model runs/.../final_model --config experiments/toy/configs/tiny.yaml \
         --out eval.json --max format=1 --max correct=1 rollout.max_new_tokens=32
 
-Generation goes through the ``hf`` rollout backend, the sampling code of training (greedy by default; ``--sample``
-samples at the config's temperature, and ``--samples`` above 1 needs it). Writes per-response records
+Generation goes through the rollout backend the config names (``rollout.backend``: ``hf`` or ``vllm``), the
+sampling code of training (greedy by default; ``--sample`` samples at the config's temperature, and ``--samples``
+above 1 needs it). Writes per-response records
 (prompt index, completion, every reward) and a summary: ``items`` (responses: prompts x ``--samples``), the mean
 of each component and, for each ``--max NAME=VALUE``, the share of responses where the component reaches VALUE
 (e.g. ``format=1``: the correct-format ratio).
@@ -21,7 +22,7 @@ import torch
 
 from gdpo.cli import named_values
 from gdpo.config import ConfigError, RolloutConfig, TrainConfig, load_config
-from gdpo.rollout import HFRollout, encode_prompt
+from gdpo.rollout import encode_prompt, generation_chunks, load_generator, make_rollout_backend
 from gdpo.tasks import Task, build_task
 
 __all__ = ["evaluate", "summarise"]
@@ -41,16 +42,17 @@ def evaluate(
     batch_prompts: int = 16,
     seed: int = 0,
 ) -> list[dict]:
-    """Per-item records for ``samples`` completions of each prompt of ``split`` (first ``limit`` prompts)."""
+    """Per-item records for ``samples`` completions of each prompt of ``split`` (first ``limit`` prompts).
+
+    ``model``: a transformers model, or the model's folder with ``rollout.backend=vllm``
+    (``gdpo.rollout.load_generator``); prompt ``i`` is seeded ``seed * 1_000_003 + i`` whatever the backend."""
     rows = (task.test if split == "test" else task.train)[:limit]
-    backend = HFRollout(model, tokenizer, rollout)
+    backend = make_rollout_backend(rollout, model, tokenizer)
     records = []
-    for start in range(0, len(rows), batch_prompts):
-        chunk = rows[start : start + batch_prompts]
+    for indices in generation_chunks(range(len(rows)), batch_prompts, rollout):
+        start, chunk = indices[0], [rows[i] for i in indices]
         prompts = [encode_prompt(tokenizer, row["messages"]) for row in chunk]
-        ro = backend.generate(
-            prompts, [seed * 1_000_003 + start + i for i in range(len(chunk))], samples, greedy=greedy
-        )
+        ro = backend.generate(prompts, [seed * 1_000_003 + i for i in indices], samples, greedy=greedy)
         groups = [
             [
                 dict(
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--max {name}={value}: the value must be a number")
     if args.samples > 1 and not args.sample:
         parser.error("--samples above 1 needs --sample (greedy decoding gives one completion k times)")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     try:
         cfg = load_config(TrainConfig, args.config, args.overrides)
@@ -146,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     from gdpo.assets import resolve_model
 
     path = resolve_model(args.model)  # an offline alias (smollm2-135m-instruct) or a folder / hub id
-    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    model = load_generator(path, cfg.rollout)
     tokenizer = AutoTokenizer.from_pretrained(path)
     records = evaluate(
         model,

@@ -10,11 +10,18 @@ Backends:
   generator: argmax(p / q), q ~ Exp(1), is an exact sample from p. Every full-attention layer's cache keeps
   room reserved ahead (``ReservedCacheLayer``, doubled when full): transformers' dynamic cache concatenates,
   copying the whole cache at every token, which makes a completion of length T cost O(T^2) copies.
-* ``vllm``: a colocated vLLM engine (``VLLMRollout``), weights synced from the trainer after every update.
+* ``vllm``: a vLLM engine (``VLLMRollout``). In training it is colocated with the trainer, weights synced from
+  it after every update; in an evaluation it loads the model from its folder.
+
+Training and every evaluation harness (``gdpo.evaluate``, ``eval.math_bench``, ``eval.code_bench``, ``eval.bfcl``)
+build their backend with :func:`make_rollout_backend`, so ``rollout.backend`` decides the engine everywhere, with
+the same sampling settings and per-completion seeds (docs/generation.md).
 """
 
 from __future__ import annotations
 
+import gc
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Protocol
@@ -32,8 +39,11 @@ __all__ = [
     "VLLMRollout",
     "encode_prompt",
     "forbidden_token",
+    "generation_chunks",
+    "load_generator",
     "make_rollout_backend",
     "pack_rollouts",
+    "with_engine_of",
     "row_seed",
 ]
 
@@ -464,36 +474,48 @@ class VLLMRollout:
     weights and KV cache. Level 1 would copy every weight to host memory first, for nothing: the next
     ``sync_weights`` replaces them. ``sync_weights`` wakes the weights, reloads them, then wakes the KV cache;
     ``generate`` on a released engine that was not synced since is an error.
+
+    ``colocated=False`` (evaluation): the engine loads the weights from ``model_path`` and runs as vLLM runs by
+    default (its own engine process); nothing is synced or released. Such an engine is kept and reused by the
+    next evaluation engine asked with the same settings (an evaluation builds one backend per benchmark, and two
+    engines would not fit one GPU); one with other settings replaces it.
     """
 
     def __init__(
-        self, model_path: str, tokenizer, cfg: RolloutConfig, *, dtype: str, seed: int, device: torch.device
+        self,
+        model_path: str,
+        tokenizer,
+        cfg: RolloutConfig,
+        *,
+        dtype: str,
+        seed: int,
+        device: torch.device,
+        colocated: bool = True,
     ):
         if cfg.vllm_kv_cache_gib < 0:
             raise ValueError(
                 f"rollout.vllm_kv_cache_gib must be >= 0 (0 = use the memory fraction), got {cfg.vllm_kv_cache_gib}"
             )
-        from vllm import LLM
-
         self.tokenizer, self.cfg = tokenizer, cfg
-        self.sleep = cfg.vllm_sleep and device.type == "cuda"
+        self.sleep = colocated and cfg.vllm_sleep and device.type == "cuda"
         self.asleep = False  # released (level 2): no weights until the next sync_weights
         kwargs = {
             "model": model_path,
             "dtype": dtype,
             "seed": seed,
             "max_model_len": cfg.max_prompt_tokens + cfg.max_new_tokens,
-            "distributed_executor_backend": "external_launcher",
             "logprobs_mode": "processed_logprobs",
             "enable_sleep_mode": self.sleep,
             # On the CPU backend this is the fraction of host memory reserved (vLLM's default is 0.92).
             "gpu_memory_utilization": cfg.vllm_gpu_memory_utilization,
         }
+        if colocated:  # the engine's worker runs in this process, so that weights can be handed over
+            kwargs["distributed_executor_backend"] = "external_launcher"
         if cfg.vllm_kv_cache_gib > 0:
             kwargs["kv_cache_memory_bytes"] = int(cfg.vllm_kv_cache_gib * 2**30)
         if device.type != "cuda":
             kwargs["enforce_eager"] = True
-        self.llm = LLM(**kwargs)
+        self.llm = _new_engine(kwargs) if colocated else _evaluation_engine(kwargs)
 
     def sync_weights(self, model) -> None:
         """Reload the trainer's current parameters into the engine, in place (the worker's ``reload_weights``
@@ -566,12 +588,95 @@ class VLLMRollout:
         return pack_rollouts(self.tokenizer, rows, completions, logprobs, truncated)
 
 
+_EVALUATION_ENGINE: dict = {}  # at most one entry: the settings (as a key) -> the vllm.LLM built with them
+
+
+def _new_engine(kwargs: dict):
+    from vllm import LLM
+
+    return LLM(**kwargs)
+
+
+def _evaluation_engine(kwargs: dict):
+    """The evaluation engine built with ``kwargs``: the kept one when its settings are these, else a new one that
+    replaces it (the old engine is dropped first, so that its memory is free for the new one)."""
+    key = tuple(sorted(kwargs.items()))
+    if key not in _EVALUATION_ENGINE:
+        _EVALUATION_ENGINE.clear()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        _EVALUATION_ENGINE[key] = _new_engine(kwargs)
+    return _EVALUATION_ENGINE[key]
+
+
 def make_rollout_backend(
-    cfg: RolloutConfig, model, tokenizer, *, model_path: str, dtype: str, seed: int, synced: bool = False
+    cfg: RolloutConfig,
+    model,
+    tokenizer,
+    *,
+    model_path: str | None = None,
+    dtype: str = "auto",
+    seed: int = 0,
+    synced: bool = False,
 ) -> RolloutBackend:
-    """The configured backend; ``vllm`` needs the vLLM environment (``make setup-vllm``). ``synced``: see
-    :class:`HFRollout`."""
+    """The backend ``cfg.backend`` names: the one way training and every evaluation build their generator.
+
+    ``model``: the policy being trained or evaluated (a transformers model), or the model's folder (a path, as
+    :func:`load_generator` returns for ``vllm``). ``hf`` samples from the model itself, so it needs the loaded
+    model. ``vllm`` needs the vLLM environment (docs/setup.md): with a loaded model the engine is colocated with it
+    (training: ``model_path`` is the folder its weights started from, later synced from ``model``); with a folder
+    it loads the model from there (evaluation: nothing to sync). ``dtype`` and ``seed`` are the vLLM engine's
+    (``auto``: the checkpoint's dtype); completions are seeded per row either way. ``synced``: see
+    :class:`HFRollout`.
+    """
+    if isinstance(model, (str, os.PathLike)):
+        model, model_path = None, os.fspath(model)
     if cfg.backend == "hf":
+        if model is None:
+            raise ValueError(
+                "rollout.backend=hf generates with a loaded transformers model, got the folder "
+                f"{model_path!r} (load it with gdpo.rollout.load_generator)"
+            )
         return HFRollout(model, tokenizer, cfg, synced=synced)
+    if model is None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return VLLMRollout(model_path, tokenizer, cfg, dtype=dtype, seed=seed, device=device, colocated=False)
+    if model_path is None:
+        raise ValueError(
+            "rollout.backend=vllm beside a loaded model needs model_path, the folder it came from"
+        )
     device = next(model.parameters()).device
     return VLLMRollout(model_path, tokenizer, cfg, dtype=dtype, seed=seed, device=device)
+
+
+def load_generator(path, cfg: RolloutConfig, device: torch.device | str | None = None):
+    """What an evaluation passes to :func:`make_rollout_backend` as ``model`` for the model in folder ``path``:
+    the transformers model in eval mode (on ``device`` when given) for ``hf``; for ``vllm`` the folder itself,
+    which the engine loads (a second copy of the weights beside the engine would only take memory)."""
+    if cfg.backend == "vllm":
+        return os.fspath(path)
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path)
+    return (model if device is None else model.to(device)).eval()
+
+
+def generation_chunks(indices: Sequence[int], batch_prompts: int, cfg: RolloutConfig) -> list[list[int]]:
+    """``indices`` in the groups of prompts an evaluation hands to one ``generate`` call: ``batch_prompts`` at a
+    time for ``hf`` (its batch is what it holds in memory at once), all at once for ``vllm`` (the engine
+    schedules its own batches; seeds are per row, so the grouping changes no completion)."""
+    if batch_prompts < 1:
+        raise ValueError(f"batch_prompts must be >= 1, got {batch_prompts}")
+    indices = list(indices)
+    size = batch_prompts if cfg.backend == "hf" else max(len(indices), 1)
+    return [indices[start : start + size] for start in range(0, len(indices), size)]
+
+
+ENGINE_FIELDS = ("backend", "vllm_gpu_memory_utilization", "vllm_kv_cache_gib")
+
+
+def with_engine_of(cfg: RolloutConfig, run: RolloutConfig) -> RolloutConfig:
+    """``cfg`` (an evaluation's sampling settings) generating with ``run``'s engine: its backend and vLLM memory
+    settings, so that a run configured for vLLM is evaluated with vLLM too."""
+    return replace(cfg, **{name: getattr(run, name) for name in ENGINE_FIELDS})

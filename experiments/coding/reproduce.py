@@ -60,23 +60,25 @@ def evaluate_model(
     """Pass, Exceed and Bug of one model per benchmark (k samples with the evaluation decoding); with
     ``decontaminate`` (default: on for paper presets) the problems the run trained on are left out."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from eval import code_bench
     from eval.decoding import paper_rollout_config
     from eval.decontaminate import TrainingSet, decontamination_wanted
     from eval.decontaminate import decontaminate as leave_out
+    from gdpo.rollout import load_generator, with_engine_of
     from gdpo.tasks import build_task
     from gdpo.tasks.coding import scoring_limits
 
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     options = dict(cfg.data.options)
     limits = scoring_limits(options)  # the task's own: Exceed and Bug measure what training rewarded
     rollout = paper_rollout_config(max_prompt_tokens=cfg.rollout.max_prompt_tokens)
     if max_new_tokens is not None:
         rollout = paper_rollout_config(max_new_tokens, cfg.rollout.max_prompt_tokens)
+    rollout = with_engine_of(rollout, cfg.rollout)  # rollout.backend=vllm: vLLM generates here too
+    torch.manual_seed(0)
+    model = load_generator(model_dir, rollout)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     task = build_task("coding", options, cfg.seed)
     training = TrainingSet(task.train) if decontamination_wanted(cfg.preset, decontaminate) else None
     summary: dict = {}

@@ -88,21 +88,23 @@ def evaluate_model(
     """Acc and Exceed of one model on each benchmark, written to ``out_dir``; with ``decontaminate`` (default: on
     for paper presets) the problems the run trained on are left out."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from eval.decoding import paper_rollout_config
     from eval.decontaminate import TrainingSet, decontamination_wanted
     from eval.math_bench import run_benchmark
+    from gdpo.rollout import load_generator, with_engine_of
     from gdpo.tasks import build_task
     from gdpo.tasks.math import task_length_limit
 
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if max_new_tokens is None:
         rollout = paper_rollout_config()
     else:
         rollout = paper_rollout_config(max_new_tokens, cfg.rollout.max_prompt_tokens)
+    rollout = with_engine_of(rollout, cfg.rollout)  # rollout.backend=vllm: vLLM generates here too
+    torch.manual_seed(0)
+    model = load_generator(model_dir, rollout)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     limit_tokens = task_length_limit(dict(cfg.data.options))  # Exceed measures what training rewarded
     training = None
     if decontamination_wanted(cfg.preset, decontaminate):

@@ -47,18 +47,19 @@ def evaluate_model(
     own training layout; with ``decontaminate`` (default: on for paper presets) the questions the run trained on
     are left out."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from eval.bfcl import generate_and_score
     from eval.decontaminate import TrainingSet, decontamination_wanted
     from gdpo.evaluate import evaluate, summarise
+    from gdpo.rollout import load_generator
     from gdpo.tasks import build_task
     from gdpo.tasks.tool_calling import system_prompt_like
 
     task = build_task(cfg.task, cfg.data.options, cfg.seed)
 
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    model = load_generator(model_dir, cfg.rollout)  # rollout.backend=vllm: the folder, which vLLM loads
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     maxima = {"format": 1.0, "correctness": 3.0}
     records = evaluate(model, tokenizer, task, cfg.rollout, limit=test_limit)
