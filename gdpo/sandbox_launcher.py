@@ -1,18 +1,18 @@
 """PID 1 of a sandbox (``gdpo.sandbox`` sends this file's text with ``python -I -S -B -c``; never imported).
 
-argv: report, job and control fds, isolation (bwrap | rlimits), work dir, then the limits: CPU seconds,
-address-space bytes, file-size bytes, processes, the work dir's tmpfs bytes and inodes, wall seconds. The job
-(marshalled) is the program's source and its stdin inputs. It makes itself non-dumpable (no
-``/proc/1/{mem,environ,fd}``) and runs the inputs one by one: a fresh work dir (bwrap: a tmpfs it mounts,
-since bwrap cannot limit a tmpfs's inodes), ``start <i>``, the program forked, its stdin fed, its wall time
-limited, then every other process of the sandbox killed, ``done <i> <wait status> <cpu s> <max rss KiB>
-<seconds> <1 if the wall limit killed it>``, and a byte from the caller on the control pipe once it has read
-that input's output. ``error <why>`` if it could not. The child drops every capability (no_new_privs, set by
-bwrap, keeps them dropped), takes the rlimits and runs the source in this interpreter like ``python
-solution.py``: ``__main__``, exit/quit builtins, tracebacks without this file's frame.
+stdin: the job (marshalled): the program's source, its stdin inputs, the isolation (bwrap | rlimits), the work
+dir and the limits; argv[1]: the report fd. It makes itself non-dumpable (no ``/proc/1/{mem,environ,fd}``) and
+runs the inputs one by one: a fresh work dir (bwrap: a tmpfs it mounts, since bwrap cannot limit a tmpfs's
+inodes) holding solution.py, the program forked on fresh pipes, its stdin fed and its output read (the first
+``max_output_bytes`` of each stream kept) for at most the wall time, then every other process of the sandbox
+killed and the verdict reported. Reports are marshalled ``(kind, value)``, each after its 8-byte length:
+``ready``, then ``done`` (the fields of a ``SandboxResult``) per input, or ``error`` (why). The child drops
+every capability (no_new_privs, set by bwrap, keeps them dropped), takes the rlimits and runs the source in
+this interpreter like ``python solution.py``: ``__main__``, exit/quit builtins, no frame of this file.
 """
 
 import _signal  # `signal` without its enum import: start-up is paid on every run
+import builtins
 import ctypes
 import marshal
 import os
@@ -21,8 +21,14 @@ import select
 import sys
 import time
 
-report, job, control, isolation, workdir, cpu, memory, fsize, nproc, tmpfs, inodes, wall = sys.argv[1:]
-report, job, control, libc = int(report), int(job), int(control), ctypes.CDLL(None, use_errno=True)
+REPORT, libc, job = int(sys.argv[1]), ctypes.CDLL(None, use_errno=True), {}
+
+
+def send(kind, value):
+    data = marshal.dumps((kind, value))
+    data = memoryview(len(data).to_bytes(8, "little") + data)
+    while data:
+        data = data[os.write(REPORT, data) :]
 
 
 def check(result, what):
@@ -30,125 +36,173 @@ def check(result, what):
         raise OSError(ctypes.get_errno(), what + " failed")
 
 
-def prepare(index, code):
+class Capture:
+    """One output stream: its first `max_output_bytes`, whether more came, and its last 4 KiB."""
+
+    def __init__(self):
+        self.data, self.truncated, self.tail = bytearray(), False, b""
+
+    def add(self, chunk):
+        room = job["max_output_bytes"] - len(self.data)
+        self.data += chunk[: max(room, 0)]
+        self.truncated |= len(chunk) > room
+        self.tail = (self.tail + chunk)[-4096:]
+        return chunk
+
+
+def prepare(index):
     """A fresh work dir holding solution.py; returns its path."""
-    if isolation == "bwrap":
+    path = job["workdir"]
+    if job["isolation"] == "bwrap":
         if index:
-            check(libc.umount2(workdir.encode(), 2), "umount " + workdir)  # MNT_DETACH
-        options = ("size=" + tmpfs + ",nr_inodes=" + inodes + ",mode=0755").encode()  # flags 6: nosuid, nodev
-        check(libc.mount(b"tmpfs", workdir.encode(), b"tmpfs", 6, options), "mount " + workdir)
-        path = workdir
+            check(libc.umount2(path.encode(), 2), "umount " + path)  # MNT_DETACH
+        size = job["disk_mb"]  # MB, and 128 inodes per MB (~1 KiB of kernel memory each)
+        options = f"size={size}m,nr_inodes={128 * size},mode=0755".encode()
+        check(libc.mount(b"tmpfs", path.encode(), b"tmpfs", 6, options), "mount " + path)  # 6: nosuid, nodev
     else:
-        path = workdir + "/" + str(index)
+        path += "/" + str(index)
         os.mkdir(path)
     with open(path + "/solution.py", "wb") as handle:
-        handle.write(code)
+        handle.write(job["code"])
     return path
 
 
-def become_program(path, stdin_r):
-    """In the forked child: the program's identity, limits and environment."""
-    if isolation == "bwrap":  # capset(header v3, all sets empty)
+def become_program(path, streams):
+    """In the forked child: the program's identity, limits, standard streams and environment."""
+    if job["isolation"] == "bwrap":  # capset(header v3, all sets empty)
         check(libc.capset((ctypes.c_uint32 * 2)(0x20080522, 0), (ctypes.c_uint32 * 6)()), "capset")
-    limits = {"CPU": cpu, "AS": memory, "FSIZE": fsize, "NPROC": nproc, "NOFILE": 64, "CORE": 0}
-    for name, value in {**limits, "MEMLOCK": 0, "MSGQUEUE": 0, "SIGPENDING": 256}.items():
+    limits = {"CPU": job["cpu_s"], "AS": job["memory_mb"] << 20, "FSIZE": job["disk_mb"] << 20, "CORE": 0}
+    limits.update(NPROC=job["max_processes"] + 1, NOFILE=64, MEMLOCK=0, MSGQUEUE=0, SIGPENDING=256)
+    for name, value in limits.items():  # NPROC: this launcher runs as the same user
         kind = getattr(resource, "RLIMIT_" + name)
         hard = resource.getrlimit(kind)[1]
-        value = int(value) if hard == resource.RLIM_INFINITY else min(int(value), hard)
+        value = value if hard == resource.RLIM_INFINITY else min(value, hard)
         resource.setrlimit(kind, (value, value))
-    os.dup2(stdin_r, 0)
+    for target, fd in enumerate(streams):
+        os.dup2(fd, target)
+    os.setpgid(0, 0)
     os.chdir(path)
     os.environ.clear()
     os.environ.update(PATH="/usr/local/bin:/usr/bin:/bin", LANG="C.UTF-8", HOME=path, TMPDIR=path)
     _signal.signal(_signal.SIGINT, _signal.default_int_handler)
     os.closerange(3, 65536)
+    job.clear()
 
 
-def supervise(pid, stdin_w, data):
-    """Feed stdin and wait for the program, at most `wall` seconds; (wait status, rusage, seconds, killed)."""
-    started, pidfd, pending = time.monotonic(), os.pidfd_open(pid), memoryview(data)
-    os.set_blocking(stdin_w, False)
-    if not pending:  # end of input right away
-        os.close(stdin_w)
-        stdin_w = -1
-    while True:
-        left = started + float(wall) - time.monotonic()
-        exited, writable, _ = select.select([pidfd], [stdin_w] if pending else [], [], max(left, 0))
-        if exited or not writable:  # the program exited, or its wall time is up
-            break
-        try:
-            pending = pending[os.write(stdin_w, pending[:65536]) :]
-        except BlockingIOError:
-            continue
-        except OSError:  # the program closed its stdin
-            pending = pending[:0]
-        if not pending:
+def supervise(pid, stdin_w, pending, captures):
+    """Feed stdin and read the output until the program exits or its wall time is up (then kill it); kill what
+    is left; (wait status, rusage, seconds, killed at the wall time)."""
+    started, pidfd, reading, exited = time.monotonic(), os.pidfd_open(pid), dict(captures), False
+    while not exited:
+        if not pending and stdin_w >= 0:  # end of input
             os.close(stdin_w)
             stdin_w = -1
+        left = started + job["wall_s"] - time.monotonic()
+        ready, writable, _ = select.select([pidfd, *reading], [stdin_w] if pending else [], [], max(left, 0))
+        if not ready and not writable:
+            break
+        exited = pidfd in ready
+        for fd in [fd for fd in reading if fd in ready]:
+            if not reading[fd].add(os.read(fd, 65536)):
+                del reading[fd]
+        try:
+            pending = pending[os.write(stdin_w, pending[:65536]) :] if writable else pending
+        except BlockingIOError:
+            pass
+        except OSError:  # the program closed its stdin
+            pending = pending[:0]
     if not exited:
         os.kill(pid, 9)
     _, status, usage = os.wait4(pid, 0)
-    for fd in (pidfd, stdin_w):
-        if fd >= 0:
-            os.close(fd)
-    if isolation == "bwrap":  # whatever it left behind: every process of the namespace but this one
-        try:  # noqa: SIM105 (contextlib would cost start-up time)
-            os.kill(-1, 9)
-        except ProcessLookupError:  # there was none
-            pass
-        while True:
-            try:
-                os.wait()
-            except ChildProcessError:
-                break
-    return status, usage, time.monotonic() - started, not exited
+    os.close(pidfd)
+    if stdin_w >= 0:
+        os.close(stdin_w)
+    # Whatever it left: every other process of the namespace, or (rlimits) of its group, whose orphans are ours.
+    others = -1 if job["isolation"] == "bwrap" else -pid
+    try:  # noqa: SIM105 (contextlib would cost start-up time)
+        os.kill(others, 9)
+    except ProcessLookupError:  # there was none
+        pass
+    while True:
+        try:
+            os.waitpid(others, 0)
+        except ChildProcessError:
+            break
+    seconds = time.monotonic() - started
+    # What was written before it ended (all of it with bwrap: a pipe holds 64 KiB, F_SETPIPE_SZ is refused).
+    for fd in select.select(list(captures), [], [], 0)[0]:
+        captures[fd].add(os.read(fd, 65536))
+    for fd in captures:
+        os.close(fd)
+    return status, usage, seconds, not exited
+
+
+def verdict(path, status, usage, seconds, killed, out, err):
+    """The fields of a SandboxResult."""
+    cpu_s, tail = usage.ru_utime + usage.ru_stime, err.tail.rstrip()
+    out_of_memory = tail.rsplit(b"\n", 1)[-1].startswith(b"MemoryError") or b"Cannot allocate memory" in tail
+    if killed:  # the wall-clock limit
+        word, code = "timeout", None
+    elif os.WIFSIGNALED(status):
+        code = -os.WTERMSIG(status)  # rusage lags the kernel's CPU clock by a few per cent: 0.9
+        timed_out = code == -_signal.SIGXCPU or (code == -_signal.SIGKILL and cpu_s >= 0.9 * job["cpu_s"])
+        near_limit = out_of_memory or usage.ru_maxrss >= 0.9 * (job["memory_mb"] << 10)
+        word = "timeout" if timed_out else "memory" if near_limit else "killed"
+    else:
+        code = os.WEXITSTATUS(status)
+        word = "ok" if code == 0 else "memory" if out_of_memory else "error"
+    stdout, stderr = (bytes(c.data).decode("utf-8", "replace") for c in (out, err))
+    return dict(status=word, returncode=code, stdout=stdout, stderr=stderr, duration_s=seconds, workdir=path,
+                stdout_truncated=out.truncated, stderr_truncated=err.truncated, cpu_s=cpu_s,
+                max_rss_mb=usage.ru_maxrss / 1024)  # fmt: skip
 
 
 def start():
     _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
     check(libc.prctl(4, 0, 0, 0, 0), "prctl(PR_SET_DUMPABLE)")
-    if isolation != "bwrap":
-        check(libc.prctl(36, 1, 0, 0, 0), "prctl(PR_SET_CHILD_SUBREAPER)")
-    code, inputs = marshal.loads(b"".join(iter(lambda: os.read(job, 65536), b"")))
-    os.write(report, b"ready\n")
-    for index, data in enumerate(inputs):
-        path = prepare(index, code)
-        stdin_r, stdin_w = os.pipe()
-        os.write(report, ("start " + str(index) + "\n").encode())
+    check(libc.prctl(36, 1, 0, 0, 0), "prctl(PR_SET_CHILD_SUBREAPER)")  # rlimits: the programs' orphans
+    job.update(marshal.loads(b"".join(iter(lambda: os.read(0, 65536), b""))))
+    send("ready", None)
+    for index, data in enumerate(job["inputs"]):
+        path = prepare(index)
+        (stdin_r, stdin_w), (out_r, out_w), (err_r, err_w) = os.pipe(), os.pipe(), os.pipe()
         pid = os.fork()
         if pid == 0:
-            become_program(path, stdin_r)
+            become_program(path, (stdin_r, out_w, err_w))
             return True
-        os.close(stdin_r)
-        status, usage, seconds, killed = supervise(pid, stdin_w, data)
-        done = (index, status, usage.ru_utime + usage.ru_stime, usage.ru_maxrss, seconds, int(killed))
-        os.write(report, ("done " + " ".join(map(str, done)) + "\n").encode())
-        os.read(control, 1)  # the caller has read this input's output
+        for fd in (stdin_r, out_w, err_w):
+            os.close(fd)
+        os.set_blocking(stdin_w, False)  # fed as the program reads it
+        captures = {out_r: Capture(), err_r: Capture()}
+        status, usage, seconds, killed = supervise(pid, stdin_w, memoryview(data), captures)
+        send("done", verdict(path, status, usage, seconds, killed, *captures.values()))
     return False
 
 
 try:
     is_program = start()
 except BaseException as exc:
-    os.write(report, ("error " + type(exc).__name__ + ": " + str(exc) + "\n").encode())
+    send("error", type(exc).__name__ + ": " + str(exc))
     os._exit(3)
-if is_program:
-    import builtins
+if not is_program:
+    os._exit(0)  # the caller has every report
 
-    def _exit(code=None):
-        raise SystemExit(code)
 
-    builtins.exit = builtins.quit = _exit
-    sys.argv, main = ["solution.py"], type(sys)("__main__")
-    sys.path.insert(0, "")
-    main.__file__, main.__builtins__, sys.modules["__main__"] = "solution.py", builtins, main
-    try:
-        with open("solution.py", "rb") as source:
-            code = compile(source.read(), "solution.py", "exec")
-        exec(code, main.__dict__)
-    except SystemExit:
-        raise
-    except BaseException as exc:
-        exc = exc.with_traceback(exc.__traceback__.tb_next)
-        sys.excepthook(type(exc), exc, exc.__traceback__)
-        sys.exit(1)
+def _exit(code=None):
+    raise SystemExit(code)
+
+
+builtins.exit = builtins.quit = _exit
+sys.argv, main = ["solution.py"], type(sys)("__main__")
+sys.path.insert(0, "")
+main.__file__, main.__builtins__, sys.modules["__main__"] = "solution.py", builtins, main
+try:
+    with open("solution.py", "rb") as source:
+        code = compile(source.read(), "solution.py", "exec")
+    exec(code, main.__dict__)
+except SystemExit:
+    raise
+except BaseException as exc:
+    exc = exc.with_traceback(exc.__traceback__.tb_next)
+    sys.excepthook(type(exc), exc, exc.__traceback__)
+    sys.exit(1)

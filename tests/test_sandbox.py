@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from gdpo import sandbox
-from gdpo.sandbox import SandboxError, run_many, run_python, run_tests, run_tests_many
+from gdpo.sandbox import SandboxError, run_inputs, run_many, run_python
 
 REPO = Path(__file__).resolve().parent.parent
 _UNAVAILABLE: dict[str, str | None] = {}
@@ -171,12 +171,12 @@ def test_large_stdin_and_unicode(isolation):
     assert result.stdout == "1500000 é✓ \n"
     ignored = run_python("print('no stdin read')", data)  # a program that never reads its stdin
     assert (ignored.status, ignored.stdout) == ("ok", "no stdin read\n")
-    empty = run_tests("import sys\nprint(repr(sys.stdin.read()))", ["", "x"])  # end of input, not a wait
+    empty = run_inputs("import sys\nprint(repr(sys.stdin.read()))", ["", "x"])  # end of input, not a wait
     assert [(r.status, r.stdout) for r in empty] == [("ok", "''\n"), ("ok", "'x'\n")]
 
 
 def test_wall_clock_backstop_kills_a_program_that_uses_no_cpu(isolation, monkeypatch):
-    """A program that sleeps never reaches the CPU limit: the caller's wall-clock backstop ends it and its processes."""
+    """A program that sleeps never reaches the CPU limit: the wall-clock limit ends it and its processes."""
     monkeypatch.setattr(sandbox, "_WALL_FACTOR", 1)
     monkeypatch.setattr(sandbox, "_WALL_SLACK_S", 0.5)  # backstop at 1 * ceil(1.0) + 0.5 s
     name = _marker()
@@ -489,7 +489,7 @@ def test_hostile_work_dir_contents_are_removed(isolation, tmp_path):
         print("built")
         """
     )
-    results = run_tests(code, ["", ""])  # a fresh work dir per input
+    results = run_inputs(code, ["", ""])  # a fresh work dir per input
     assert [(r.status, r.stdout) for r in results] == [("ok", "built\n"), ("ok", "built\n")], results[
         0
     ].stderr
@@ -501,7 +501,7 @@ def test_hostile_work_dir_contents_are_removed(isolation, tmp_path):
 # ----- several inputs, many programs -----
 
 
-def test_run_tests_gives_each_input_a_fresh_interpreter_and_dir(isolation):
+def test_run_inputs_gives_each_input_a_fresh_interpreter_and_dir(isolation):
     code = textwrap.dedent(
         """
         import os
@@ -515,15 +515,16 @@ def test_run_tests_gives_each_input_a_fresh_interpreter_and_dir(isolation):
         print(a + b)
         """
     )
-    results = run_tests(code, ["1 2", "loop", "3 4", "x y"], timeout_s=1.0)
+    results = run_inputs(code, ["1 2", "loop", "3 4", "x y"], timeout_s=1.0)
     assert [r.status for r in results] == ["ok", "timeout", "ok", "error"]
     assert [r.stdout for r in results] == ["fresh\n3\n", "fresh\n", "fresh\n7\n", "fresh\n"]
     assert "ValueError" in results[3].stderr
-    assert run_tests(code, []) == []
+    assert run_inputs(code, []) == []
 
 
-def test_run_tests_inputs_do_not_reach_each_other(contained):
-    """Inputs share one sandbox: what an input leaves running is killed before the next one starts."""
+def test_run_inputs_inputs_do_not_reach_each_other(isolation):
+    """Inputs share one sandbox: what an input leaves running is killed before the next one starts, and (in the
+    rlimits mode, where a process that leaves its group is not killed) its late output reaches no other input."""
     code = textwrap.dedent(
         """
         import os, sys, time
@@ -537,7 +538,7 @@ def test_run_tests_inputs_do_not_reach_each_other(contained):
         print(tag, sorted(os.listdir(".")))
         """
     )
-    results = run_tests(code, ["first", "second"], timeout_s=5.0)
+    results = run_inputs(code, ["first", "second"], timeout_s=5.0)
     assert [(r.status, r.stdout) for r in results] == [
         ("ok", "first ['solution.py']\n"),
         ("ok", "second ['solution.py']\n"),
@@ -545,19 +546,19 @@ def test_run_tests_inputs_do_not_reach_each_other(contained):
 
 
 def test_run_many_keeps_the_order(isolation):
-    jobs = [f"print({i} * {i})" for i in range(4)]
+    jobs = [(f"print({i} * {i})", [""]) for i in range(4)]
     jobs += [
-        ("print(input() * 2)", "ab\n"),
-        {"code": "import time\ntime.sleep(0.2)\nprint('slow')", "timeout_s": 2},
+        ("print(input() * 2)", ["ab\n"]),
+        {"code": "import time\ntime.sleep(0.2)\nprint('slow')", "inputs": [""], "timeout_s": 2},
     ]
-    results = run_many(jobs, max_workers=3)
+    results = [result for (result,) in run_many(jobs, workers=3)]
     assert [r.stdout for r in results] == ["0\n", "1\n", "4\n", "9\n", "abab\n", "slow\n"]
     assert all(r.status == "ok" for r in results)
 
 
-def test_run_tests_many(isolation):
+def test_run_many_runs_each_program_on_its_inputs(isolation):
     programs = [("print(int(input()) + 1)", ["1", "2"]), ("print(int(input()) * 10)", ["3"])]
-    results = run_tests_many(programs)
+    results = run_many(programs)
     assert [[r.stdout for r in suite] for suite in results] == [["2\n", "3\n"], ["30\n"]]
 
 
@@ -572,9 +573,12 @@ def test_bad_arguments_are_refused():
     with pytest.raises(TypeError, match="code must be a str"):
         run_python(b"print(1)")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="not one string"):
-        run_tests("print(1)", "1 2")
-    with pytest.raises(TypeError, match="a job is"):
-        run_many([42])  # type: ignore[list-item]
+        run_inputs("print(1)", "1 2")
+    with pytest.raises(TypeError, match="not one string"):
+        run_many([("print(1)", "1 2")])
+    for job in (42, "print(1)"):  # a bare program: its inputs are missing
+        with pytest.raises(TypeError, match="a job is"):
+            run_many([job])  # type: ignore[list-item]
 
 
 def test_configuration_errors_are_clear(monkeypatch):
@@ -600,7 +604,7 @@ def test_sandbox_info(isolation):
 def test_rlimits_mode_warns_on_every_run(monkeypatch, caplog):
     _use("rlimits", monkeypatch)
     with caplog.at_level(logging.WARNING, logger="gdpo.sandbox"):
-        results = run_tests("print(input())", ["a", "b"])
+        results = run_inputs("print(input())", ["a", "b"])
         run_python("print(1)")
     assert [r.stdout for r in results] == ["a\n", "b\n"]
     assert sum("without isolation" in record.getMessage() for record in caplog.records) == 2  # one per call
@@ -620,9 +624,9 @@ ATTACKS_ON_THE_LAUNCHER = {
 
 
 def test_attacks_on_the_launcher_get_their_own_verdict(contained):
-    honest = [(f"print({i} * 2)", "") for i in range(3)]
-    hostile = [(code, "") for code in ATTACKS_ON_THE_LAUNCHER.values()]
-    results = run_many(hostile[:3] + honest[:1] + hostile[3:] + honest[1:], max_workers=2)
+    honest = [(f"print({i} * 2)", [""]) for i in range(3)]
+    hostile = [(code, [""]) for code in ATTACKS_ON_THE_LAUNCHER.values()]
+    results = [r for (r,) in run_many(hostile[:3] + honest[:1] + hostile[3:] + honest[1:], workers=2)]
     verdicts = [(r.status, r.stdout, r.stderr.strip().splitlines()[-1:]) for r in results]
     refused = ["PermissionError: [Errno 1] Operation not permitted"]
     assert verdicts == [
@@ -726,9 +730,8 @@ print("bytes", os.path.getsize("big"))
 def test_memory_outside_the_address_space_is_bounded(contained):
     """The attacks of issue 17 (socket buffers, memfd_secret, /dev/shm directories) and their relatives."""
     names = list(MEMORY_ATTACKS)
-    results = run_many(
-        [MEMORY_ATTACKS[name] for name in names] + ["print('honest')"], memory_mb=64, disk_mb=16
-    )
+    jobs = [(MEMORY_ATTACKS[name], [""]) for name in names] + [("print('honest')", [""])]
+    results = [r for (r,) in run_many(jobs, memory_mb=64, disk_mb=16)]
     out = {name: r.stdout.splitlines() for name, r in zip(names, results)}
     assert [r.status for r in results] == ["ok"] * 5, [r.stderr for r in results]
     assert results[-1].stdout == "honest\n"

@@ -46,7 +46,6 @@ import math
 import re
 import secrets
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -364,26 +363,13 @@ def _runs(program: str | None, tests: Sequence[Mapping], timeout_s: float) -> li
 
 
 def _execute(runs: list[_Run], memory_mb: int, workers: int | None) -> list[list[sandbox.SandboxResult]]:
-    """Sandbox results of ``runs`` in order (one list per run, one result per input), ``workers`` at a time.
-
-    Runs differ in their limits, so each is one ``sandbox.run_tests`` call; the sandbox itself never runs more
-    programs at once than it allows (``gdpo.sandbox.max_workers``).
-    """
-
-    def one(run: _Run) -> list[sandbox.SandboxResult]:
-        return sandbox.run_tests(
-            run.code,
-            list(run.inputs),
-            timeout_s=run.timeout_s,
-            memory_mb=memory_mb,
-            max_output_bytes=run.max_output_bytes,
-        )
-
-    workers = min(workers or sandbox.max_workers(), len(runs))
-    if workers <= 1:
-        return [one(r) for r in runs]
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="judge") as pool:
-        return list(pool.map(one, runs))
+    """Sandbox results of ``runs`` in order (one list per run, one result per input), ``workers`` at a time
+    (``sandbox.run_many``; runs differ in their limits, so each job carries its own)."""
+    jobs = [
+        {"code": r.code, "inputs": r.inputs, "timeout_s": r.timeout_s, "max_output_bytes": r.max_output_bytes}
+        for r in runs
+    ]
+    return sandbox.run_many(jobs, workers=workers, memory_mb=memory_mb)
 
 
 def run_tests_many(
