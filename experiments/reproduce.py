@@ -439,6 +439,13 @@ def reproduce_parser(description: str, seeds: Sequence[int] = (0, 1, 2, 3, 4)) -
         default=None,
         help="leave out benchmark items the run trained on (eval/decontaminate.py); default: on for paper-* presets",
     )
+    parser.add_argument(
+        "--backend",
+        choices=("hf", "vllm"),
+        default=None,
+        help="rollout.backend of every run's training and evaluation (default: the preset's; vllm: the vLLM "
+        "environment, docs/generation.md)",
+    )
     parser.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. steps=10")
     return parser
 

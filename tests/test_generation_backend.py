@@ -158,3 +158,13 @@ def test_bfcl_responder_and_evaluate_answer_through_vllm_greedily(fake_vllm, tmp
     assert len(fake_vllm.built) == 1  # the responder's engine served the evaluation too
     assert [p.temperature for _, p in engine.requests[0] + engine.requests[1]] == [0.0] * 4
     assert [p.seed for _, p in engine.requests[1]] == [row_seed(1_000_003 + i, 0) for i in range(3)]
+
+
+def test_reproductions_take_the_backend_as_an_option():
+    from experiments.reproduce import reproduce_parser
+
+    parser = reproduce_parser("x")
+    assert parser.parse_args(["--backend", "vllm", "steps=2"]).backend == "vllm"
+    assert parser.parse_args(["steps=2"]).backend is None  # the preset's own rollout.backend
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--backend", "tpu"])

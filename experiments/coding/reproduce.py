@@ -105,6 +105,8 @@ def main() -> None:
     parser.add_argument("--source", nargs="*", default=[], help="NAME=PATH_OR_HUB_NAME for apps, taco, ...")
     parser.add_argument("--samples", type=int, default=None, help="samples per item (default: 16; tiny: 2)")
     args = parser.parse_args()
+    if args.backend:  # last, so that it wins: every run trains and is evaluated with this engine
+        args.overrides.append(f"rollout.backend={args.backend}")
     results = args.results or REPO / "results" / "coding" / args.preset
     config = config_path("coding", args.preset)
     benchmarks, k, limit, max_new = EVAL_SETTINGS.get(args.preset, DEFAULT_EVAL)

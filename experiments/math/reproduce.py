@@ -134,6 +134,8 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true", help="add the w_length sweep (0.75, 0.5, 0.25)")
     parser.add_argument("--data", nargs="*", default=[], help="NAME=FILE_OR_HUB_NAME for amc / olympiad")
     args = parser.parse_args()
+    if args.backend:  # last, so that it wins: every run trains and is evaluated with this engine
+        args.overrides.append(f"rollout.backend={args.backend}")
     results = args.results or REPO / "results" / "math" / args.preset
     config = config_path("math", args.preset)
     check_recipe(config, args.overrides)

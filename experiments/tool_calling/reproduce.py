@@ -92,6 +92,8 @@ def main() -> None:
         "--test-limit", type=int, default=None, help="test-split prompts evaluated (default: all)"
     )
     args = parser.parse_args()
+    if args.backend:  # last, so that it wins: every run trains and is evaluated with this engine
+        args.overrides.append(f"rollout.backend={args.backend}")
     results = args.results or REPO / "results" / "tool_calling" / args.preset
     bfcl_default, test_default = EVAL_LIMITS.get(args.preset, (None, None))
     bfcl_limit = args.bfcl_limit if args.bfcl_limit is not None else bfcl_default
