@@ -37,7 +37,6 @@ __all__ = [
     "CheckpointDamaged",
     "Restored",
     "latest_checkpoint",
-    "load_checkpoint",
     "restore_checkpoint",
     "save_checkpoint",
     "verify_checkpoint",
@@ -326,8 +325,3 @@ def restore_checkpoint(root: Path, engine) -> Restored:
         except Exception as exc:
             raise RuntimeError(f"cannot restore the RNG states from {rng}: {exc}") from exc
     return Restored(int(json.loads((path / STATE).read_text())["step"]), path, skipped)
-
-
-def load_checkpoint(root: Path, engine) -> int:
-    """``restore_checkpoint(root, engine).step``: the step restored, or 0 if there is no checkpoint."""
-    return restore_checkpoint(root, engine).step

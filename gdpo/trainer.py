@@ -31,7 +31,7 @@ import torch
 
 from gdpo.advantages import compute_advantages, groups_with_signal
 from gdpo.assets import resolve_model
-from gdpo.checkpoint import load_checkpoint, save_checkpoint
+from gdpo.checkpoint import Restored, restore_checkpoint, save_checkpoint
 from gdpo.config import TrainConfig, to_dict
 from gdpo.diagnostics import advantage_diagnostics
 from gdpo.distributed import (
@@ -852,9 +852,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, task: Task | None = None) -
                 f"rollout.max_prompt_tokens={cfg.rollout.max_prompt_tokens} (data.overlong_prompts=drop)"
             )
 
-    start = 0
+    restored = restore_checkpoint(run.dir / "checkpoints", engine) if resume else Restored(0)
+    start = restored.step
     if resume:
-        start = load_checkpoint(run.dir / "checkpoints", engine)
         moved = run.rewind_to(start)
         if rank == 0 and start:
             print(f"resumed {run.dir} at step {start} ({moved} log lines past the checkpoint moved aside)")
@@ -867,6 +867,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, task: Task | None = None) -
         world_size=world,
         model_path=model_path,
         resumed_from_step=start,
+        skipped_checkpoints=restored.skipped,  # damaged newer checkpoints a resume fell back from
         overlong_prompts_dropped=overlong,
     )
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gdpo.checkpoint import Restored, latest_checkpoint, load_checkpoint, restore_checkpoint, save_checkpoint
+from gdpo.checkpoint import Restored, latest_checkpoint, restore_checkpoint, save_checkpoint
 from gdpo.runlog import RunLog, read_jsonl
 
 from .conftest import REPO, TEST_OVERRIDES
@@ -265,7 +265,7 @@ def test_a_damaged_checkpoint_falls_back_to_the_newest_intact_one(damage, engine
     shutil.copytree(saved[0], root)
     size = (root / "step_000004" / name).stat().st_size
     spoil(root / "step_000004" / name)
-    assert load_checkpoint(root, engine) == 2
+    assert restore_checkpoint(root, engine).step == 2
     assert _restored_to(engine, saved, 2)
     err = capsys.readouterr().err
     assert f"checkpoint step_000004 is damaged: {why.format(name=name, size=size, half=size // 2)}" in err
@@ -300,7 +300,7 @@ def test_with_no_intact_checkpoint_the_resume_stops_naming_each(engine, saved, t
     (root / "step_000004/rng_rank0.pt").unlink()
     (root / "step_000002/trainer_state.json").write_text("")
     with pytest.raises(RuntimeError) as caught:
-        load_checkpoint(root, engine)
+        restore_checkpoint(root, engine)
     assert str(caught.value) == (
         f"no intact checkpoint to resume from in {root}: step_000004: rng_rank0.pt is missing; "
         "step_000002: trainer_state.json has 0 bytes, its manifest says 11"
@@ -312,7 +312,7 @@ def test_pruning_after_a_fallback_keeps_the_new_checkpoint(keep, left, engine, s
     root = tmp_path / "checkpoints"
     shutil.copytree(saved[0], root)
     _truncate(root / "step_000004" / MODEL)
-    assert load_checkpoint(root, engine) == 2
+    assert restore_checkpoint(root, engine).step == 2
     save_checkpoint(root, 3, engine, keep=keep)  # step_000004 (damaged, later) must not outlive it
     assert sorted(p.name for p in root.iterdir()) == ["latest", *left]
     assert latest_checkpoint(root) == root / "step_000003"

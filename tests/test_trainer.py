@@ -220,6 +220,31 @@ def test_existing_run_is_not_overwritten(full_run, subprocess_env):
     assert "already holds a run; pass --resume" in result.stderr
 
 
+@pytest.mark.slow
+def test_a_damaged_checkpoint_is_named_and_the_resume_falls_back(full_run, tmp_path, subprocess_env):
+    """Issue scenario: 4 KiB of random bytes in the newest checkpoint's model file. The resume names it, falls
+    back to the intact step 4, records the fallback in its metadata, and ends with the uninterrupted run's
+    metrics (a silent resume from the damaged file gave NaN losses and a non-finite model)."""
+    import os
+    import shutil
+
+    run_dir = tmp_path / "damaged"
+    shutil.copytree(full_run, run_dir)
+    (model_file,) = (run_dir / "checkpoints" / "step_000006").rglob("mp_rank_00_model_states.pt")
+    with open(model_file, "r+b") as f:
+        f.seek(os.path.getsize(model_file) // 2)
+        f.write(os.urandom(4096))
+    result = _run(["--resume"], subprocess_env, run_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "step_000006 is damaged" in result.stdout + result.stderr and "at step 4" in result.stdout
+    (resume_meta,) = run_dir.glob("metadata.resume-*.json")
+    meta = json.loads(resume_meta.read_text())
+    assert meta["resumed_from_step"] == 4 and list(meta["skipped_checkpoints"]) == ["step_000006"]
+    assert "mp_rank_00_model_states.pt" in meta["skipped_checkpoints"]["step_000006"]
+    resumed, uninterrupted = read_jsonl(run_dir / "metrics.jsonl"), read_jsonl(full_run / "metrics.jsonl")
+    assert [_strip(m) for m in resumed] == [_strip(m) for m in uninterrupted]
+
+
 def test_resume_after_sigkill_gives_the_same_metrics(full_run, tmp_path, subprocess_env):
     run_dir = tmp_path / "killed"
     cmd = [sys.executable, str(SCRIPT), "--config", str(CONFIG), *RUN_ARGS, f"logging.run_dir={run_dir}"]
