@@ -2,13 +2,17 @@
 
 After a weight sync, the engine's log-probs of its own sampled tokens must equal the trainer's log-probs of
 the same tokens; greedy completions must equal the hf backend's; rollouts must not depend on the batch layout.
+The evaluation harnesses generate through the same entry point with ``rollout.backend=vllm``: an engine that
+loads the model from its folder, whose greedy answers equal the hf backend's.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -17,7 +21,13 @@ pytest.importorskip("vllm")
 pytestmark = pytest.mark.vllm
 
 from gdpo.config import RolloutConfig  # noqa: E402
-from gdpo.rollout import HFRollout, VLLMRollout, encode_prompt, forbidden_token  # noqa: E402
+from gdpo.rollout import (  # noqa: E402
+    HFRollout,
+    VLLMRollout,
+    encode_prompt,
+    forbidden_token,
+    make_rollout_backend,
+)
 
 from .conftest import REPO  # noqa: E402
 
@@ -99,3 +109,52 @@ def test_toy_run_with_vllm_backend(tmp_path, toy_model_dir):
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
     assert result.returncode == 0, result.stderr[-4000:]
     assert (tmp_path / "run/metrics.jsonl").read_text().count("\n") == 2
+
+
+# One evaluation engine (the folder's model) serves every evaluation test below: the settings are the same.
+EVAL_VLLM = RolloutConfig(backend="vllm", max_new_tokens=16, max_prompt_tokens=256, vllm_kv_cache_gib=0.25)
+
+
+def test_greedy_evaluation_through_vllm_equals_the_hf_backend(toy_model_dir, toy_policy, toy_task):
+    from gdpo.evaluate import evaluate
+
+    model, tokenizer = toy_policy
+    hf = evaluate(model, tokenizer, toy_task, replace(EVAL_VLLM, backend="hf"), limit=6, batch_prompts=4)
+    vllm = evaluate(str(toy_model_dir), tokenizer, toy_task, EVAL_VLLM, limit=6, batch_prompts=4)
+    assert [r["completion"] for r in vllm] == [r["completion"] for r in hf]
+    assert [r["num_tokens"] for r in vllm] == [r["num_tokens"] for r in hf]
+    assert [r["rewards"] for r in vllm] == [r["rewards"] for r in hf]
+
+
+def test_math_benchmark_through_vllm_is_seeded_per_question(toy_model_dir, toy_policy, tmp_path):
+    from eval.math_bench import run_benchmark
+
+    _, tokenizer = toy_policy
+    cfg = replace(EVAL_VLLM, temperature=0.6, top_p=0.95)
+    whole = run_benchmark(
+        str(toy_model_dir), tokenizer, "synthetic", cfg, k=2, limit=4, out_dir=tmp_path / "a"
+    )
+    again = run_benchmark(
+        str(toy_model_dir), tokenizer, "synthetic", cfg, k=2, limit=4, out_dir=tmp_path / "b"
+    )
+    assert (whole["items"], whole["responses"], whole["max_new_tokens"]) == (4, 8, 16)
+    assert again == whole
+    records = (tmp_path / "a/synthetic/records.jsonl").read_text()
+    assert records == (tmp_path / "b/synthetic/records.jsonl").read_text()
+    assert all(s["num_tokens"] > 0 for line in records.splitlines() for s in json.loads(line)["samples"])
+    engine = make_rollout_backend(cfg, str(toy_model_dir), tokenizer).llm
+    assert engine is make_rollout_backend(cfg, toy_model_dir, tokenizer).llm  # built once, kept
+
+
+def test_bfcl_responder_through_vllm_equals_the_hf_backend(toy_model_dir, toy_policy):
+    from eval.bfcl import model_responder
+
+    model, tokenizer = toy_policy
+    batch = [
+        ("a", [{"role": "user", "content": "Call add with 2 and 3."}]),
+        ("b", [{"role": "user", "content": "word " * 400}]),  # over max_prompt_tokens: not answered
+        ("c", [{"role": "user", "content": "What is the weather in Paris?"}]),
+    ]
+    hf = model_responder(model, tokenizer, replace(EVAL_VLLM, backend="hf"), batch_prompts=1)(batch)
+    vllm = model_responder(str(toy_model_dir), tokenizer, EVAL_VLLM)(batch)
+    assert vllm == hf and vllm[1] is None and all(vllm[i] for i in (0, 2))
