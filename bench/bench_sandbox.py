@@ -6,8 +6,9 @@ For each isolation this machine provides (``bwrap``, the default, and the opt-in
   one ``run_inputs`` call (one sandbox, a fresh work dir and process per case), and as ``run_many`` over
   several suites at once.
 Every output is checked. Besides throughput, each row has the CPU time of the sandbox processes per execution
-(``RUSAGE_CHILDREN``: bwrap, launcher and program; not the caller's threads nor kernel work done in other
-threads), which depends much less on what else the machine runs. Prints a table and writes
+(``RUSAGE_CHILDREN``: bwrap, launcher and program; not kernel work done in other threads), which depends much
+less on what else the machine runs, and the CPU time of the calling process per execution (``RUSAGE_SELF``:
+starting sandboxes and reading their results). Prints a table and writes
 ``bench/results/sandbox-cpu.json`` naming the machine (CPU model and core count) and the load average while it
 ran: throughput is only comparable on an idle machine.
 """
@@ -47,42 +48,48 @@ def check(results, expected: list[str]) -> None:
         raise SystemExit(f"wrong sandbox results: {wrong[:3]}")
 
 
-def children_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+def cpu_s() -> tuple[float, float]:
+    """CPU seconds so far of the waited-for child processes and of this process."""
+    children, own = (resource.getrusage(who) for who in (resource.RUSAGE_CHILDREN, resource.RUSAGE_SELF))
+    return children.ru_utime + children.ru_stime, own.ru_utime + own.ru_stime
+
+
+def since(before: tuple[float, float]) -> tuple[float, float]:
+    return tuple(now - then for now, then in zip(cpu_s(), before))
 
 
 def flat(suites: list[list]) -> list:
     return [result for suite in suites for result in suite]
 
 
-def timed(fn) -> tuple[float, float]:
-    """Wall seconds and CPU seconds of the waited-for child processes while `fn` ran."""
-    start, cpu = time.perf_counter(), children_cpu_s()
+def timed(fn) -> tuple[float, tuple[float, float]]:
+    """Wall seconds, and CPU seconds of the child processes and of this process, while `fn` ran."""
+    start, cpu = time.perf_counter(), cpu_s()
     fn()
-    return time.perf_counter() - start, children_cpu_s() - cpu
+    return time.perf_counter() - start, since(cpu)
 
 
-def row(name: str, executions: int, seconds: float, cpu_s: float, **extra) -> dict:
+def row(name: str, executions: int, seconds: float, cpu: tuple[float, float], **extra) -> dict:
     rate = round(executions / seconds, 2)
     return {
         "name": name,
         "executions": executions,
         "seconds": round(seconds, 3),
         "executions_per_s": rate,
-        "cpu_ms_per_execution": round(cpu_s / executions * 1e3, 2),
+        "cpu_ms_per_execution": round(cpu[0] / executions * 1e3, 2),
+        "caller_cpu_ms_per_execution": round(cpu[1] / executions * 1e3, 2),
         **extra,
     }
 
 
 def bench_trivial(sequential: int, parallel: int) -> list[dict]:
-    latencies, cpu = [], children_cpu_s()
+    latencies, cpu = [], cpu_s()
     for _ in range(sequential):
         start = time.perf_counter()
         check([sandbox.run_python(TRIVIAL)], ["1\n"])
         latencies.append(time.perf_counter() - start)
     median_ms = round(statistics.median(latencies) * 1e3, 1)
-    name, cpu = "trivial, run_python, 1 at a time", children_cpu_s() - cpu
+    name, cpu = "trivial, run_python, 1 at a time", since(cpu)
     rows = [row(name, sequential, sum(latencies), cpu, median_latency_ms=median_ms)]
     seconds, cpu = timed(
         lambda: check(flat(sandbox.run_many([(TRIVIAL, [""])] * parallel)), ["1\n"] * parallel)
@@ -164,7 +171,7 @@ def main() -> None:
         for r in run["results"]:
             extra = f"  {r['suites_per_s']:6.2f} suites/s" if "suites_per_s" in r else ""
             latency = f"  median {r['median_latency_ms']} ms" if "median_latency_ms" in r else ""
-            cpu = f"  {r['cpu_ms_per_execution']:5.1f} ms CPU/exec"
+            cpu = f"  {r['cpu_ms_per_execution']:5.1f} ms CPU/exec (caller {r['caller_cpu_ms_per_execution']:4.2f})"
             print(f"    {r['name']:<52} {r['executions_per_s']:7.1f} exec/s{cpu}{extra}{latency}")
 
 
