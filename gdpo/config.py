@@ -174,6 +174,13 @@ class AlgorithmConfig:
         0.0, help="beta of the KL penalty to the frozen reference (0 loads no reference)", ge=0
     )
     kl_estimator: typing.Literal["k1", "k3", "mse"] = field_("k3", help="per-token KL estimator")
+    kl_in_reward: float = field_(
+        0.0,
+        help="beta of verl's in-reward KL: beta * sum_t (log pi_old - log pi_ref) over a completion is subtracted "
+        "from its reward before the advantage; applies to grpo and grpo_no_std only (gdpo ignores it), as in "
+        "verl-GDPO's runs (0.001); 0 = off",
+        ge=0,
+    )
     entropy_coef: float = field_(0.0, help="entropy bonus coefficient")
     loss_agg: str = field_("seq_mean_token_mean", help="loss aggregation (gdpo.losses.LOSS_AGGREGATIONS)")
     dynamic_sampling: typing.Literal["off", "any_component", "weighted_sum"] = field_(

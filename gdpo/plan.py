@@ -286,11 +286,14 @@ def logprob_working_set(cfg: TrainConfig, shape: ModelShape, micro: int) -> tupl
 def rollout_batch_bytes(cfg: TrainConfig, layout: Layout) -> int:
     """This GPU's rollouts: ids and attention mask (int64) per position; completion mask, sample log-probs and
     (when needed) old and reference log-probs per completion token; every round's with dynamic sampling."""
+    from gdpo.trainer import in_reward_kl_coef, uses_reference
+
     a, new = cfg.algorithm, cfg.rollout.max_new_tokens
     seq = cfg.rollout.max_prompt_tokens + new
     rounds = max(1, a.max_sampling_rounds) if a.dynamic_sampling != "off" else 1
-    old = layout.sequences_per_rank // layout.sequences_per_mini_batch * a.num_iterations > 1
-    per_row = seq * 16 + new * (1 + 4 + 4 * old + 4 * (a.kl_coef > 0))
+    updates = layout.sequences_per_rank // layout.sequences_per_mini_batch * a.num_iterations
+    old = updates > 1 or in_reward_kl_coef(cfg) > 0  # the in-reward KL needs them before the update too
+    per_row = seq * 16 + new * (1 + 4 + 4 * old + 4 * uses_reference(cfg))
     return rounds * layout.sequences_per_rank * per_row
 
 
@@ -339,7 +342,7 @@ def _hf_rows(cfg: TrainConfig, shape: ModelShape, layout: Layout) -> list[Row]:
 
 def make_plan(cfg: TrainConfig, shape: ModelShape, gpus: int, gpu_gib: float) -> MemoryPlan:
     """The per-GPU memory plan of ``cfg`` on ``gpus`` GPUs of ``gpu_gib`` GiB (see docs/memory-plan.md)."""
-    from gdpo.trainer import check_training_settings, plan_layout
+    from gdpo.trainer import check_training_settings, plan_layout, uses_reference
 
     if gpus < 1:
         raise PlanError(f"--gpus must be >= 1 (got {gpus})")
@@ -372,7 +375,7 @@ def make_plan(cfg: TrainConfig, shape: ModelShape, gpus: int, gpu_gib: float) ->
     chunk, logprob = logprob_working_set(cfg, shape, layout.micro_batch_size)
     # The reference loads in model.dtype; under ZeRO-3 it is a DeepSpeed engine (cast like the policy).
     ref_bytes = p_bytes if stage == 3 else model_bytes
-    reference = share(n_params * ref_bytes, 3) if cfg.algorithm.kl_coef > 0 else None
+    reference = share(n_params * ref_bytes, 3) if uses_reference(cfg) else None
     rollouts = rollout_batch_bytes(cfg, layout)
 
     notes, problems = [], []
@@ -479,6 +482,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     o, r = cfg.optim, cfg.rollout
+    from gdpo.trainer import uses_reference
+
     header = [
         f"memory plan of {args.config or 'the default config'}",
         f"model: {cfg.model.name_or_path} ({shape.source}), {parameter_count(shape):,} parameters, "
@@ -487,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
         f"training: ZeRO-{o.zero_stage}, {o.precision}, "
         f"optimizer {'offloaded' if o.offload_optimizer else 'on GPU'}, "
         f"gradient checkpointing {'on' if cfg.model.gradient_checkpointing else 'off'}, "
-        f"KL {'on (reference model)' if cfg.algorithm.kl_coef > 0 else 'off'}",
+        f"KL {'on (reference model)' if uses_reference(cfg) else 'off'}",
         f"rollout: {r.backend}"
         + (f", sleep {'on' if r.vllm_sleep else 'off'} during the update" if r.backend == "vllm" else ""),
     ]

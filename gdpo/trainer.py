@@ -24,6 +24,7 @@ import random
 import sys
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -148,6 +149,20 @@ class Layout:
     @property
     def grad_accumulation(self) -> int:
         return self.sequences_per_mini_batch // self.micro_batch_size
+
+
+IN_REWARD_KL_METHODS = ("grpo", "grpo_no_std")  # the methods verl-GDPO's in-reward KL applies to
+
+
+def in_reward_kl_coef(cfg: TrainConfig) -> float:
+    """``algorithm.kl_in_reward`` where it applies: to GRPO and GRPO w/o std, whose rewards verl-GDPO penalises;
+    0 for GDPO, whose official branch normalises the raw components (the same preset serves every method)."""
+    return cfg.algorithm.kl_in_reward if cfg.algorithm.method in IN_REWARD_KL_METHODS else 0.0
+
+
+def uses_reference(cfg: TrainConfig) -> bool:
+    """Whether a run loads the frozen reference model: a KL loss term, or an in-reward KL that applies."""
+    return cfg.algorithm.kl_coef > 0 or in_reward_kl_coef(cfg) > 0
 
 
 def check_training_settings(cfg: TrainConfig) -> None:
@@ -440,6 +455,55 @@ def shares_prompt_forward(cfg: TrainConfig, world: int) -> bool:
     return cfg.optim.share_prompt_forward and not (cfg.optim.zero_stage == 3 and world > 1)
 
 
+def step_logprobs(model, rows: slice, *, ro: Rollouts, cfg: TrainConfig, forbidden: int | None, **kwargs):
+    """Log-probs (and entropies) of ``rows`` of a step's rollouts under ``model``, as the update computes them."""
+    world = world_size()
+    return completion_logprobs(
+        model,
+        ro,
+        rows,
+        cfg.rollout.temperature,
+        forbidden,
+        share_prompt=shares_prompt_forward(cfg, world),
+        chunk_tokens=cfg.optim.logprob_chunk_tokens,
+        same_chunks_on_all_ranks=cfg.optim.zero_stage == 3 and world > 1,
+        **kwargs,
+    )
+
+
+@torch.no_grad()
+def behaviour_logprobs(
+    engine,
+    ref_model,
+    ro: Rollouts,
+    cfg: TrainConfig,
+    layout: Layout,
+    forbidden: int | None,
+    *,
+    old: bool,
+    ref: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``[n, T]`` log-probs of the step's completions under the policy before its update (``old``) and under
+    the reference model (``ref``), on the engine's device; None for the one not asked for."""
+    ro = ro.to(engine.device)
+    n, width = ro.completion_mask.shape
+    rows = [slice(i, i + layout.micro_batch_size) for i in range(0, n, layout.micro_batch_size)]
+
+    def all_rows(model) -> torch.Tensor:  # each micro-batch's [n, T'] padded back to [n, T]
+        parts = [
+            step_logprobs(model, r, ro=ro, cfg=cfg, forbidden=forbidden, with_entropy=False)[0] for r in rows
+        ]
+        return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in parts])
+
+    return (all_rows(engine) if old else None), (all_rows(ref_model) if ref else None)
+
+
+def in_reward_kl(old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """verl's in-reward KL of each sequence: the k1 estimate ``log pi_old - log pi_ref`` summed over its
+    completion tokens (``[n]``)."""
+    return ((old_logprobs - ref_logprobs) * mask).sum(-1)
+
+
 def policy_update(
     engine,
     ref_model,
@@ -449,53 +513,33 @@ def policy_update(
     layout: Layout,
     forbidden: int | None,
     guard: NonFiniteGuard | None = None,
+    before: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
 ):
     """mu passes over the batch, each in mini-batches of micro-batches; returns averaged statistics.
 
     The rollouts and advantages move to the engine's device first, once: the masks and the old and reference
-    log-probs are then made there. With a ``guard``, an update whose loss (on any rank) or gradients are not
-    finite is skipped; ``nonfinite/skipped`` counts the skipped updates.
+    log-probs are then made there (or come as ``before``, from :func:`behaviour_logprobs`). With a ``guard``,
+    an update whose loss (on any rank) or gradients are not finite is skipped; ``nonfinite/skipped`` counts the
+    skipped updates.
     """
     a, world = cfg.algorithm, world_size()
     ro, advantages = ro.to(engine.device), advantages.to(engine.device)
     loss_mask = ro.completion_mask
     if cfg.rollout.mask_truncated:
         loss_mask = loss_mask & ~ro.truncated[:, None]
-    n, width = advantages.shape[0], loss_mask.shape[1]
-
-    def logprobs(model, rows: slice, **kwargs):
-        return completion_logprobs(
-            model,
-            ro,
-            rows,
-            cfg.rollout.temperature,
-            forbidden,
-            share_prompt=shares_prompt_forward(cfg, world),
-            chunk_tokens=cfg.optim.logprob_chunk_tokens,
-            same_chunks_on_all_ranks=cfg.optim.zero_stage == 3 and world > 1,
-            **kwargs,
-        )
-
-    def full_width(logp: torch.Tensor) -> torch.Tensor:  # a micro-batch's [n, T'] as [n, T]
-        return torch.nn.functional.pad(logp, (0, width - logp.shape[1]))
+    n = advantages.shape[0]
+    logprobs = partial(step_logprobs, ro=ro, cfg=cfg, forbidden=forbidden)
 
     def micro_slices(start: int, stop: int) -> list[slice]:
         return [slice(i, i + layout.micro_batch_size) for i in range(start, stop, layout.micro_batch_size)]
 
-    old_logprobs = ref_logprobs = None
     updates = a.num_iterations * (n // layout.sequences_per_mini_batch)
     lr = engine.get_lr()[0]  # the rate of this step's first update (DeepSpeed steps the scheduler after it)
-    with torch.no_grad():
-        # After the first update the policy has moved: later mini-batches and passes need the behaviour
-        # policy's log-probs for the ratio (with one update, the detached current log-probs are the same).
-        if updates > 1:
-            old_logprobs = torch.cat(
-                [full_width(logprobs(engine, s, with_entropy=False)[0]) for s in micro_slices(0, n)]
-            )
-        if a.kl_coef > 0:
-            ref_logprobs = torch.cat(
-                [full_width(logprobs(ref_model, s, with_entropy=False)[0]) for s in micro_slices(0, n)]
-            )
+    # After the first update the policy has moved: later mini-batches and passes need the behaviour policy's
+    # log-probs for the ratio (with one update, the detached current log-probs are the same).
+    old_logprobs, ref_logprobs = before or behaviour_logprobs(
+        engine, ref_model, ro, cfg, layout, forbidden, old=updates > 1, ref=a.kl_coef > 0
+    )
 
     sums = {
         "loss": 0.0,
@@ -826,7 +870,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, task: Task | None = None) -
     model_path = model_path or prepare_model(cfg)  # other ranks find the cached folder
     tokenizer, model = load_policy(cfg, model_path, device)
     ref_model = None
-    if cfg.algorithm.kl_coef > 0:
+    if uses_reference(cfg):
         ref_model = build_reference(cfg, load_policy(cfg, model_path, device)[1], layout)
     engine = build_engine(cfg, model, layout, world)
     guard = NonFiniteGuard(engine.basic_optimizer)
@@ -890,10 +934,21 @@ def train(cfg: TrainConfig, *, resume: bool = False, task: Task | None = None) -
             all_rewards = all_gather_cat(scored.rewards.to(device)).cpu()
             all_lengths = all_gather_cat(ro.num_tokens.view(-1, g).to(device)).cpu()
             a = cfg.algorithm
+            before, penalised, weights = None, all_rewards, list(scored.weights)
+            if (
+                in_reward_kl_coef(cfg) > 0
+            ):  # verl-GDPO's GRPO: reward - beta * sum_t KL_t, before the group step
+                before = behaviour_logprobs(
+                    engine, ref_model, ro, cfg, layout, forbidden_token(tokenizer), old=True, ref=True
+                )
+                kl = in_reward_kl(*before, ro.to(device).completion_mask).view(-1, g)
+                all_kl = all_gather_cat(kl).cpu()
+                penalised = torch.cat([all_rewards, -all_kl[..., None].to(all_rewards.dtype)], -1)
+                weights.append(in_reward_kl_coef(cfg))
             adv = compute_advantages(
-                all_rewards,
+                penalised,
                 a.method,
-                weights=scored.weights,
+                weights=weights,
                 eps=a.eps,
                 unbiased=a.unbiased,
                 batch_norm=a.batch_norm,
@@ -904,8 +959,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, task: Task | None = None) -
 
             with torch.profiler.record_function("update"):
                 stats, train_tokens = policy_update(
-                    engine, ref_model, ro, local_adv, cfg, layout, forbidden_token(tokenizer), guard
+                    engine, ref_model, ro, local_adv, cfg, layout, forbidden_token(tokenizer), guard, before
                 )
+            if in_reward_kl_coef(cfg) > 0:
+                stats["kl_in_reward/seq_mean"] = all_kl.mean().item()
             t3 = time.perf_counter()
 
         all_truncated = all_gather_cat(ro.truncated.to(device)).cpu()

@@ -355,3 +355,13 @@ def test_bad_input_is_a_one_line_error_and_exit_two(capsys, argv, message):
     assert code == 2
     assert out == ""
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_the_in_reward_kl_loads_the_reference_model_for_the_methods_it_applies_to(capsys):
+    from gdpo.plan import main
+
+    config = str(REPO / "experiments/tool_calling/configs/paper-qwen2.5-1.5b-verl-grpo.yaml")
+    assert main(["--config", config]) == 0
+    assert "KL on (reference model)" in capsys.readouterr().out
+    assert main(["--config", config, "algorithm.method=gdpo"]) == 0  # GDPO ignores the in-reward KL
+    assert "KL off" in capsys.readouterr().out

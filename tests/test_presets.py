@@ -62,6 +62,7 @@ PRESETS = [
     ("coding", "paper-r1-7b", {**MATH_TABLE7, "rollout.max_prompt_tokens": 2048}),
     ("tool_calling", "paper-qwen2.5-1.5b", TOOL_TABLE6),
     ("tool_calling", "paper-qwen2.5-3b", TOOL_TABLE6),
+    ("tool_calling", "paper-qwen2.5-1.5b-verl-grpo", TOOL_TABLE6),
 ]
 
 
@@ -69,7 +70,13 @@ PRESETS = [
 def test_paper_presets_carry_the_paper_settings(task, preset, settings):
     cfg = load_config(TrainConfig, REPO / "experiments" / task / "configs" / f"{preset}.yaml")
     assert {key: _get(cfg, key) for key in settings} == settings
-    assert cfg.task == task and cfg.preset == preset and cfg.algorithm.method == "gdpo"
+    official_grpo = preset.endswith("-verl-grpo")
+    assert (
+        cfg.task == task
+        and cfg.preset == preset
+        and cfg.algorithm.method == ("grpo" if official_grpo else "gdpo")
+    )
+    assert cfg.algorithm.kl_in_reward == (0.001 if official_grpo else 0.0)
 
 
 def test_smollm2_gsm8k_preset_carries_the_official_example_settings():

@@ -776,3 +776,42 @@ def test_the_kl_reference_is_partitioned_under_zero3(subprocess_env, toy_model_d
     result = subprocess.run(cmd, env=subprocess_env, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "partitioned 29 parameters" in result.stdout
+
+
+def test_in_reward_kl_sums_the_k1_estimate_over_completion_tokens():
+    from gdpo.trainer import in_reward_kl
+
+    old = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -0.5, 0.0]])
+    ref = torch.tensor([[-1.5, -1.0, -9.0], [-0.5, -1.5, 0.0]])
+    mask = torch.tensor([[True, True, False], [True, True, False]])
+    torch.testing.assert_close(in_reward_kl(old, ref, mask), torch.tensor([0.5 - 1.0, 0.0 + 1.0]))
+
+
+def test_in_reward_kl_applies_to_the_grpo_methods_only():
+    """verl-GDPO penalises GRPO's rewards with the KL and not GDPO's: one preset serves every method."""
+    from gdpo.trainer import in_reward_kl_coef
+
+    coef = {
+        method: in_reward_kl_coef(
+            load_config(TrainConfig, CONFIG, [f"algorithm.method={method}", "algorithm.kl_in_reward=0.001"])
+        )
+        for method in ("grpo", "grpo_no_std", "gdpo")
+    }
+    assert coef == {"grpo": 0.001, "grpo_no_std": 0.001, "gdpo": 0.0}
+
+
+@pytest.mark.slow
+def test_in_reward_kl_run_is_zero_before_the_first_update_and_moves_the_advantages(tmp_path, subprocess_env):
+    """GRPO with verl's in-reward KL: at step 1 the policy is the reference, so the penalty is exactly 0 and the
+    advantages are plain GRPO's; at step 2 it is positive."""
+    run_dir = tmp_path / "kl"
+    overrides = [
+        "algorithm.method=grpo",
+        "algorithm.kl_in_reward=0.5",
+        "steps=2",
+        "logging.checkpoint_every=0",
+    ]
+    result = _run(overrides, subprocess_env, run_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    first, second = read_jsonl(run_dir / "metrics.jsonl")
+    assert first["kl_in_reward/seq_mean"] == 0.0 and second["kl_in_reward/seq_mean"] > 0
