@@ -351,6 +351,7 @@ try:
 except OSError as exc:
     error = str(exc)
 print(json.dumps({"error": error, "step": restore_checkpoint(root, engine).step}))
+dist.destroy_process_group()  # a gloo group left alive can abort the process at exit
 """
 
 
