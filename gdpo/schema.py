@@ -40,11 +40,12 @@ from typing import Any, TypeVar
 
 import yaml
 from omegaconf import OmegaConf
-from omegaconf.errors import KeyValidationError, OmegaConfBaseException, UnsupportedValueType
+from omegaconf.errors import KeyValidationError, OmegaConfBaseException, UnsupportedValueType, ValidationError
 
 __all__ = [
     "MAX_DEPTH",
     "MAX_FILE_BYTES",
+    "MAX_MESSAGE",
     "ConfigError",
     "allowed",
     "build",
@@ -59,12 +60,21 @@ __all__ = [
 T = TypeVar("T")
 MAX_DEPTH = 32  # nesting of mappings and lists in a config value (OmegaConf recurses once per level)
 MAX_FILE_BYTES = 1 << 20  # a config file (the shipped presets are about 2 KB)
+MAX_MESSAGE = 500  # characters of a ConfigError
 _BOUND_NAMES = ("ge", "gt", "le", "lt")
 _YAML_NULLS = ("null", "Null", "NULL", "~")
 
 
 class ConfigError(ValueError):
-    """A configuration key is unknown, or its value is not allowed; the message is one line naming the key."""
+    """A configuration key is unknown, or its value is not allowed; the message is one line naming the key, of
+    at most :data:`MAX_MESSAGE` characters whatever the keys and values in it (a longer one keeps its start and
+    end)."""
+
+    def __init__(self, message: str):
+        line = " ".join(str(message).splitlines())
+        if len(line) > MAX_MESSAGE:
+            line = f"{line[: MAX_MESSAGE - 125]} ... {line[-120:]}"
+        super().__init__(line)
 
 
 def field_(
@@ -224,8 +234,8 @@ def _merge_section(node: Any, cls: type, data: Any, path: str, prefix: str) -> N
         if key not in schema:
             raise _unknown(_join(path, key) if isinstance(key, str) else key, path, cls)
         tp, field = schema[key]
-        if dataclasses.is_dataclass(tp) and (value is None or isinstance(value, dict)):
-            _merge_section(node[key], tp, value or {}, _join(path, key), prefix)  # an empty section: defaults
+        if dataclasses.is_dataclass(tp):  # a section; empty (None) keeps its defaults
+            _merge_section(node[key], tp, {} if value is None else value, _join(path, key), prefix)
         else:
             _set(node, key, value, tp, field, _join(path, key), prefix)
 
@@ -238,16 +248,29 @@ def _set(node: Any, key: str, value: Any, tp: Any, field: dataclasses.Field, pat
     try:
         node.merge_with({key: value})
     except OmegaConfBaseException as exc:
-        failing = _join(prefix, exc.full_key) if exc.full_key else path
+        failing = _failing_key(path, key, prefix, exc.full_key)
         if isinstance(exc, KeyValidationError):
             raise ConfigError(f"{failing}: keys must be strings, got {_show(exc.key)}") from None
         if isinstance(exc, UnsupportedValueType):
             raise ConfigError(f"{failing}: unsupported value {_show(getattr(exc, 'value', value))}") from None
+        if not isinstance(exc, ValidationError):  # e.g. a malformed ${...} interpolation
+            raise ConfigError(f"{failing}: {_first_line(exc.msg)}") from None
         item_tp = tp if failing == path else _item_type(tp)
         got = getattr(exc, "value", value) if failing != path else value
         raise ConfigError(f"{failing} must be {allowed(item_tp, bounds)}, got {_show(got)}") from None
     except OverflowError:  # an integer beyond the float range for a float field
         raise ConfigError(f"{path} must be a finite number, got {_show(value)}") from None
+
+
+def _failing_key(path: str, key: str, prefix: str, full_key: Any) -> str:
+    """The dotted key an OmegaConf error in field ``key`` (at ``path``) is about: OmegaConf counts its
+    ``full_key`` from the root for some errors and from the merged node for others."""
+    full = str(full_key or "")
+    relative = path[len(prefix) + 1 :] if prefix else path
+    for start in (relative, key):
+        if full.startswith(start):
+            return path + full[len(start) :]
+    return path
 
 
 def _check_depth(value: Any, path: str, depth: int = 0) -> None:
@@ -323,7 +346,7 @@ def _override(node: Any, cls: type, item: str, prefix: str) -> None:
         here, rest = _join(path, part), parts[i + 1 :]
         if not rest:
             value = _parse_text(text, tp, here)
-            if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+            if dataclasses.is_dataclass(tp):
                 _merge_section(section[part], tp, value, here, prefix)
             else:
                 _set(section, part, value, tp, field, here, prefix)

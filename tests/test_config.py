@@ -322,3 +322,24 @@ def test_describe_shows_bounds_and_literals():
     assert top_p.endswith("nucleus sampling threshold (1 = off) [a finite number in (0, 1]]")
     backend = next(line for line in text.splitlines() if line.startswith("rollout.backend "))
     assert "'hf' or 'vllm'" in backend
+
+
+def test_messages_stay_one_short_line_whatever_the_keys():
+    """Found by the fuzz test: a 3000-character key inside a value made a 3000-character message."""
+    cases = [
+        {"algorithm": {"reward_weights": {"k" * 3000: "x"}}},
+        {"algorithm": {"reward_weights": {"a\nb" * 500: float("inf")}}},
+        {"data": {"options": {"a": ["${"]}}},
+        {"warm_start": [[{"k" * 3000: ["${"]}]]},
+    ]
+    messages = []
+    for data in cases:
+        with pytest.raises(ConfigError) as err:
+            from_dict(TrainConfig, data)
+        messages.append(str(err.value))
+    assert all(len(m) <= 500 and "\n" not in m for m in messages), [len(m) for m in messages]
+    assert messages[0].startswith("algorithm.reward_weights.kkkk") and messages[0].endswith(
+        "kkkk must be a finite number, got 'x'"
+    )
+    assert messages[2] == "data.options.a[0]: no viable alternative at input '${'"
+    assert messages[3].startswith("warm_start must be a mapping, got [[{'kkk")
