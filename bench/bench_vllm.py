@@ -57,14 +57,16 @@ class EngineClock:
     def __init__(self):
         self.seconds = dict.fromkeys(ENGINE_METHODS, 0.0)
         self.requests: tuple[list, list] | None = None  # (prompts, sampling params) of the last generate
+        self.unclocked: dict = {}  # the instance's own methods, for calls that are not to be clocked
 
     def reset(self) -> None:
         self.seconds = dict.fromkeys(ENGINE_METHODS, 0.0)
 
     @contextlib.contextmanager
     def installed(self, llm):
-        for name in ENGINE_METHODS:
-            setattr(llm, name, self._clocked(name, getattr(llm, name)))
+        self.unclocked = {name: getattr(llm, name) for name in ENGINE_METHODS}
+        for name, method in self.unclocked.items():
+            setattr(llm, name, self._clocked(name, method))
         try:
             yield self
         finally:
@@ -94,13 +96,15 @@ def machine(device: torch.device) -> dict:
     }
 
 
-def raw_generate(llm, requests: tuple[list, list]) -> tuple[float, list[list[int]]]:
-    """Seconds of one ``LLM.generate`` of ``requests`` from an empty prefix cache, and the tokens sampled."""
+def raw_generate(engine: dict, requests: tuple[list, list]) -> tuple[float, list[list[int]]]:
+    """Seconds of one ``LLM.generate`` of ``requests`` from an empty prefix cache, and the tokens sampled.
+
+    ``engine``: the engine's ``generate`` and ``reset_prefix_cache`` methods (not the clocked ones)."""
     prompts, params = requests
     params = [p.clone() for p in params]  # fresh request objects, as our side builds them every step
-    llm.reset_prefix_cache()
+    engine["reset_prefix_cache"]()
     start = time.perf_counter()
-    outputs = llm.generate(prompts, params, use_tqdm=False)
+    outputs = engine["generate"](prompts, params, use_tqdm=False)
     seconds = time.perf_counter() - start
     return seconds, [list(o.outputs[0].token_ids) for o in outputs]
 
@@ -176,7 +180,7 @@ def run(
                 else:
                     if clock.requests is None:
                         raise RuntimeError("the raw side replays our requests: our side runs first")
-                    seconds, raw_tokens = raw_generate(rollout.llm, clock.requests)
+                    seconds, raw_tokens = raw_generate(clock.unclocked, clock.requests)
                     if round_:
                         raw.append({"total_s": seconds, "tokens": sum(len(t) for t in raw_tokens)})
     prompts_sent, params_sent = clock.requests
