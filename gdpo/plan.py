@@ -342,7 +342,7 @@ def _hf_rows(cfg: TrainConfig, shape: ModelShape, layout: Layout) -> list[Row]:
 
 def make_plan(cfg: TrainConfig, shape: ModelShape, gpus: int, gpu_gib: float) -> MemoryPlan:
     """The per-GPU memory plan of ``cfg`` on ``gpus`` GPUs of ``gpu_gib`` GiB (see docs/memory-plan.md)."""
-    from gdpo.trainer import check_training_settings, plan_layout, uses_reference
+    from gdpo.trainer import plan_layout, uses_reference
 
     if gpus < 1:
         raise PlanError(f"--gpus must be >= 1 (got {gpus})")
@@ -352,7 +352,6 @@ def make_plan(cfg: TrainConfig, shape: ModelShape, gpus: int, gpu_gib: float) ->
     if o.offload_optimizer and o.zero_stage == 0:
         raise PlanError("optim.offload_optimizer needs optim.zero_stage >= 1 (DeepSpeed ZeRO-Offload)")
     try:
-        check_training_settings(cfg)
         layout = plan_layout(cfg, gpus)
     except ValueError as exc:
         raise PlanError(str(exc)) from None

@@ -33,7 +33,7 @@ import torch
 from gdpo.advantages import compute_advantages, groups_with_signal
 from gdpo.assets import resolve_model
 from gdpo.checkpoint import Restored, restore_checkpoint, save_checkpoint
-from gdpo.config import TrainConfig, to_dict
+from gdpo.config import ConfigError, TrainConfig, to_dict
 from gdpo.diagnostics import advantage_diagnostics
 from gdpo.distributed import (
     all_gather_cat,
@@ -165,41 +165,21 @@ def uses_reference(cfg: TrainConfig) -> bool:
     return cfg.algorithm.kl_coef > 0 or in_reward_kl_coef(cfg) > 0
 
 
-def check_training_settings(cfg: TrainConfig) -> None:
-    """Values a training run cannot use, as errors naming the field (checked before anything is loaded)."""
-    r = cfg.rollout
-    problems = [
-        (r.temperature > 0, f"rollout.temperature must be > 0 for training (got {r.temperature}): the loss needs "
-         "the sampling distribution's log-probs, and greedy completions give them no gradient"),
-        (0 < r.top_p <= 1, f"rollout.top_p must be in (0, 1] (got {r.top_p})"),
-        (r.max_new_tokens >= 1, f"rollout.max_new_tokens must be >= 1 (got {r.max_new_tokens})"),
-        (r.num_rollouts >= 1, f"rollout.num_rollouts must be >= 1 (got {r.num_rollouts})"),
-        (cfg.data.prompts_per_step >= 1, f"data.prompts_per_step must be >= 1 (got {cfg.data.prompts_per_step})"),
-        (cfg.algorithm.num_iterations >= 1, f"algorithm.num_iterations must be >= 1 (got {cfg.algorithm.num_iterations})"),
-        (cfg.optim.mini_batches >= 1, f"optim.mini_batches must be >= 1 (got {cfg.optim.mini_batches})"),
-        (cfg.optim.micro_batch_size >= 1, f"optim.micro_batch_size must be >= 1 (got {cfg.optim.micro_batch_size})"),
-        (cfg.logging.keep_checkpoints >= 1, f"logging.keep_checkpoints must be >= 1 (got "
-         f"{cfg.logging.keep_checkpoints}): the checkpoint just written would be deleted"),
-    ]  # fmt: skip
-    for ok, message in problems:
-        if not ok:
-            raise ValueError(message)
-
-
 def plan_layout(cfg: TrainConfig, world: int) -> Layout:
+    """How the global batch splits over ``world`` ranks; a split that does not divide is a config error."""
     b, g = cfg.data.prompts_per_step, cfg.rollout.num_rollouts
     if b % world:
-        raise ValueError(f"data.prompts_per_step={b} must be divisible by the number of processes ({world})")
+        raise ConfigError(f"data.prompts_per_step={b} must be divisible by the number of processes ({world})")
     per_rank = (b // world) * g
     if per_rank % cfg.optim.mini_batches:
-        raise ValueError(
+        raise ConfigError(
             f"optim.mini_batches={cfg.optim.mini_batches} must divide the {per_rank} sequences per rank "
             f"(prompts_per_step/world x num_rollouts)"
         )
     mini = per_rank // cfg.optim.mini_batches
     micro = min(cfg.optim.micro_batch_size, mini)
     if mini % micro:
-        raise ValueError(
+        raise ConfigError(
             f"optim.micro_batch_size={micro} must divide the {mini} sequences of a mini-batch per rank"
         )
     return Layout(b // world, per_rank, mini, micro)
@@ -847,7 +827,6 @@ def check_finite_step(cfg: TrainConfig, step: int, stats: dict, consecutive: int
 
 def train(cfg: TrainConfig, *, resume: bool = False, task: Task | None = None) -> Path:
     """Run (or resume) an RL run; returns the run folder."""
-    check_training_settings(cfg)
     device = pick_device(cfg.device)
     rank, world = init_distributed(device)
     seed_everything(cfg.seed)

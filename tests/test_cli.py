@@ -89,3 +89,17 @@ def test_a_train_script_exits_2_with_one_line_and_no_traceback(tmp_path):
             [sys.executable, "experiments/toy/train.py", *args], cwd=root, capture_output=True, text=True
         )
         assert (out.returncode, out.stdout, out.stderr) == (2, "", message)
+    # A split the trainer refuses once the process group is up (DeepSpeed has printed its start-up lines by then).
+    args = [
+        "--config",
+        "experiments/toy/configs/tiny.yaml",
+        "optim.mini_batches=3",
+        f"logging.run_dir={tmp_path}/r",
+    ]
+    out = subprocess.run(
+        [sys.executable, "experiments/toy/train.py", *args], cwd=root, capture_output=True, text=True
+    )
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.splitlines()[-1] == (
+        "config error: optim.mini_batches=3 must divide the 64 sequences per rank (prompts_per_step/world x num_rollouts)"
+    )
