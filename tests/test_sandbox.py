@@ -146,7 +146,9 @@ def test_cpu_time_limit_is_a_timeout(isolation):
     result = run_python(code, timeout_s=5.0)
     assert result.status == "timeout"
     assert result.returncode == -signal.SIGXCPU
-    assert result.cpu_s >= 0.9 and result.duration_s < sandbox._Limits(timeout_s=5.0).wall_s  # CPU, not wall
+    # SIGXCPU is the kernel's CPU-time limit: the run was stopped for CPU, not wall time. The accounted CPU
+    # can read below the 1 s limit on a loaded machine (0.88 s seen at load 15), so only its order is checked.
+    assert result.cpu_s > 0.5 and result.duration_s < sandbox._Limits(timeout_s=5.0).wall_s
 
 
 def test_memory_bomb(isolation):
