@@ -82,12 +82,14 @@ def score_samples(
     length_limit: int = PAPER_LENGTH_LIMIT,
     skipped: Sequence[bool] | None = None,
     truncated_per_item: Sequence[Sequence[bool]] | None = None,
+    answer_after_think: bool = False,
 ) -> dict[str, Any]:
     """Score k samples per item: ``{"summary": {...}, "records": [...]}`` (Acc and Exceed in %).
 
     Acc = mean over items of the item's pass@1 (its share of correct samples); Exceed = share of all responses
     with more than ``length_limit`` tokens or cut at the generation cap (``truncated_per_item``). ``skipped[i]``
-    marks items that were not generated (counted wrong, not exceeding).
+    marks items that were not generated (counted wrong, not exceeding). ``answer_after_think``: the answer is
+    read only after ``</think>``, as the run's reward read it (``gdpo.tasks.math.correctness_reward``).
     """
     if not (len(items) == len(completions_per_item) == len(num_tokens_per_item)):
         raise ValueError(
@@ -106,7 +108,12 @@ def score_samples(
                 f"item {i} ({item.get('id')}): {len(completions)} completions, {len(lengths)} token counts and "
                 f"{len(truncated_per_item[i])} truncation flags"
             )
-        correct = [0.0 if skipped[i] else correctness_reward(c, item["answer"]) for c in completions]
+        correct = [
+            0.0
+            if skipped[i]
+            else correctness_reward(c, item["answer"], answer_after_think=answer_after_think)
+            for c in completions
+        ]
         longer = [
             not skipped[i] and (int(n) > length_limit or bool(cut))
             for n, cut in zip(lengths, truncated_per_item[i])
@@ -161,6 +168,7 @@ def run_benchmark(
     batch_prompts: int = 4,
     seed: int = 0,
     training: TrainingSet | None = None,
+    answer_after_think: bool = False,
 ) -> dict[str, Any]:
     """Generate ``k`` samples for each of the first ``limit`` items, score them, write the files; the summary.
 
@@ -192,13 +200,16 @@ def run_benchmark(
             completions[i] = ro.completions[row * k : (row + 1) * k]
             lengths[i] = [int(n) for n in ro.num_tokens[row * k : (row + 1) * k]]
             truncated[i] = [bool(t) for t in ro.truncated[row * k : (row + 1) * k]]
-    scored = score_samples(items, completions, lengths, length_limit, skipped, truncated)
+    scored = score_samples(
+        items, completions, lengths, length_limit, skipped, truncated, answer_after_think=answer_after_think
+    )
     scored["summary"].update(
         benchmark=benchmark_name,
         temperature=rollout_cfg.temperature,
         top_p=rollout_cfg.top_p,
         max_new_tokens=rollout_cfg.max_new_tokens,
         decontaminated=len(dropped),
+        answer_after_think=answer_after_think,
     )
     if out_dir is not None:
         _write(Path(out_dir), benchmark_name, scored)

@@ -266,3 +266,11 @@ def test_items_the_run_trained_on_are_left_out_and_counted(tmp_path, toy_policy)
     assert (
         math_bench.run_benchmark(model, tokenizer, "synthetic", rollout, k=1, limit=1)["decontaminated"] == 0
     )
+
+
+def test_the_answer_is_read_after_the_thinking_when_the_run_was_rewarded_so():
+    items = [{"id": "q", "answer": "7"}]
+    completions = [["<think>\\boxed{7}</think> so it is 7", "<think>hmm</think> \\boxed{7}"]]
+    plain = math_bench.score_samples(items, completions, [[5, 5]], length_limit=10)
+    strict = math_bench.score_samples(items, completions, [[5, 5]], length_limit=10, answer_after_think=True)
+    assert plain["records"][0]["pass@1"] == 1.0 and strict["records"][0]["pass@1"] == 0.5

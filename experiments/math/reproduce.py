@@ -96,6 +96,7 @@ def evaluate_model(
     from gdpo.rollout import load_generator, with_engine_of
     from gdpo.tasks import build_task
     from gdpo.tasks.math import task_length_limit
+    from gdpo.tasks.options import task_options
 
     if max_new_tokens is None:
         rollout = paper_rollout_config()
@@ -122,6 +123,9 @@ def evaluate_model(
             length_limit=limit_tokens,
             source=sources.get(name),
             training=training,
+            answer_after_think=task_options(
+                "math", cfg.data.options
+            ).answer_after_think,  # as the reward read it
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "summary.json", json.dumps(out, indent=2))  # its presence marks "evaluated"
