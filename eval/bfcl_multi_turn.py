@@ -212,7 +212,9 @@ def _step(episode: Episode, completion: str | None, worker: BFCLWorker) -> None:
         return
     request = [{"name": name, "arguments": args} for call in calls for name, args in call.items()]
     reply = worker.request("execute", id=episode.entry["id"], calls=request)
-    episode.decoded[-1].append(reply["calls"])
+    executed = [text for text in reply["calls"] if text is not None]  # refused calls are never replayed
+    if executed:
+        episode.decoded[-1].append(executed)
     episode.history.append("<obs>\n" + "\n".join(reply["results"]) + "\n</obs>")
     episode.steps += 1
     if episode.steps > STEP_LIMIT:

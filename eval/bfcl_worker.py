@@ -7,15 +7,17 @@ running for a whole evaluation. Requests, by ``op``:
   {"id", "valid", "error", "error_type"}, BFCL's own ``ast_checker`` (bfcl-eval 2025.6.8).
 * ``start``: {"id", "category", "initial_config", "involved_classes"} -> {"id", "methods"}: registers a
   multi-turn entry and lists the public methods of its API classes (what a call may name).
-* ``execute``: {"id", "calls": [{"name", "arguments"}]} -> {"id", "calls": [str], "results": [str]}: runs one
-  step of model calls in the entry's simulated environment (BFCL's ``execute_multi_turn_func_call``, whose
-  instances keep their state across the steps and turns of the entry) and returns the calls as BFCL strings.
+* ``execute``: {"id", "calls": [{"name", "arguments"}]} -> {"id", "calls": [str | None], "results": [str]}: runs
+  one step of model calls in the entry's simulated environment (BFCL's ``execute_multi_turn_func_call``, whose
+  instances keep their state across the steps and turns of the entry) and returns the calls as BFCL strings,
+  None for a call that was refused (it names no method of the entry, or its arguments are not a mapping).
 * ``check``: {"id", "decoded": [turn][step][call str], "ground_truth": [turn][call str]} ->
   {"id", "valid", "error_type", "error"}: BFCL's ``multi_turn_checker`` on the whole entry.
 
 BFCL executes a call by ``eval`` of its text. Here the text is built by ``call_text`` from a method name that
 must be one of the entry's API methods and from JSON values written as Python literals, so nothing but those
-methods can run; a call naming anything else gets BFCL's own error text without being evaluated.
+methods can run; a call naming anything else gets BFCL's own error text without being evaluated, and it is not
+among the calls the checker replays (BFCL's checker ``eval``s every call text it is given).
 """
 
 import json
@@ -112,7 +114,7 @@ class MultiTurn:
                 texts.append(call_text(name, arguments))
                 runnable.append(i)
             else:
-                texts.append(f"{name}(...)" if isinstance(name, str) else "(...)")
+                texts.append(None)  # never text: BFCL's checker would eval it when it replays the calls
                 results[i] = f"Error during execution: name {name!r} is not defined"
         for i, result in zip(runnable, self._execute(entry, [texts[i] for i in runnable])):
             results[i] = result

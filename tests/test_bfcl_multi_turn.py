@@ -132,3 +132,20 @@ def test_ground_truth_command_prints_a_line_per_category(capsys):
         "live_relevance: 5/5",
         "simple: 5/5",
     ]
+
+
+def test_a_refused_call_is_never_run_not_even_when_the_checker_replays_the_calls(tmp_path):
+    """BFCL's checker evals every call text it replays: a name that is no method of the entry must not reach it."""
+    (entry,) = load_multi_turn("multi_turn_base", limit=1)
+    probe = tmp_path / "created_by_the_model"
+    name = f"__import__('os').makedirs({str(probe)!r})#"
+    hostile = json.dumps({"name": name, "parameters": {}})
+    answers = iter([f"<think>t</think>\n<tool_call>\n{hostile}\n</tool_call>"])
+
+    def respond(batch):
+        return [next(answers, "<think>done</think>\n<response>ok</response>") for _ in batch]
+
+    (record,) = play([entry], respond)
+    assert not probe.exists()
+    assert not record["correct"] and record["decoded"][0] == []  # nothing executed in the first turn
+    assert f"Error during execution: name {name!r} is not defined" in record["transcript"]
