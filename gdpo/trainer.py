@@ -6,7 +6,8 @@ engine -> one line of ``metrics.jsonl``.
 
 Where this departs from the paper and the official codes (each is a config option; docs/paper-notes.md §4):
 * The advantage is computed on the raw reward components only; a KL term, when on, is a loss term applied
-  identically to every method (``algorithm.kl_coef``). verl-GDPO put an in-reward KL into GRPO but not GDPO.
+  identically to every method (``algorithm.kl_coef``). verl-GDPO put an in-reward KL into GRPO but not GDPO:
+  ``algorithm.kl_in_reward`` reproduces it (GRPO and GRPO w/o std only; preset paper-qwen2.5-1.5b-verl-grpo).
 * Rollouts use one seeded random stream per completion, keyed by (seed, step, prompt position), so a run is
   independent of the number of processes and of where it was resumed. Exception: with dynamic sampling each
   rank fills its own share of the batch from its own prompts, so which groups are kept depends on the number
