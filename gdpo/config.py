@@ -205,6 +205,17 @@ class AlgorithmConfig:
     )
 
 
+GENERATED_DEEPSPEED_KEYS = {  # DeepSpeed config key -> the field the trainer makes it from
+    ("zero_optimization", "stage"): "optim.zero_stage",
+    ("zero_optimization", "offload_optimizer"): "optim.offload_optimizer",
+    ("train_micro_batch_size_per_gpu",): "optim.micro_batch_size",
+    ("gradient_accumulation_steps",): "optim.mini_batches and optim.micro_batch_size",
+    ("train_batch_size",): "data.prompts_per_step, rollout.num_rollouts and optim.mini_batches",
+    ("gradient_clipping",): "optim.grad_clip",
+    ("bf16",): "optim.precision",
+}
+
+
 @dataclasses.dataclass
 class OptimConfig:
     lr: float = field_(1e-5, help="AdamW learning rate", gt=0)
@@ -234,8 +245,20 @@ class OptimConfig:
     deepspeed_config: dict[str, typing.Any] = field_(
         default_factory=dict,
         help="extra DeepSpeed config keys, merged over the generated config (nested mappings merge key by key), "
-        "e.g. {zero_optimization: {stage3_param_persistence_threshold: 0}}",
+        "e.g. {zero_optimization: {stage3_param_persistence_threshold: 0}}; not the keys the optim fields set",
     )
+
+    def __post_init__(self):
+        # The trainer decides its own collectives and batch layout from these fields: a DeepSpeed config that
+        # set them differently would make ranks disagree (a hang) or the layout wrong.
+        for path, field in GENERATED_DEEPSPEED_KEYS.items():
+            node = self.deepspeed_config
+            for part in path[:-1]:
+                node = node.get(part) if isinstance(node, dict) else None
+            if isinstance(node, dict) and path[-1] in node:
+                raise ConfigError(
+                    f"optim.deepspeed_config.{'.'.join(path)} is set by {field}; set that field instead"
+                )
 
 
 @dataclasses.dataclass

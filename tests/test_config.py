@@ -82,7 +82,7 @@ def test_command_line_values_take_the_type_of_their_field():
             "logging.run_dir=runs/a #b",  # not a comment
             "model.chat_template={% for m in messages %}{{ m['content'] }}{% endfor %}",
             "rollout.backend=vllm",
-            "optim.deepspeed_config={zero_optimization: {stage: 3, offload: no}}",
+            "optim.deepspeed_config={zero_optimization: {sub_group_size: 3, offload: no}}",
             "logging.profile_steps=[3, 4]",
             "algorithm.reward_weights={format: 1, correctness: 2.5}",
         ],
@@ -91,7 +91,7 @@ def test_command_line_values_take_the_type_of_their_field():
     assert type(cfg.preset) is str  # a plain str, so the resolved config dumps to YAML
     assert cfg.model.chat_template == "{% for m in messages %}{{ m['content'] }}{% endfor %}"
     assert cfg.rollout.backend == "vllm"
-    assert cfg.optim.deepspeed_config == {"zero_optimization": {"stage": 3, "offload": "no"}}
+    assert cfg.optim.deepspeed_config == {"zero_optimization": {"sub_group_size": 3, "offload": "no"}}
     assert cfg.logging.profile_steps == [3, 4]
     assert cfg.algorithm.reward_weights == {"format": 1.0, "correctness": 2.5}
     # An optional field reads null as None; an empty value is the empty string.
@@ -154,8 +154,8 @@ def test_a_section_set_whole_then_a_key_inside_it():
     # A mapping set whole merges into the section, key by key (OmegaConf's merge): the file's keys stay.
     cfg = load_config(TrainConfig, None, ["algorithm={method: grpo}", "algorithm={clip_high: 0.28}"])
     assert (cfg.algorithm.method, cfg.algorithm.clip_high) == ("grpo", 0.28)
-    deep = load_config(TrainConfig, None, ["optim.deepspeed_config.zero_optimization.stage=3"])
-    assert deep.optim.deepspeed_config == {"zero_optimization": {"stage": 3}}
+    deep = load_config(TrainConfig, None, ["optim.deepspeed_config.zero_optimization.sub_group_size=3"])
+    assert deep.optim.deepspeed_config == {"zero_optimization": {"sub_group_size": 3}}
 
 
 def test_overrides_do_not_mutate_their_input():
@@ -343,3 +343,22 @@ def test_messages_stay_one_short_line_whatever_the_keys():
     )
     assert messages[2] == "data.options.a[0]: no viable alternative at input '${'"
     assert messages[3].startswith("warm_start must be a mapping, got [[{'kkk")
+
+
+def test_deepspeed_config_cannot_set_what_the_optim_fields_set():
+    """The trainer chooses its collectives (ZeRO-3's chunked head calls, the partitioned reference) and the batch
+    layout from the optim fields: a DeepSpeed key that set them otherwise would make ranks disagree."""
+    cfg = load_config(
+        TrainConfig, None, ["optim.deepspeed_config={zero_optimization: {reduce_bucket_size: 5}}"]
+    )
+    assert cfg.optim.deepspeed_config == {"zero_optimization": {"reduce_bucket_size": 5}}
+    for override, field in [
+        (
+            "optim.deepspeed_config.zero_optimization.stage=3",
+            "zero_optimization.stage is set by optim.zero_stage",
+        ),
+        ("optim.deepspeed_config={bf16: {enabled: true}}", "bf16 is set by optim.precision"),
+        ("optim.deepspeed_config.train_batch_size=64", "train_batch_size is set by data.prompts_per_step"),
+    ]:
+        with pytest.raises(ConfigError, match=f"^optim.deepspeed_config.{field}"):
+            load_config(TrainConfig, None, [override])
