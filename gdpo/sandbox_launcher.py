@@ -11,7 +11,6 @@ every capability (no_new_privs, set by bwrap, keeps them dropped), takes the rli
 this interpreter like ``python solution.py``: ``__main__``, exit/quit builtins, no frame of this file.
 """
 
-import _signal  # `signal` without its enum import: start-up is paid on every run
 import builtins
 import ctypes
 import marshal
@@ -20,6 +19,11 @@ import resource
 import select
 import sys
 import time
+
+try:  # CPython's `signal` without its enum import: start-up is paid on every run
+    import _signal
+except ImportError:  # another interpreter: the public module has the same functions
+    import signal as _signal
 
 REPORT, libc, job = int(sys.argv[1]), ctypes.CDLL(None, use_errno=True), {}
 
