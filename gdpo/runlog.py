@@ -62,20 +62,33 @@ def _versions() -> dict[str, str | None]:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """Read a JSONL file; a torn last line (crash mid-write) is ignored, a bad line elsewhere is an error."""
+    """Read a JSONL file; a torn last line (crash mid-write) is ignored, a bad line elsewhere is an error naming
+    the file and line: bytes that are not UTF-8, text that is not JSON, JSON nested too deep to read."""
+    from gdpo.data.records import parse_json
+
     if not path.exists():
         return []
-    lines = path.read_text().splitlines()
+    lines = path.read_bytes().split(
+        b"\n"
+    )  # b"\n" only: a JSON string may hold U+2028, which splitlines() cuts
+    while lines and not lines[-1].strip():
+        lines.pop()
     rows = []
-    for i, line in enumerate(lines):
-        if not line.strip():
+    for i, raw in enumerate(lines):
+        if not raw.strip():
             continue
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as exc:
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(
+                    f"{path} line {i + 1}: not UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"
+                ) from None
+            rows.append(parse_json(text, path, i + 1))
+        except ValueError:
             if i == len(lines) - 1:
-                break
-            raise ValueError(f"{path}:{i + 1}: not valid JSON ({exc})") from None
+                break  # the last line, cut short by a crash
+            raise
     return rows
 
 

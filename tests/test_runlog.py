@@ -56,7 +56,7 @@ def test_samples_with_a_reward_that_does_not_apply_are_strict_json(tmp_path):
 def test_corrupt_line_in_the_middle_is_an_error(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1}\nnot json\n{"step": 3}\n')
-    with pytest.raises(ValueError, match=r"metrics.jsonl:2: not valid JSON"):
+    with pytest.raises(ValueError, match=r"metrics.jsonl line 2: not JSON"):
         read_jsonl(path)
 
 
@@ -142,3 +142,17 @@ def test_saved_config_reads_back_unchanged_under_yaml_1_1_and_1_2(tmp_path):
     assert "- 1e5" in saved.read_text() and run.config_changes(cfg) == []
     other = load_config(TrainConfig, None, ["rollout.stop=[x]", "task=tool_calling"])
     assert run.config_changes(other) == ["rollout.stop"]  # options only one side has are not compared
+
+
+def test_run_logs_name_the_file_and_line_of_bad_bytes_and_deep_nesting(tmp_path):
+    log = tmp_path / "metrics.jsonl"
+    log.write_bytes(b'{"step": 1}\n{"note": "caf\xe9"}\n{"step": 3}\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl line 2: not UTF-8 \(byte 0xe9 at column 14\)"):
+        read_jsonl(log)
+    log.write_text('{"step": 1}\n' + "[" * 100_000 + "]" * 100_000 + '\n{"step": 3}\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl line 2: JSON nested 100000 levels deep"):
+        read_jsonl(log)
+    log.write_bytes(
+        b'{"step": 1, "text": "a\xe2\x80\xa8b"}\n{"step": 2, "cut": "\xe2\x80'
+    )  # U+2028; torn end
+    assert read_jsonl(log) == [{"step": 1, "text": "a\u2028b"}]

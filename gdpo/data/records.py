@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plain", "read_file", "read_records"]
+__all__ = ["decode_utf8", "parse_json", "plain", "read_file", "read_records"]
 
 SUFFIXES = (".jsonl", ".json", ".parquet")
 
@@ -51,12 +51,12 @@ def read_file(path: Path) -> list[dict[str, Any]]:
 
         # Through arrow, not pandas: pandas turns a null into NaN and a nullable integer column into floats.
         return pq.read_table(path).to_pylist()
-    text = _decode(path)
+    text = decode_utf8(path)
     if (
         path.suffix == ".jsonl"
     ):  # split on "\n" only: JSON strings may hold U+2028 and others splitlines() cuts at
-        return [_parse(line, path, i + 1) for i, line in enumerate(text.split("\n")) if line.strip()]
-    data = _parse(text, path)
+        return [parse_json(line, path, i + 1) for i, line in enumerate(text.split("\n")) if line.strip()]
+    data = parse_json(text, path)
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):
@@ -66,7 +66,7 @@ def read_file(path: Path) -> list[dict[str, Any]]:
     return data
 
 
-def _decode(path: Path) -> str:
+def decode_utf8(path: Path) -> str:
     """The file's text; bytes that are not UTF-8 are an error naming the file, line and column."""
     data = path.read_bytes()
     try:
@@ -79,7 +79,7 @@ def _decode(path: Path) -> str:
         ) from None
 
 
-def _parse(text: str, path: Path, line: int | None = None) -> Any:
+def parse_json(text: str, path: Path, line: int | None = None) -> Any:
     """``json.loads(text)``, the whole file or its ``line``; an error names the file and line."""
     try:
         return json.loads(text)
