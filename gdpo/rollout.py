@@ -652,12 +652,15 @@ def make_rollout_backend(
 
 def load_generator(path, cfg: RolloutConfig, device: torch.device | str | None = None):
     """What an evaluation passes to :func:`make_rollout_backend` as ``model`` for the model in folder ``path``:
-    the transformers model in eval mode (on ``device`` when given) for ``hf``; for ``vllm`` the folder itself,
-    which the engine loads (a second copy of the weights beside the engine would only take memory)."""
+    the transformers model in eval mode (on ``device``; by default this process's GPU where there is one) for
+    ``hf``; for ``vllm`` the folder itself, which the engine loads (a second copy of the weights beside the engine
+    would only take memory)."""
     if cfg.backend == "vllm":
         return os.fspath(path)
     from transformers import AutoModelForCausalLM
 
+    if device is None and torch.cuda.is_available():
+        device = torch.device("cuda", torch.cuda.current_device())
     model = AutoModelForCausalLM.from_pretrained(path)
     return (model if device is None else model.to(device)).eval()
 
