@@ -897,6 +897,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, task: Task | None = None) -
 
     progress = _progress(cfg, start, rank)
     nonfinite_steps = 0  # consecutive steps with a skipped update
+    kl_in_reward = in_reward_kl_coef(cfg)  # 0 where it does not apply
     for step in range(start + 1, cfg.steps + 1):
         reset_peak_memory(device)
         profiled = rank == 0 and step in cfg.logging.profile_steps
@@ -915,16 +916,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, task: Task | None = None) -
             all_lengths = all_gather_cat(ro.num_tokens.view(-1, g).to(device)).cpu()
             a = cfg.algorithm
             before, penalised, weights = None, all_rewards, list(scored.weights)
-            if (
-                in_reward_kl_coef(cfg) > 0
-            ):  # verl-GDPO's GRPO: reward - beta * sum_t KL_t, before the group step
+            if kl_in_reward > 0:  # verl-GDPO's GRPO: reward - beta * sum_t KL_t, before the group step
                 before = behaviour_logprobs(
                     engine, ref_model, ro, cfg, layout, forbidden_token(tokenizer), old=True, ref=True
                 )
                 kl = in_reward_kl(*before, ro.to(device).completion_mask).view(-1, g)
                 all_kl = all_gather_cat(kl).cpu()
                 penalised = torch.cat([all_rewards, -all_kl[..., None].to(all_rewards.dtype)], -1)
-                weights.append(in_reward_kl_coef(cfg))
+                weights.append(kl_in_reward)
             adv = compute_advantages(
                 penalised,
                 a.method,
@@ -941,7 +940,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, task: Task | None = None) -
                 stats, train_tokens = policy_update(
                     engine, ref_model, ro, local_adv, cfg, layout, forbidden_token(tokenizer), guard, before
                 )
-            if in_reward_kl_coef(cfg) > 0:
+            if kl_in_reward > 0:
                 stats["kl_in_reward/seq_mean"] = all_kl.mean().item()
             t3 = time.perf_counter()
 
