@@ -16,7 +16,7 @@ HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 TORCH_SPEC := $(if $(HAS_GPU),torch==2.13.0,torch==2.13.0+cpu)
 
 
-.PHONY: help setup setup-gpu setup-vllm setup-bfcl gpu-check gpu-wheels test test-vllm test-slow test-all lint format bench bench-vllm notebook reproduce-collapse reproduce-tool reproduce-math reproduce-math-sweep reproduce-code clean
+.PHONY: help setup setup-gpu setup-vllm setup-bfcl gpu-check gpu-wheels test test-vllm test-slow test-all rehearse-tool rehearse-math rehearse-code lint format bench bench-vllm notebook reproduce-collapse reproduce-tool reproduce-math reproduce-math-sweep reproduce-code clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 22
@@ -99,8 +99,9 @@ test: setup setup-bfcl  ## lint + the default test suite (CPU, fast)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -m "not slow" -q
 
-test-slow: setup  ## only the slow tests
+test-slow: setup setup-vllm setup-bfcl  ## the slow tests, then the three CPU dress rehearsals of the paper presets
 	$(PY) -m pytest -m slow -q
+	$(MAKE) rehearse-tool rehearse-math rehearse-code
 
 test-all: setup  ## every test
 	$(PY) -m pytest -q
@@ -150,6 +151,19 @@ reproduce-collapse: setup  ## paper Figure 2 and Figure 3 -> results/collapse/
 
 notebook: setup  ## JupyterLab on analysis/notebooks/ (set RUNS_DIR and PRESET in a notebook's first cell)
 	PYTHONPATH=$(CURDIR) $(VENV)/bin/jupyter lab --allow-root --notebook-dir=analysis/notebooks
+
+# The CPU dress rehearsal of a paper preset (experiments/rehearse.py): its own config with scale overrides only
+# (SmolLM2-135M-Instruct, 2 steps x 2 prompts, ZeRO-3 on 2 ranks, vLLM), through the whole reproduction on Ray,
+# into results/rehearsal/<task>/<preset>/. PRESET= one of the task's paper presets (default: its first).
+REHEARSE_PRESET := $(if $(filter-out default file,$(origin PRESET)),--preset $(PRESET))
+rehearse-tool: setup-vllm setup-bfcl  ## CPU dress rehearsal of a tool-calling paper preset (PRESET=paper-...)
+	$(VLLM_VENV)/bin/python -m experiments.rehearse tool $(REHEARSE_PRESET)
+
+rehearse-math: setup-vllm  ## CPU dress rehearsal of a math paper preset
+	$(VLLM_VENV)/bin/python -m experiments.rehearse math $(REHEARSE_PRESET)
+
+rehearse-code: setup-vllm  ## CPU dress rehearsal of the coding paper preset
+	$(VLLM_VENV)/bin/python -m experiments.rehearse code $(REHEARSE_PRESET)
 
 clean:  ## remove the virtual environment and generated results
 	rm -rf $(VENV) .venv-vllm $(BFCL_VENV) $(RESULTS) .pytest_cache .ruff_cache .hypothesis

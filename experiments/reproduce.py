@@ -33,7 +33,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -41,6 +41,7 @@ __all__ = [
     "REPO",
     "Job",
     "Placement",
+    "StepFailed",
     "available_benchmarks",
     "config_path",
     "plan_placement",
@@ -64,6 +65,29 @@ NOT_STARTED = "not started"  # what a job dropped after a failure returns
 OBJECT_STORE_BYTES = 100 * 1024**2
 # A process group's variables: a job is a world of its own, whatever started Ray (or this process) had.
 WORLD_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+class StepFailed(RuntimeError):
+    """A step of a reproduction that failed, by name: ``base model``, ``training gdpo/seed0``, ``evaluation of
+    base``, ``tables and figures`` (or ``job <name>`` when its worker died outside both)."""
+
+    def __init__(self, step: str, reason: str):
+        super().__init__(step, reason)  # both in args: Ray pickles the exception from a job's worker
+        self.step, self.reason = step, reason
+
+    def __str__(self) -> str:
+        return f"step '{self.step}' failed: {self.reason}"
+
+
+@contextmanager
+def step(name: str) -> Iterator[None]:
+    """Turn an error in the block into :class:`StepFailed` naming ``name`` (one that names a step stays)."""
+    try:
+        yield
+    except StepFailed:
+        raise
+    except Exception as error:
+        raise StepFailed(name, _reason(error)) from error
 
 
 @dataclass(frozen=True)
@@ -112,22 +136,29 @@ class Placement:
 
 
 def plan_placement(
-    cpus: int, gpus: int, parallel: int, gpus_per_run: int | None
+    cpus: int, gpus: int, parallel: int, gpus_per_run: int | None, cpu_ranks: int = 1
 ) -> tuple[Placement, Placement]:
     """The placements of a training job and of an evaluation-only job on a cluster whose largest node has
     ``cpus`` CPUs and ``gpus`` GPUs.
 
     Without GPUs, ``parallel`` jobs share a node's CPUs (each holds ``cpus / parallel`` of them, rounded down
-    to Ray's 1e-4 precision, and uses ``cpus // parallel`` threads). With GPUs, a training job holds
+    to Ray's 1e-4 precision, and uses ``cpus // parallel`` threads); a training job trains with ``cpu_ranks``
+    processes (torchrun over gloo, sharing its threads; the CPU dress rehearsal's two ranks). With GPUs, a training job holds
     ``gpus_per_run`` GPUs (default: all of a node's) and the CPUs' share of those GPUs as threads; an
     evaluation-only job holds one GPU. Each holds one Ray CPU there: the GPUs decide how many run at a time."""
     if parallel < 1:
         raise ValueError(f"--parallel must be at least 1, got {parallel}")
+    if cpu_ranks < 1:
+        raise ValueError(f"--cpu-ranks must be at least 1, got {cpu_ranks}")
     if gpus == 0:
         if gpus_per_run:
             raise ValueError(f"--gpus-per-run {gpus_per_run}: the Ray cluster has no GPU")
         share = Placement(math.floor(cpus / parallel * 10_000) / 10_000, 0, max(1, cpus // parallel), 1)
-        return share, share
+        return replace(share, ranks=cpu_ranks), share
+    if cpu_ranks != 1:
+        raise ValueError(
+            f"--cpu-ranks {cpu_ranks}: the Ray cluster has GPUs (ranks are its GPUs: --gpus-per-run)"
+        )
     per_run = gpus if gpus_per_run is None else gpus_per_run
     if not 1 <= per_run <= gpus:
         raise ValueError(f"--gpus-per-run {per_run}: a run takes 1 to {gpus} GPUs (the most a node has)")
@@ -176,13 +207,14 @@ def run_jobs(
     evaluate: Evaluate | None = None,
     parallel: int = 2,
     gpus_per_run: int | None = None,
+    cpu_ranks: int = 1,
     log: Callable[[str], None] = print,
 ) -> None:
     """Run ``jobs`` as Ray tasks (``plan_placement`` says what each holds); ``log`` gets one line per job as it
     finishes.
 
-    The first failure drops the jobs not yet started and is raised once the running ones end (their runs
-    resume on the next call)."""
+    The first failure drops the jobs not yet started and is raised, as :class:`StepFailed` naming the job and
+    its step (training or evaluation), once the running ones end (their runs resume on the next call)."""
     import ray
 
     names = [job.name for job in jobs]
@@ -190,7 +222,7 @@ def run_jobs(
         raise ValueError(f"job names must be unique: {names}")
     started = time.perf_counter()
     with ray_cluster():
-        training, evaluation = plan_placement(*largest_node(), parallel, gpus_per_run)
+        training, evaluation = plan_placement(*largest_node(), parallel, gpus_per_run, cpu_ranks)
         gate = ray.remote(num_cpus=0)(_Gate).remote()
         # A failed run is reported, not silently run again. A GPU job gets a fresh worker (max_calls=1): a reused
         # one would keep the CUDA context and process group of the GPUs it had before.
@@ -216,9 +248,10 @@ def run_jobs(
                 log(f"[{time.perf_counter() - started:6.0f}s] {name}: {what} ({seconds:.0f}s)")
     if failed is not None:
         job, error = failed
-        raise RuntimeError(
-            f"job {job.name!r} failed: {_reason(error)} (its output: {job.log_path})"
-        ) from error
+        cause = getattr(error, "cause", None)
+        if isinstance(cause, StepFailed):
+            raise StepFailed(cause.step, f"{cause.reason} (its output: {job.log_path})") from error
+        raise StepFailed(f"job {job.name}", f"{_reason(error)} (its output: {job.log_path})") from error
 
 
 def _reason(error: BaseException) -> str:
@@ -322,12 +355,13 @@ def run_job(
         # Resuming with no checkpoint starts the run over (log lines of a run killed before its first
         # checkpoint are moved aside), so an interrupted run always continues.
         resumed = (job.run_dir / "checkpoints" / "latest").exists()
-        if ranks == 1:
-            from gdpo.trainer import train
+        with step(f"training {job.name}"):
+            if ranks == 1:
+                from gdpo.trainer import train
 
-            train(cfg, resume=True)
-        else:
-            train_ranks(config, overrides, ranks, threads)
+                train(cfg, resume=True)
+            else:
+                train_ranks(config, overrides, ranks, threads)
         done.append("resumed" if resumed else "trained")
     model_dir = job.model_dir or job.run_dir / "final_model"
     eval_dir = job.eval_dir or job.run_dir / "eval"
@@ -343,7 +377,8 @@ def run_job(
         if why is not None:
             # Gone until the new summary is written: a crash in between must not pair the old summary with it.
             recorded.unlink(missing_ok=True)
-            evaluate(model_dir, cfg, eval_dir)
+            with step(f"evaluation of {job.name}"):
+                evaluate(model_dir, cfg, eval_dir)
             atomic_write_text(recorded, json.dumps(settings, indent=2, sort_keys=True))
             done.append(why)
     return job.name, time.perf_counter() - start, " + ".join(done) or "done before"
@@ -429,6 +464,20 @@ def reproduce_parser(description: str, seeds: Sequence[int] = (0, 1, 2, 3, 4)) -
         default=None,
         help="GPUs of one node a training run holds, one rank each (default: all of a node's)",
     )
+    parser.add_argument(
+        "--cpu-ranks",
+        type=int,
+        default=1,
+        help="on a cluster without GPUs, training processes per run (torchrun over gloo; default 1)",
+    )
+    # The evaluation's scale (the CPU dress rehearsal's few items); by default each task's, per preset.
+    parser.add_argument(
+        "--eval-items", type=int, default=None, help="items per benchmark (BFCL: per category)"
+    )
+    parser.add_argument("--eval-samples", type=int, default=None, help="completions sampled per item")
+    parser.add_argument(
+        "--eval-max-new-tokens", type=int, default=None, help="completion limit of the evaluation"
+    )
     # Absolute: the notebook that makes the tables runs from the repository root, not from the caller's folder.
     absolute = lambda text: Path(text).resolve()  # noqa: E731
     parser.add_argument("--runs", type=absolute, default=REPO / "runs", help="root of the run folders")
@@ -455,8 +504,9 @@ def prepare_base(config: Path, overrides: Sequence[str], started: float):
     from gdpo.config import TrainConfig, load_config
     from gdpo.trainer import prepare_model
 
-    cfg = load_config(TrainConfig, config, list(overrides))
-    base = Path(prepare_model(cfg))
+    with step("base model"):
+        cfg = load_config(TrainConfig, config, list(overrides))
+        base = Path(prepare_model(cfg))
     _progress(started, f"base model: {base}")
     return cfg, base
 
@@ -468,6 +518,7 @@ def run_and_tabulate(
     *,
     parallel: int,
     gpus_per_run: int | None = None,
+    cpu_ranks: int = 1,
     notebook: Path,
     results: Path,
     params: dict,
@@ -480,10 +531,13 @@ def run_and_tabulate(
     other variants) would otherwise enter the tables unannounced."""
     from analysis.run_notebook import run_notebook
 
-    run_jobs(config, jobs, evaluate=evaluate, parallel=parallel, gpus_per_run=gpus_per_run)
+    run_jobs(
+        config, jobs, evaluate=evaluate, parallel=parallel, gpus_per_run=gpus_per_run, cpu_ranks=cpu_ranks
+    )
     _progress(started, f"trained and evaluated {len(jobs)} jobs")
     runs = [f"{job.run_dir.parent.name}/{job.run_dir.name}" for job in jobs if job.run_dir is not None]
-    run_notebook(notebook, results, {**params, "RUNS": runs})
+    with step("tables and figures"):
+        run_notebook(notebook, results, {**params, "RUNS": runs})
     _progress(started, f"tables and figures in {results}")
 
 

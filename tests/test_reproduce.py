@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.reproduce import Job, run_jobs
+from experiments.reproduce import Job, StepFailed, run_jobs
 from tests.conftest import REPO, TEST_OVERRIDES
 
 CONFIG = REPO / "experiments/toy/configs/tiny.yaml"
@@ -140,6 +140,12 @@ def test_placement_of_jobs_on_cpu_and_gpu_clusters():
     # CPUs only: `parallel` jobs share the largest node's CPUs, fractions rounded down to Ray's 1e-4.
     assert plan_placement(2, 0, 2, None) == (Placement(1.0, 0, 1, 1), Placement(1.0, 0, 1, 1))
     assert plan_placement(2, 0, 3, None)[0] == Placement(0.6666, 0, 1, 1)
+    # --cpu-ranks: a CPU run trains with that many torchrun processes; evaluation stays one process.
+    assert plan_placement(2, 0, 1, None, 2) == (Placement(2.0, 0, 2, 2), Placement(2.0, 0, 2, 1))
+    with pytest.raises(ValueError, match="--cpu-ranks 2: the Ray cluster has GPUs"):
+        plan_placement(64, 8, 2, None, 2)
+    with pytest.raises(ValueError, match="--cpu-ranks must be at least 1"):
+        plan_placement(2, 0, 1, None, 0)
     assert plan_placement(16, 0, 6, None)[0] == Placement(2.6666, 0, 2, 1)  # 6 fit in 16 CPUs, not 8
     # GPUs: a run takes all of a node's by default, or --gpus-per-run; an evaluation-only job takes one.
     assert plan_placement(64, 8, 2, None) == (Placement(1, 8, 64, 8), Placement(1, 1, 8, 1))
@@ -170,7 +176,9 @@ def test_evaluation_settings_hold_the_evaluation_options_and_the_config_but_not_
 def test_a_failed_job_is_named(tmp_path, toy_model_dir, ray_instance):
     jobs = _jobs(tmp_path, toy_model_dir)[:1]
     log = tmp_path / "base_eval" / "reproduce.log"
-    with pytest.raises(RuntimeError, match=rf"job 'base' failed: cannot evaluate .*\(its output: {log}\)$"):
+    with pytest.raises(
+        StepFailed, match=rf"step 'evaluation of base' failed: cannot evaluate .*\(its output: {log}\)$"
+    ):
         run_jobs(CONFIG, jobs, evaluate=partial(count_reward_means, fail_on="models"), parallel=1)
     assert "ValueError: cannot evaluate" in log.read_text()  # the traceback, in the job's log
     # Reported when it happens, not after the jobs submitted before it.
@@ -180,7 +188,7 @@ def test_a_failed_job_is_named(tmp_path, toy_model_dir, ray_instance):
     ]
     lines: list[str] = []
     slow_first = partial(count_reward_means, fail_on="second", signal=tmp_path / "failed")
-    with pytest.raises(RuntimeError, match=r"job 'second' failed: cannot evaluate"):
+    with pytest.raises(StepFailed, match=r"step 'evaluation of second' failed: cannot evaluate"):
         run_jobs(CONFIG, two, evaluate=slow_first, parallel=2, log=lines.append)
     assert "second: FAILED: cannot evaluate" in lines[0]
     with pytest.raises(ValueError, match="job names must be unique"):

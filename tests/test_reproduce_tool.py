@@ -35,10 +35,8 @@ def test_pipeline_end_to_end(tmp_path, subprocess_env):
         str(tmp_path / "runs"),
         "--results",
         str(tmp_path / "results"),
-        "--bfcl-limit",
+        "--eval-items",
         "1",
-        "--test-limit",
-        "4",
         "steps=2",
     ]
     # A run of another experiment left in the same folder stays out of this reproduction's tables.

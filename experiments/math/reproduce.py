@@ -132,18 +132,20 @@ def evaluate_model(
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = reproduce_parser(__doc__, seeds=(0, 1, 2))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--sweep", action="store_true", help="add the w_length sweep (0.75, 0.5, 0.25)")
     parser.add_argument("--data", nargs="*", default=[], help="NAME=FILE_OR_HUB_NAME for amc / olympiad")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.backend:  # last, so that it wins: every run trains and is evaluated with this engine
         args.overrides.append(f"rollout.backend={args.backend}")
     results = args.results or REPO / "results" / "math" / args.preset
     config = config_path("math", args.preset)
     check_recipe(config, args.overrides)
     benchmarks, k, limit, max_new = EVAL_SETTINGS.get(args.preset, DEFAULT_EVAL)
+    k, limit = args.eval_samples or k, args.eval_items or limit
+    max_new = args.eval_max_new_tokens or max_new
     sources = named_values(args.data, "--data", PAPER_BENCHMARKS)
     benchmarks = available_benchmarks(benchmarks, sources, ("amc", "olympiad"), "--data")
     started = time.perf_counter()
@@ -173,6 +175,7 @@ def main() -> None:
         evaluate,
         parallel=args.parallel,
         gpus_per_run=args.gpus_per_run,
+        cpu_ranks=args.cpu_ranks,
         notebook=REPO / "analysis/notebooks/math.ipynb",
         results=results,
         params={"RUNS_DIR": str(args.runs), "PRESET": args.preset, "BENCHMARKS": list(benchmarks)},

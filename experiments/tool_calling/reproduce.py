@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from gdpo.runlog import atomic_write_text
 
 METHODS = ("grpo", "grpo_no_std", "gdpo")
 # Evaluation sizes per preset (BFCL items per category, test-split prompts); None = everything. The tiny model's
-# context fits few BFCL prompts, so its BFCL numbers only exercise the harness.
+# context fits few BFCL prompts, so its BFCL numbers only exercise the harness. --eval-items sets both.
 EVAL_LIMITS = {"tiny": (3, 50)}
 # Completions per test prompt sampled at the training temperature, beside the greedy one: the policy RL trains
 # is the sampling one, and a greedy score hides a habit the policy takes only some of the time.
@@ -42,10 +43,12 @@ def evaluate_model(
     bfcl_limit: int | None,
     test_limit: int | None,
     decontaminate: bool | None,
+    samples: int = SAMPLES_PER_PROMPT,
+    max_new_tokens: int | None = None,
 ) -> dict:
     """Test-split rewards and BFCL summary of one model, written to ``out_dir``. BFCL items are asked in the run's
     own training layout; with ``decontaminate`` (default: on for paper presets) the questions the run trained on
-    are left out."""
+    are left out. The run's sampling settings generate (``max_new_tokens``: another completion limit)."""
     import torch
     from transformers import AutoTokenizer
 
@@ -57,19 +60,20 @@ def evaluate_model(
     from gdpo.tasks.tool_calling import system_prompt_like
 
     task = build_task(cfg.task, cfg.data.options, cfg.seed)
+    rollout = cfg.rollout if max_new_tokens is None else replace(cfg.rollout, max_new_tokens=max_new_tokens)
 
     torch.manual_seed(0)
-    model = load_generator(model_dir, cfg.rollout)  # rollout.backend=vllm: the folder, which vLLM loads
+    model = load_generator(model_dir, rollout)  # rollout.backend=vllm: the folder, which vLLM loads
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     maxima = {"format": 1.0, "correctness": 3.0}
-    records = evaluate(model, tokenizer, task, cfg.rollout, limit=test_limit)
+    records = evaluate(model, tokenizer, task, rollout, limit=test_limit)
     sampled_records = evaluate(
-        model, tokenizer, task, cfg.rollout, limit=test_limit, samples=SAMPLES_PER_PROMPT, greedy=False
+        model, tokenizer, task, rollout, limit=test_limit, samples=samples, greedy=False
     )
     bfcl = generate_and_score(
         model,
         tokenizer,
-        cfg.rollout,
+        rollout,
         limit=bfcl_limit,
         system_prompt=system_prompt_like(task.train[0]["messages"][0]["content"]),  # as the run was trained
         out_dir=out_dir / "bfcl",
@@ -84,20 +88,16 @@ def evaluate_model(
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = reproduce_parser(__doc__)
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
-    parser.add_argument("--bfcl-limit", type=int, default=None, help="BFCL items per category (default: all)")
-    parser.add_argument(
-        "--test-limit", type=int, default=None, help="test-split prompts evaluated (default: all)"
-    )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.backend:  # last, so that it wins: every run trains and is evaluated with this engine
         args.overrides.append(f"rollout.backend={args.backend}")
     results = args.results or REPO / "results" / "tool_calling" / args.preset
-    bfcl_default, test_default = EVAL_LIMITS.get(args.preset, (None, None))
-    bfcl_limit = args.bfcl_limit if args.bfcl_limit is not None else bfcl_default
-    test_limit = args.test_limit if args.test_limit is not None else test_default
+    bfcl_limit, test_limit = EVAL_LIMITS.get(args.preset, (None, None))
+    if args.eval_items is not None:
+        bfcl_limit = test_limit = args.eval_items
     config = config_path("tool_calling", args.preset)
     started = time.perf_counter()
     cfg, base = prepare_base(config, args.overrides, started)
@@ -109,7 +109,12 @@ def main() -> None:
             overrides = (*args.overrides, f"algorithm.method={method}", f"seed={seed}")
             jobs.append(Job(f"{method}/seed{seed}", overrides, run_dir=run_dir))
     evaluate = partial(
-        evaluate_model, bfcl_limit=bfcl_limit, test_limit=test_limit, decontaminate=args.decontaminate
+        evaluate_model,
+        bfcl_limit=bfcl_limit,
+        test_limit=test_limit,
+        decontaminate=args.decontaminate,
+        samples=args.eval_samples or SAMPLES_PER_PROMPT,
+        max_new_tokens=args.eval_max_new_tokens,
     )
     run_and_tabulate(
         config,
@@ -117,6 +122,7 @@ def main() -> None:
         evaluate,
         parallel=args.parallel,
         gpus_per_run=args.gpus_per_run,
+        cpu_ranks=args.cpu_ranks,
         notebook=REPO / "analysis/notebooks/tool_calling.ipynb",
         results=results,
         params={"RUNS_DIR": str(args.runs), "PRESET": args.preset, "PAPER_STEPS": cfg.steps},
