@@ -231,7 +231,8 @@ def run_jobs(
         for job in jobs:
             place = training if job.run_dir is not None else evaluation
             options = {"num_cpus": place.num_cpus, "num_gpus": place.num_gpus}
-            pending[task.options(**options).remote(str(config), job, evaluate, place, gate)] = job
+            call = task.options(**options).remote(str(config), job, evaluate, place, gate, os.getcwd())
+            pending[call] = job
         failed: tuple[Job, BaseException] | None = None
         while pending:
             (ref,), _ = ray.wait(list(pending), num_returns=1)
@@ -274,13 +275,16 @@ class _Gate:
 
 
 def _job_task(
-    config: str, job: Job, evaluate: Evaluate | None, place: Placement, gate
+    config: str, job: Job, evaluate: Evaluate | None, place: Placement, gate, cwd: str
 ) -> tuple[str, float, str]:
-    """One job, in a Ray worker process, its output appended to the job's log."""
+    """One job, in a Ray worker process, its output appended to the job's log. It runs in the driver's working
+    directory ``cwd``: a relative path in a preset or override (ToolRL's ``ToolRL/dataset/rlla_4k``) means there
+    what it means to the user, whichever folder the worker's node was started from."""
     import ray
 
     if not ray.get(gate.admit.remote()):
         return job.name, 0.0, NOT_STARTED
+    os.chdir(cwd)
     _prepare_process(place.threads)
     with _output_to(job.log_path):
         print(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} job {job.name} on {os.uname().nodename}", flush=True)

@@ -496,7 +496,9 @@ def policy_update(
     guard: NonFiniteGuard | None = None,
     before: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
 ):
-    """mu passes over the batch, each in mini-batches of micro-batches; returns averaged statistics.
+    """mu passes over the batch, each in mini-batches of micro-batches; returns averaged statistics, with
+    ``rollout/logprob_gap`` (``_max``): the mean (largest) |sampler - trainer| log-prob of the completion tokens
+    under the pre-update policy.
 
     The rollouts and advantages move to the engine's device first, once: the masks and the old and reference
     log-probs are then made there (or come as ``before``, from :func:`behaviour_logprobs`). With a ``guard``,
@@ -522,6 +524,20 @@ def policy_update(
         engine, ref_model, ro, cfg, layout, forbidden, old=updates > 1, ref=a.kl_coef > 0
     )
 
+    # The sampler's log-probs against the trainer's, for the same tokens and weights (vLLM's kernels, bf16, a
+    # weight sync gone wrong): |difference| over the completion tokens, from the pre-update log-probs.
+    gap = {"sum": 0.0, "max": 0.0, "tokens": 0.0}
+
+    def add_gap(trainer_logprobs: torch.Tensor, rows: slice) -> None:
+        t = trainer_logprobs.shape[1]
+        diff = (trainer_logprobs.detach() - ro.sample_logprobs[rows, :t]).abs()[ro.completion_mask[rows, :t]]
+        gap["sum"] += diff.sum().item()
+        gap["max"] = max(gap["max"], diff.max().item() if diff.numel() else 0.0)
+        gap["tokens"] += diff.numel()
+
+    if old_logprobs is not None:
+        add_gap(old_logprobs, slice(None))
+
     sums = {
         "loss": 0.0,
         "pg_loss": 0.0,
@@ -544,6 +560,8 @@ def policy_update(
             for rows in micro_slices(start, stop):
                 logp, entropy = logprobs(engine, rows, with_entropy=True, entropy_grad=a.entropy_coef != 0)
                 t = logp.shape[1]  # this micro-batch's longest completion
+                if old_logprobs is None:  # one update: these are the pre-update log-probs
+                    add_gap(logp, rows)
                 old = old_logprobs[rows, :t] if old_logprobs is not None else logp.detach()
                 pg, clip_low, clip_high = policy_loss(
                     logp,
@@ -594,6 +612,10 @@ def policy_update(
     stats["grad_norm"] = float(np.mean(grad_norms)) if grad_norms else float("nan")
     stats["lr"] = lr
     stats["nonfinite/skipped"] = skipped
+    stats["rollout/logprob_gap"] = all_reduce_sum(gap["sum"]) / max(all_reduce_sum(gap["tokens"]), 1.0)
+    if world > 1:
+        gap["max"] = all_gather_cat(torch.tensor([gap["max"]], device=collective_device())).max().item()
+    stats["rollout/logprob_gap_max"] = gap["max"]
     return stats, all_reduce_sum(tokens_seen) / a.num_iterations
 
 

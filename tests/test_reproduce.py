@@ -39,6 +39,7 @@ def record_environment(model_dir: Path, cfg, out_dir: Path) -> dict:
 
     names = ("RANK", "WORLD_SIZE", "OMP_NUM_THREADS")
     out = {**{name: os.environ.get(name) for name in names}, "threads": torch.get_num_threads()}
+    out["cwd"] = os.getcwd()
     print(f"evaluating {model_dir}")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "summary.json").write_text(json.dumps(out))
@@ -119,9 +120,13 @@ def test_jobs_train_evaluate_and_are_not_redone(tmp_path, toy_model_dir, ray_ins
         run_jobs(CONFIG, longer, evaluate=count_reward_means, parallel=1)
 
 
-def test_a_job_is_a_world_of_its_own_with_its_share_of_the_cpus(tmp_path, toy_model_dir, ray_instance):
+def test_a_job_is_a_world_of_its_own_with_its_share_of_the_cpus(
+    tmp_path, toy_model_dir, ray_instance, monkeypatch
+):
     """Ray started with RANK=3 / WORLD_SIZE=4 in its environment (the fixture): no job sees them; a job uses
-    cpus // parallel threads (this machine's CPUs, as the local instance has them)."""
+    cpus // parallel threads (this machine's CPUs, as the local instance has them), in the driver's working
+    directory (Ray started its workers in the one the fixture ran from)."""
+    monkeypatch.chdir(tmp_path)
     cpus = os.cpu_count()
     for parallel in (1, cpus + 1):
         out = tmp_path / f"parallel{parallel}"
@@ -131,6 +136,7 @@ def test_a_job_is_a_world_of_its_own_with_its_share_of_the_cpus(tmp_path, toy_mo
         threads = max(1, cpus // parallel)
         assert seen["RANK"] in (None, "0") and seen["WORLD_SIZE"] in (None, "1"), seen
         assert (seen["OMP_NUM_THREADS"], seen["threads"]) == (str(threads), threads)
+        assert seen["cwd"] == str(tmp_path)
         assert f"evaluating {toy_model_dir}" in (out / "reproduce.log").read_text()
 
 
@@ -190,7 +196,7 @@ def test_a_failed_job_is_named(tmp_path, toy_model_dir, ray_instance):
     slow_first = partial(count_reward_means, fail_on="second", signal=tmp_path / "failed")
     with pytest.raises(StepFailed, match=r"step 'evaluation of second' failed: cannot evaluate"):
         run_jobs(CONFIG, two, evaluate=slow_first, parallel=2, log=lines.append)
-    assert "second: FAILED: cannot evaluate" in lines[0]
+    assert "second: FAILED: step 'evaluation of second' failed: cannot evaluate" in lines[0]
     with pytest.raises(ValueError, match="job names must be unique"):
         run_jobs(CONFIG, jobs * 2, parallel=1)
     with pytest.raises(ValueError, match="needs model_dir and eval_dir"):

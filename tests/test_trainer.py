@@ -175,6 +175,8 @@ def test_run_folder_contents(full_run):
         assert key in metrics[0], key
     assert all(math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"]) for m in metrics)
     assert all(m["nonfinite/skipped"] == 0 and "memory/peak_gib" not in m for m in metrics)  # CPU: no peak
+    # The hf sampler is the trained model itself, in fp32: its log-probs are the trainer's up to rounding.
+    assert all(0 <= m["rollout/logprob_gap"] <= m["rollout/logprob_gap_max"] < 1e-4 for m in metrics)
     assert 0.0 < metrics[0]["reward/format/mean"] < 1.0  # the warm start leaves room to learn
     config = (full_run / "config.yaml").read_text()
     assert "method: gdpo" in config and "dump_rollouts: true" in config
@@ -580,6 +582,27 @@ def _plain_update(toy_policy, advantages, *overrides):
     )
     changed = any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
     return stats, changed, guard
+
+
+@pytest.mark.parametrize("mini_batches", [1, 2])  # 2: the pre-update log-probs come from behaviour_logprobs
+def test_the_sampler_trainer_logprob_gap_is_measured_on_the_pre_update_policy(toy_policy, mini_batches):
+    from gdpo.rollout import forbidden_token
+    from gdpo.trainer import policy_update, step_logprobs
+
+    from .test_logprobs import PlainEngine, _update_inputs
+
+    model, tokenizer, cfg, layout, ro = _update_inputs(toy_policy, f"optim.mini_batches={mini_batches}")
+    with torch.no_grad():  # the scripted rollouts' sampler log-probs are all -1.0
+        forbidden = forbidden_token(tokenizer)
+        logp, _ = step_logprobs(model, slice(None), ro=ro, cfg=cfg, forbidden=forbidden, with_entropy=False)
+    diff = (logp + 1.0).abs()[ro.completion_mask[:, : logp.shape[1]]]
+    assert diff.numel() == 8  # every completion token (2 + 1 + 3 + 2), the truncated completion's too
+    engine = PlainEngine(model, layout.grad_accumulation)
+    advantages = torch.tensor([1.0, -1.0, 0.5, -0.5])
+    stats, _ = policy_update(engine, None, ro, advantages, cfg, layout, forbidden_token(tokenizer))
+    # Micro-batches of 2 against the whole batch at once: equal to fp32 rounding of values near 14.
+    assert stats["rollout/logprob_gap"] == pytest.approx(diff.mean().item(), rel=1e-6)
+    assert stats["rollout/logprob_gap_max"] == pytest.approx(diff.max().item(), rel=1e-6)
 
 
 def test_an_update_with_a_non_finite_loss_is_skipped(toy_policy):
