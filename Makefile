@@ -99,9 +99,9 @@ test: setup setup-bfcl  ## lint + the default test suite (CPU, fast)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -m "not slow" -q
 
-test-slow: setup setup-vllm setup-bfcl  ## the slow tests, then the three CPU dress rehearsals of the paper presets
+test-slow: setup setup-vllm setup-bfcl  ## the slow tests, then (without a GPU) the three CPU dress rehearsals
 	$(PY) -m pytest -m slow -q
-	$(MAKE) rehearse-tool rehearse-math rehearse-code
+	$(if $(HAS_GPU),@echo "a GPU machine: the CPU dress rehearsals are skipped (make gpu-check)",$(foreach task,tool math code,$(VLLM_VENV)/bin/python -m experiments.rehearse $(task) &&) true)
 
 test-all: setup  ## every test
 	$(PY) -m pytest -q
@@ -154,8 +154,9 @@ notebook: setup  ## JupyterLab on analysis/notebooks/ (set RUNS_DIR and PRESET i
 
 # The CPU dress rehearsal of a paper preset (experiments/rehearse.py): its own config with scale overrides only
 # (SmolLM2-135M-Instruct, 2 steps x 2 prompts, ZeRO-3 on 2 ranks, vLLM), through the whole reproduction on Ray,
-# into results/rehearsal/<task>/<preset>/. PRESET= one of the task's paper presets (default: its first).
-REHEARSE_PRESET := $(if $(filter-out default file,$(origin PRESET)),--preset $(PRESET))
+# into results/rehearsal/<task>/<preset>/. PRESET= on the command line: one of the task's paper presets (default:
+# its first; a PRESET in the shell's environment, meant for the reproductions, is not taken). CPU machines only.
+REHEARSE_PRESET := $(if $(filter command line,$(origin PRESET)),--preset $(PRESET))
 rehearse-tool: setup-vllm setup-bfcl  ## CPU dress rehearsal of a tool-calling paper preset (PRESET=paper-...)
 	$(VLLM_VENV)/bin/python -m experiments.rehearse tool $(REHEARSE_PRESET)
 

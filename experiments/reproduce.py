@@ -44,6 +44,7 @@ __all__ = [
     "StepFailed",
     "available_benchmarks",
     "config_path",
+    "evaluation_scale",
     "plan_placement",
     "prepare_base",
     "ray_cluster",
@@ -284,11 +285,16 @@ def _job_task(
 
     if not ray.get(gate.admit.remote()):
         return job.name, 0.0, NOT_STARTED
-    os.chdir(cwd)
     _prepare_process(place.threads)
     with _output_to(job.log_path):
         print(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} job {job.name} on {os.uname().nodename}", flush=True)
         try:
+            if not os.path.isdir(cwd):
+                raise FileNotFoundError(
+                    f"{os.uname().nodename} has no {cwd}, the folder the reproduction was started from: every "
+                    "node needs the checkout at the same path (docs/cluster.md)"
+                )
+            os.chdir(cwd)
             return run_job(Path(config), job, evaluate, ranks=place.ranks, threads=place.threads)
         except BaseException:
             traceback.print_exc()  # the whole story beside the run; the console gets one line
@@ -439,6 +445,26 @@ def available_benchmarks(
     return tuple(b for b in benchmarks if b not in needs_source or b in sources)
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def evaluation_scale(args: argparse.Namespace, items: int | None, samples: int, max_new_tokens: int | None):
+    """``(items, samples, max_new_tokens)`` of an evaluation: the task's defaults for its preset, each replaced
+    by ``--eval-items``, ``--eval-samples``, ``--eval-max-new-tokens`` where given."""
+    return tuple(
+        default if given is None else given
+        for given, default in (
+            (args.eval_items, items),
+            (args.eval_samples, samples),
+            (args.eval_max_new_tokens, max_new_tokens),
+        )
+    )
+
+
 def config_path(task: str, preset: str) -> Path:
     """``experiments/<task>/configs/<preset>.yaml``, or an error listing the presets there are."""
     folder = REPO / "experiments" / task / "configs"
@@ -476,11 +502,11 @@ def reproduce_parser(description: str, seeds: Sequence[int] = (0, 1, 2, 3, 4)) -
     )
     # The evaluation's scale (the CPU dress rehearsal's few items); by default each task's, per preset.
     parser.add_argument(
-        "--eval-items", type=int, default=None, help="items per benchmark (BFCL: per category)"
+        "--eval-items", type=_positive, default=None, help="items per benchmark (BFCL: per category)"
     )
-    parser.add_argument("--eval-samples", type=int, default=None, help="completions sampled per item")
+    parser.add_argument("--eval-samples", type=_positive, default=None, help="completions sampled per item")
     parser.add_argument(
-        "--eval-max-new-tokens", type=int, default=None, help="completion limit of the evaluation"
+        "--eval-max-new-tokens", type=_positive, default=None, help="completion limit of the evaluation"
     )
     # Absolute: the notebook that makes the tables runs from the repository root, not from the caller's folder.
     absolute = lambda text: Path(text).resolve()  # noqa: E731

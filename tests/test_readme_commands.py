@@ -38,3 +38,16 @@ def test_paper_run_commands_name_real_presets_and_the_loaders_hub_sources():
         for pair in (a for a in args if "=" in a):
             name, source = pair.split("=", 1)
             assert KNOWN_SOURCES[task][name] == source, command
+
+
+def test_every_table_row_of_the_readme_has_its_headers_cells():
+    wrong, width = [], None
+    for number, line in enumerate((REPO / "README.md").read_text().splitlines(), 1):
+        if not line.startswith("|"):
+            width = None  # the next table starts with its header
+            continue
+        cells = len(line.strip().strip("|").split("|"))
+        width = width or cells
+        if cells != width:
+            wrong.append((number, line[:60]))
+    assert wrong == []

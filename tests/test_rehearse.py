@@ -46,8 +46,6 @@ def test_the_rehearsal_changes_only_the_scale_of_every_paper_preset(task, preset
         "rollout.max_new_tokens",
         "rollout.vllm_kv_cache_gib",
         "optim.zero_stage",
-        "optim.mini_batches",
-        "optim.micro_batch_size",
         "logging.checkpoint_every",
         "logging.sample_every",
         "data.options",  # the data files: the paper's loader, reading files of the hub schema
@@ -86,7 +84,10 @@ def test_output_checks_name_what_a_paper_run_must_leave(tmp_path):
         run = tmp_path / "runs/tool_calling/paper-qwen2.5-1.5b" / variant / "seed0"
         (run / "final_model").mkdir(parents=True)
         (run / "final_model/config.json").write_text("{}")
-        (run / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2}\n')
+        gap = 0.9 if variant == "grpo" else 0.01  # a weight sync gone wrong in the GRPO run
+        (run / "metrics.jsonl").write_text(
+            "".join(json.dumps({"step": k, "rollout/logprob_gap": gap}) + "\n" for k in (1, 2))
+        )
         world = 1 if variant == "gdpo" else 2
         (run / "metadata.json").write_text(json.dumps({"world_size": world}))
         (run / "config.yaml").write_text("preset: paper-qwen2.5-1.5b\nbackend: vllm\nzero_stage: 3\n")
@@ -99,6 +100,8 @@ def test_output_checks_name_what_a_paper_run_must_leave(tmp_path):
     for name in ("t.csv", "t.md", "t.tex", "f.png", "f.pdf", "tool_calling.executed.ipynb"):
         (tmp_path / name).write_text("x")
     assert check_outputs("tool", "paper-qwen2.5-1.5b", tmp_path) == [
+        "run grpo: step 1 rollout/logprob_gap 0.9, expected < 0.1",
+        "run grpo: step 2 rollout/logprob_gap 0.9, expected < 0.1",
         "run gdpo: world size 1, expected 2",
         f"evaluation of base: no ['synthetic_sampled'] in {tmp_path / 'base_eval/summary.json'}",
     ]
@@ -109,7 +112,7 @@ def test_a_failed_rehearsal_names_its_step(tmp_path, monkeypatch, capsys):
     import experiments.tool_calling.reproduce as reproduction
 
     monkeypatch.setattr(rehearse.importlib.util, "find_spec", lambda name: object())  # as if vLLM were here
-    monkeypatch.setattr(rehearse, "smollm2_135m_instruct", lambda: Path("/models/smollm2"), raising=False)
+    monkeypatch.setattr(rehearse, "smollm2_135m_instruct", lambda: Path("/models/smollm2"))
 
     def failing(argv):
         assert argv[argv.index("--cpu-ranks") + 1] == "2"
@@ -135,3 +138,46 @@ def test_without_vllm_the_rehearsal_stops_at_its_first_step(tmp_path, monkeypatc
     with pytest.raises(SystemExit):
         main(["math", "--out", str(tmp_path)])
     assert capsys.readouterr().err.startswith("REHEARSAL FAILED at step 'environment': ")
+
+
+def test_the_rehearsal_replaces_only_its_own_folder_and_names_a_refused_command_line(
+    tmp_path, monkeypatch, capsys
+):
+    import experiments.math.reproduce as reproduction
+    import experiments.rehearse as rehearse
+
+    monkeypatch.setattr(rehearse.importlib.util, "find_spec", lambda name: object())
+    monkeypatch.setattr(rehearse, "smollm2_135m_instruct", lambda: Path("/models/smollm2"))
+    precious = tmp_path / "results"
+    (precious / "math").mkdir(parents=True)
+    with pytest.raises(SystemExit):
+        main(["math", "--out", str(precious)])
+    assert "REHEARSAL FAILED at step 'data in the hub datasets' schemas': " in capsys.readouterr().err
+    assert (precious / "math").is_dir()  # left alone
+
+    def refusing(argv):
+        raise SystemExit(
+            "no preset 'paper-r1-1.5b' for math"
+        )  # as config_path or argparse end a reproduction
+
+    monkeypatch.setattr(reproduction, "main", refusing)
+    out = tmp_path / "rehearsal"
+    for _ in range(2):  # the second time over the first one's folder
+        with pytest.raises(SystemExit):
+            main(["math", "--out", str(out)])
+        assert capsys.readouterr().err.strip() == (
+            "REHEARSAL FAILED at step 'reproduction': no preset 'paper-r1-1.5b' for math"
+        )
+        assert (out / ".rehearsal").read_text() == "rehearsal of math paper-r1-1.5b\n"
+
+
+def test_on_a_gpu_machine_the_rehearsal_refuses(tmp_path, monkeypatch, capsys):
+    import torch
+
+    import experiments.rehearse as rehearse
+
+    monkeypatch.setattr(rehearse.importlib.util, "find_spec", lambda name: object())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(SystemExit):
+        main(["code", "--out", str(tmp_path)])
+    assert "REHEARSAL FAILED at step 'environment': this machine has a GPU" in capsys.readouterr().err

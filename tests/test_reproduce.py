@@ -243,6 +243,19 @@ def test_run_and_result_folders_are_made_absolute(tmp_path, monkeypatch):
     assert reproduce_parser("x").parse_args(["--gpus-per-run", "4"]).gpus_per_run == 4
 
 
+def test_the_evaluation_scale_options_replace_the_presets_defaults_and_must_be_positive(capsys):
+    from experiments.reproduce import evaluation_scale, reproduce_parser
+
+    parser = reproduce_parser("x")
+    assert evaluation_scale(parser.parse_args([]), None, 16, None) == (None, 16, None)
+    given = parser.parse_args(["--eval-items", "2", "--eval-samples", "1", "--eval-max-new-tokens", "16"])
+    assert evaluation_scale(given, 100, 4, 96) == (2, 1, 16)
+    assert evaluation_scale(parser.parse_args(["--eval-samples", "3"]), 100, 4, 96) == (100, 3, 96)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--eval-items", "0"])
+    assert "--eval-items: must be at least 1, got 0" in capsys.readouterr().err
+
+
 def test_coding_evaluation_samples_as_the_math_evaluation_and_decontaminates(
     tmp_path, toy_model_dir, monkeypatch
 ):

