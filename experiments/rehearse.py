@@ -27,7 +27,8 @@ Outputs go to ``results/rehearsal/<task>/<preset>/`` (runs under ``runs/``, the 
 ``data/``). After the reproduction, ``check_outputs`` asserts what a paper run must leave: every run trained 2
 steps on 2 ranks with ZeRO-3 and vLLM, the sampler's log-probs within ``MAX_LOGPROB_GAP`` of the trainer's,
 every model evaluated on each benchmark, the tables and figures written. The output folder is replaced by
-the next rehearsal (only a folder a rehearsal made: ``.rehearsal`` in it). A failure ends with one line naming the step (``REHEARSAL FAILED at step '...'``) and exit status 1.
+the next rehearsal (only a folder a rehearsal made: ``.rehearsal`` in it). A failure ends with one line naming
+the step (``REHEARSAL FAILED at step '...'``) and exit status 1.
 """
 
 from __future__ import annotations

@@ -61,6 +61,12 @@ def test_the_rehearsal_changes_only_the_scale_of_every_paper_preset(task, preset
         }
 
 
+def test_every_paper_preset_has_its_rehearsal():
+    for rehearsal in TASKS.values():
+        folder = config_path(rehearsal.module, rehearsal.presets[0]).parent
+        assert set(rehearsal.presets) == {p.stem for p in folder.glob("paper-*.yaml")}
+
+
 def test_toolrl_files_are_read_by_the_toolrl_loader_as_the_synthetic_rows_they_came_from(tmp_path):
     from gdpo.tasks import build_task
 
