@@ -286,3 +286,44 @@ def test_coding_evaluation_samples_as_the_math_evaluation_and_decontaminates(
     records = [json.loads(line) for line in (tmp_path / "synthetic.jsonl").read_text().splitlines()]
     assert len(records) == 3 * 2 and all(r["num_tokens"] <= 8 for r in records)
     assert settings == [(0.6, 0.95, 8, 2)]
+
+
+def test_tool_calling_evaluation_takes_prompts_up_to_the_models_context(tmp_path, toy_model_dir, monkeypatch):
+    """BFCL's multi-turn prompts exceed a paper preset's 2,048-token training prompt limit: the evaluation takes
+    prompts up to the model's context instead (found by the tool-calling rehearsal: every multi-turn item was
+    skipped), and the sampled test split takes --eval-samples completions per prompt."""
+    from transformers import AutoConfig
+
+    import eval.bfcl
+    import gdpo.evaluate
+    from experiments.tool_calling.reproduce import evaluate_model
+    from gdpo.config import TrainConfig, load_config
+
+    seen = []
+
+    def record_bfcl(model, tokenizer, rollout, **kwargs):
+        seen.append(("bfcl", rollout.max_prompt_tokens, rollout.max_new_tokens))
+        return {"avg": 0.0}
+
+    def record_split(model, tokenizer, task, rollout, limit=None, samples=1, greedy=True):
+        seen.append(("split", rollout.max_prompt_tokens, samples))
+        return []
+
+    monkeypatch.setattr(eval.bfcl, "generate_and_score", record_bfcl)
+    monkeypatch.setattr(gdpo.evaluate, "evaluate", record_split)
+    monkeypatch.setattr(gdpo.evaluate, "summarise", lambda rows, maxima: {})
+    cfg = load_config(
+        TrainConfig, REPO / "experiments/tool_calling/configs/tiny.yaml", ["rollout.max_prompt_tokens=64"]
+    )
+    context = AutoConfig.from_pretrained(toy_model_dir).max_position_embeddings
+    evaluate_model(
+        toy_model_dir,
+        cfg,
+        tmp_path,
+        bfcl_limit=1,
+        test_limit=1,
+        decontaminate=False,
+        samples=3,
+        max_new_tokens=8,
+    )
+    assert seen == [("split", context - 8, 1), ("split", context - 8, 3), ("bfcl", context - 8, 8)]

@@ -56,9 +56,10 @@ def evaluate_model(
 ) -> dict:
     """Test-split rewards and BFCL summary of one model, written to ``out_dir``. BFCL items are asked in the run's
     own training layout; with ``decontaminate`` (default: on for paper presets) the questions the run trained on
-    are left out. The run's sampling settings generate (``max_new_tokens``: another completion limit)."""
+    are left out. The run's sampling settings generate (``max_new_tokens``: another completion limit), with prompts
+    up to the model's context."""
     import torch
-    from transformers import AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     from eval.bfcl import generate_and_score
     from eval.decontaminate import TrainingSet, decontamination_wanted
@@ -69,6 +70,12 @@ def evaluate_model(
 
     task = build_task(cfg.task, cfg.data.options, cfg.seed)
     rollout = cfg.rollout if max_new_tokens is None else replace(cfg.rollout, max_new_tokens=max_new_tokens)
+    # Prompts up to the model's context, not the training prompt limit: BFCL's multi-turn prompts (their long tool
+    # documentation) exceed the paper presets' 2,048 tokens and would all be skipped, scoring Multi-turn 0.
+    context = AutoConfig.from_pretrained(model_dir).max_position_embeddings
+    rollout = replace(
+        rollout, max_prompt_tokens=max(rollout.max_prompt_tokens, context - rollout.max_new_tokens)
+    )
 
     torch.manual_seed(0)
     model = load_generator(model_dir, rollout)  # rollout.backend=vllm: the folder, which vLLM loads
